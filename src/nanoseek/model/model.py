@@ -1,0 +1,504 @@
+"""DeepSeek-V3 in one file: Multi-head Latent Attention, DeepSeekMoE, Multi-Token Prediction.
+
+Names follow the paper and the Hugging Face checkpoint (c_kv, k_pe, e_score_correction_bias,
+kv_a_proj_with_mqa, ...), so a reader can hold this file, the V3 report and a checkpoint side by side.
+Numerics follow transformers' DeepseekV3ForCausalLM, which the tests check to ~1e-7 in fp32.
+
+Conventions: `labels` are next-token targets aligned with `input_ids` (labels[:, i] is the token
+after input_ids[:, i]; -100 is ignored), as in nanoGPT: a packed row r gives input r[:-1], labels r[1:].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nanoseek.model.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32, cast back, then scale: the order transformers uses, so bf16 matches too
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary embedding (decoupled: only the qk_rope_head_dim part of q and k is rotated)
+
+
+def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
+    """Inverse frequencies of the rope dims, YaRN-corrected when rope_scaling is yarn, and the
+    cos/sin magnitude factor YaRN asks for (mscale / mscale_all_dim, 1.0 for V2 and V3)."""
+    dim, base = cfg.qk_rope_head_dim, cfg.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    rs = cfg.rope_scaling
+    if rs is None or rs.get("type", rs.get("rope_type")) != "yarn":
+        return inv_freq, 1.0
+    factor = float(rs["factor"])
+    original = rs["original_max_position_embeddings"]
+    beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+    def correction_dim(n_rot: float) -> float:  # the dim whose wavelength fits n_rot times in `original`
+        return dim * math.log(original / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    # ramp = 0 for fast-rotating dims (kept: extrapolation), 1 for slow ones (divided by factor)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float) - low) / (high - low)).clamp(0, 1)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+
+    def yarn_mscale(m: float) -> float:
+        return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+    if rs.get("attention_factor") is not None:
+        attn_factor = float(rs["attention_factor"])
+    elif mscale and mscale_all_dim:
+        attn_factor = yarn_mscale(mscale) / yarn_mscale(mscale_all_dim)
+    else:
+        attn_factor = yarn_mscale(1.0)
+    return inv_freq, attn_factor
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleave: bool) -> Tensor:
+    """Rotate pairs of x's last dim. DeepSeek pairs neighbours (x0, x1), (x2, x3), ... The output
+    lists the rotated first elements then the second ones: a fixed permutation of the interleaved
+    layout, applied to q and k alike, so q·k is unchanged and no interleaving copy is made."""
+    if interleave:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent KV cache: per layer only the normed c_kv (kv_lora_rank) and the rotated k_pe (rope dim)
+
+
+class KVCache(nn.Module):
+    """Preallocated absorbed-MLA cache: (layers, batch, max_len, kv_lora_rank + qk_rope_head_dim)
+    numbers, 576 per token per layer for V3 instead of 2*128*128 for MHA of the same width."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, n_layers: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers if n_layers is None else n_layers
+        self.max_len = max_len
+        self.register_buffer("c_kv", torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank,
+                                                 dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k_pe", torch.zeros(n_layers, batch_size, max_len, cfg.qk_rope_head_dim,
+                                                 dtype=dtype, device=device), persistent=False)
+
+    def update(self, layer_id: int, positions: Tensor, c_kv: Tensor, k_pe: Tensor, kv_len: int
+               ) -> tuple[Tensor, Tensor]:
+        """Write the new entries at their positions (b, s) and return the first kv_len of each row."""
+        b = positions.shape[0]
+        cache_c, cache_pe = self.c_kv[layer_id, :b], self.k_pe[layer_id, :b]
+        cache_c.scatter_(1, positions[..., None].expand(-1, -1, c_kv.shape[-1]), c_kv.to(cache_c.dtype))
+        cache_pe.scatter_(1, positions[..., None].expand(-1, -1, k_pe.shape[-1]), k_pe.to(cache_pe.dtype))
+        return cache_c[:, :kv_len], cache_pe[:, :kv_len]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head Latent Attention
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.cfg, self.layer_id = cfg, layer_id
+        d, h = cfg.hidden_size, cfg.num_attention_heads
+        self.n_heads = h
+        self.nope, self.rope, self.v_dim, self.rank = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim,
+                                                       cfg.v_head_dim, cfg.kv_lora_rank)
+        if cfg.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, h * cfg.qk_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * cfg.qk_head_dim, bias=False)
+        # one projection gives the latent c_kv and the single rope key k_pe shared by all heads
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.rank + self.rope, bias=cfg.attention_bias)
+        self.kv_a_layernorm = RMSNorm(self.rank)
+        self.kv_b_proj = nn.Linear(self.rank, h * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_dim, d, bias=cfg.attention_bias)
+        self.softmax_scale = cfg.softmax_scale
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache: KVCache | None = None, positions: Tensor | None = None, kv_len: int = 0,
+                absorb: bool = False) -> Tensor:
+        """x (b, s, d); cos/sin (b, s, rope/2); mask (b, s, kv) bool or None for plain causal."""
+        b, s, _ = x.shape
+        q = self.q_proj(x) if self.cfg.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(b, s, self.n_heads, self.nope + self.rope)
+        q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
+        q_pe = apply_rope(q_pe, cos[:, :, None], sin[:, :, None], self.cfg.rope_interleave)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
+        c_kv = self.kv_a_layernorm(c_kv)
+        k_pe = apply_rope(k_pe, cos, sin, self.cfg.rope_interleave)
+        if cache is not None:
+            c_kv, k_pe = cache.update(self.layer_id, positions, c_kv, k_pe, kv_len)
+        o = (self._absorbed if absorb else self._naive)(q_nope, q_pe, c_kv, k_pe, mask)
+        return self.o_proj(o.flatten(2))
+
+    def _naive(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
+        """Materialise per-head keys and values from the latent (training and prefill)."""
+        b, t, _ = c_kv.shape
+        kv = self.kv_b_proj(c_kv).view(b, t, self.n_heads, self.nope + self.v_dim)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=None if mask is None else mask[:, None],
+                                           is_causal=mask is None, scale=self.softmax_scale)
+        return o.transpose(1, 2)  # (b, s, h, v_dim)
+
+    def _absorbed(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
+        """Fold kv_b_proj's key half into the query and its value half after attention, so that
+        attention runs on the cached latent directly: every head shares one 'key' (c_kv, k_pe)."""
+        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
+        q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w[:, : self.nope])
+        scores = (torch.einsum("bshc,btc->bsht", q_lat, c_kv)
+                  + torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * self.softmax_scale
+        if mask is None:
+            s, t = scores.shape[1], scores.shape[3]
+            mask = torch.ones(s, t, dtype=torch.bool, device=scores.device).tril(t - s)[None]
+        scores = scores.masked_fill(~mask[:, :, None, :], float("-inf"))
+        p = scores.softmax(dim=-1, dtype=torch.float32).to(q_nope.dtype)
+        o_lat = torch.einsum("bsht,btc->bshc", p, c_kv)
+        return torch.einsum("bshc,hdc->bshd", o_lat, w[:, self.nope:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed-forward: dense SwiGLU MLP, and DeepSeekMoE (router + routed experts + shared experts)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, inter, bias=False)
+        self.up_proj = nn.Linear(dim, inter, bias=False)
+        self.down_proj = nn.Linear(inter, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Gate(nn.Module):
+    """Sigmoid router with group-limited top-k and the aux-loss-free correction bias."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        # b in the V3 report: steers selection only, never the gate weights; updated by
+        # update_correction_bias() after each optimizer step, not by gradients
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (T, d) -> gate weights (T, K), expert ids (T, K), scores s (T, E), all routing in fp32."""
+        cfg = self.cfg
+        logits = F.linear(x.float(), self.weight.float())
+        scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
+        choice = scores + self.e_score_correction_bias if cfg.topk_method == "noaux_tc" else scores
+        if cfg.n_group > 1:
+            T, E, G = x.shape[0], cfg.n_routed_experts, cfg.n_group
+            grouped = choice.view(T, G, E // G)
+            # V3 scores a group by the sum of its top-2 biased scores; V2 by its best expert
+            group_scores = (grouped.topk(2, dim=-1)[0].sum(-1) if cfg.topk_method == "noaux_tc"
+                            else grouped.amax(dim=-1))
+            keep = group_scores.topk(cfg.topk_group, dim=-1, sorted=False)[1]
+            dropped = torch.ones(T, G, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
+            # -inf, not 0: a biased score can be negative, and 0 would let a dropped group win
+            choice = grouped.masked_fill(dropped[..., None], float("-inf")).view(T, E)
+        idx = choice.topk(cfg.num_experts_per_tok, dim=-1, sorted=False)[1]
+        weights = scores.gather(1, idx)
+        if cfg.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * cfg.routed_scaling_factor, idx, scores
+
+
+class Experts(nn.Module):
+    """The routed experts as stacked weights, gate and up fused: one matmul per expert over the
+    tokens routed to it (tokens sorted by expert), never a loop over tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        E, d, I = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, d))  # [gate_proj; up_proj] of each expert
+        self.down_proj = nn.Parameter(torch.empty(E, d, I))
+
+    def forward(self, x: Tensor, weights: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+        T, K = idx.shape
+        order = idx.flatten().argsort(stable=True)  # (T*K,) assignments grouped by expert
+        token = order // K
+        xs = x[token]
+        outs = []
+        start = 0
+        for e, n in enumerate(counts.tolist()):  # one host sync per layer
+            if n:
+                gate, up = F.linear(xs[start:start + n], self.gate_up_proj[e]).chunk(2, dim=-1)
+                outs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
+                start += n
+        ys = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gate = Gate(cfg)
+        self.experts = Experts(cfg)
+        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts) \
+            if cfg.n_shared_experts > 0 else None
+        # tokens routed to each expert since the last bias update (summed over micro-batches)
+        self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
+        self.last_load: Tensor | None = None  # load of the latest forward, for logging
+        self.balance_loss: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, s, d = x.shape
+        flat = x.reshape(-1, d)
+        weights, idx, scores = self.gate(flat)
+        counts = torch.bincount(idx.flatten(), minlength=self.cfg.n_routed_experts)
+        y = self.experts(flat, weights, idx, counts)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        self.last_load = counts.detach()
+        self.balance_loss = None
+        if self.training:
+            self.expert_load += counts.to(self.expert_load.dtype)
+            if self.cfg.aux_loss_alpha > 0:
+                self.balance_loss = self.sequence_balance_loss(scores.view(b, s, -1), idx.view(b, s, -1))
+        return y.view(b, s, d)
+
+    def sequence_balance_loss(self, scores: Tensor, idx: Tensor) -> Tensor:
+        """alpha * sum_i f_i P_i per sequence, averaged over sequences (V3 eq. 17-20)."""
+        b, s, E = scores.shape
+        K = idx.shape[-1]
+        chosen = torch.zeros(b, E, device=scores.device).scatter_add_(
+            1, idx.reshape(b, -1), torch.ones(b, s * K, device=scores.device))
+        f = chosen * E / (K * s)
+        P = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=1)
+        return self.cfg.aux_loss_alpha * (f * P).sum(dim=-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks, MTP, the model
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.self_attn = MLA(cfg, layer_id)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer_id) else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, **attn) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), **attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class SharedHead(nn.Module):
+    """The MTP module's output norm; the projection is the main model's lm_head (shared)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class MTPLayer(Block):
+    """MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h_i^{k-1})]) -> a decoder block ->
+    shared_head.norm -> the shared lm_head. A checkpoint stores it as layer num_hidden_layers + k - 1."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__(cfg, layer_id)
+        self.enorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.shared_head = SharedHead(cfg)
+
+    def forward(self, emb: Tensor, h: Tensor, **attn) -> Tensor:  # type: ignore[override]
+        # embedding first, as the released checkpoints and every server do
+        return super().forward(self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1)), **attn)
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (b, s, vocab)
+    loss: Tensor | None = None  # main + mtp + balance
+    main_loss: Tensor | None = None
+    mtp_loss: Tensor | None = None  # already weighted by lambda / D
+    balance_loss: Tensor | None = None  # already weighted by alpha
+    mtp_logits: list[Tensor] | None = None  # depth k: (b, s - k, vocab), predicting token i + k + 1
+    hidden: Tensor | None = None  # final normed hidden state (b, s, d)
+    expert_load: Tensor | None = None  # (n moe layers, E) tokens per expert in this forward
+    max_vio: Tensor | None = None  # (n moe layers,) max load / mean load - 1
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPLayer(cfg, cfg.num_hidden_layers + k)
+                                 for k in range(cfg.num_nextn_predict_layers))
+        inv_freq, attn_factor = rope_frequencies(cfg)
+        self.rope_attn_factor = attn_factor
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.init_weights()
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) for every matrix (V3: 0.006), ones for norms, zero biases."""
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+            elif isinstance(m, Gate):
+                nn.init.normal_(m.weight, std=std)
+                m.e_score_correction_bias.zero_()
+            elif isinstance(m, Experts):
+                nn.init.normal_(m.gate_up_proj, std=std)
+                nn.init.normal_(m.down_proj, std=std)
+
+    # routing state and rope frequencies stay fp32 whatever dtype the weights are cast to
+    # (transformers keeps e_score_correction_bias fp32 too); a bf16 bias could not move by gamma=1e-3
+    FP32_BUFFERS = ("e_score_correction_bias", "expert_load", "inv_freq")
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        keep = {(m, n): b for m in self.modules() for n, b in m._buffers.items()
+                if n in self.FP32_BUFFERS and b is not None and b.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for (m, n), old in keep.items():
+            if m._buffers[n].dtype != torch.float32:
+                m._buffers[n] = old.to(device=m._buffers[n].device, dtype=torch.float32)
+        return self
+
+    def moe_layers(self) -> list[MoE]:
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # same op order as transformers
+        return ((freqs.cos() * self.rope_attn_factor).to(dtype), (freqs.sin() * self.rope_attn_factor).to(dtype))
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, cache: KVCache | None = None,
+                start_pos: int | Tensor = 0, absorb: bool | None = None, mtp: bool | None = None) -> ModelOutput:
+        """input_ids (b, s). With a cache, tokens go at start_pos (an int, or a (b,) tensor of per-row
+        offsets) and attend to everything cached before them; the absorbed path is the default there.
+        MTP heads run when labels are given (training) or mtp=True."""
+        b, s = input_ids.shape
+        dev = input_ids.device
+        if absorb is None:
+            absorb = cache is not None
+        start = torch.as_tensor(start_pos, device=dev).reshape(-1, 1).expand(b, 1)
+        positions = start + torch.arange(s, device=dev)
+        if cache is None and not bool((start == 0).all()):
+            raise ValueError("start_pos > 0 needs a cache holding the earlier tokens")
+        mask, kv_len = None, s
+        if cache is not None:
+            kv_len = int(positions.max()) + 1
+            if kv_len > cache.max_len:
+                raise ValueError(f"position {kv_len - 1} is past the cache length {cache.max_len}")
+            # a query at position p sees cache entries 0..p of its own row
+            mask = torch.arange(kv_len, device=dev)[None, None, :] <= positions[:, :, None]
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rope(positions, h.dtype)
+        attn = dict(cos=cos, sin=sin, mask=mask, cache=cache, positions=positions, kv_len=kv_len, absorb=absorb)
+        for layer in self.layers:
+            h = layer(h, **attn)
+        h = self.norm(h)
+        out = ModelOutput(logits=self.lm_head(h), hidden=h)
+
+        if labels is not None:
+            out.main_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(),
+                                            ignore_index=IGNORE_INDEX)
+            out.loss = out.main_loss
+        ran = list(self.layers)
+        if self.mtp and (mtp or (mtp is None and labels is not None)):
+            ran += self._forward_mtp(input_ids, labels, h, positions, out, attn)
+        moe = [m for layer in self.layers if isinstance(m := layer.mlp, MoE)]
+        if moe:
+            out.expert_load = torch.stack([m.last_load for m in moe])
+            out.max_vio = max_violation(out.expert_load)
+        parts = [m.balance_loss for layer in ran if isinstance(m := layer.mlp, MoE) and m.balance_loss is not None]
+        if parts and out.loss is not None:
+            out.balance_loss = torch.stack(parts).sum()
+            out.loss = out.loss + out.balance_loss
+        return out
+
+    def _forward_mtp(self, input_ids: Tensor, labels: Tensor | None, h: Tensor, positions: Tensor,
+                     out: ModelOutput, attn: dict) -> list[MTPLayer]:
+        """Depth k sees h^{k-1}_i and the embedding of token i+k (the label of position i+k-1), and
+        predicts token i+k+1 (labels[:, i+k]). Training only: uses the full sequence, no cache."""
+        if attn["cache"] is not None:
+            raise ValueError("the MTP heads run on a full sequence; draft with the engine instead")
+        s = input_ids.shape[1]
+        D = len(self.mtp)
+        out.mtp_logits, losses = [], []
+        for k, layer in enumerate(self.mtp, start=1):
+            if s - k <= 0:
+                break
+            # position of the token whose embedding enters, as servers feed the MTP block
+            pos = positions[:, k:]
+            cos, sin = self.rope(pos, h.dtype)
+            h = layer(self.embed_tokens(input_ids[:, k:]), h[:, :-1], cos=cos, sin=sin, mask=None, cache=None,
+                      positions=pos, kv_len=s - k, absorb=False)
+            logits = self.lm_head(layer.shared_head.norm(h))
+            out.mtp_logits.append(logits)
+            if labels is not None:
+                losses.append(F.cross_entropy(logits.flatten(0, 1).float(), labels[:, k:].flatten(),
+                                              ignore_index=IGNORE_INDEX))
+        if losses:
+            out.mtp_loss = self.cfg.mtp_loss_weight / D * torch.stack(losses).sum()
+            out.loss = out.loss + out.mtp_loss
+        return list(self.mtp[: len(out.mtp_logits)])
+
+
+def max_violation(load: Tensor) -> Tensor:
+    """MaxVio = max load / mean load - 1 along the last dim (0 when perfectly balanced)."""
+    load = load.float()
+    return load.amax(dim=-1) / load.mean(dim=-1).clamp_min(1e-9) - 1
+
+
+@torch.no_grad()
+def update_correction_bias(model: Transformer, gamma: float | None = None) -> Tensor | None:
+    """The aux-loss-free balancing step, called by the trainer after each optimizer step:
+    b_i <- b_i + gamma * sign(mean load - load_i), with loads summed over every micro-batch since the
+    last call and over all data-parallel ranks. Returns the per-layer MaxVio of those loads."""
+    moe = model.moe_layers()
+    if not moe:
+        return None
+    gamma = model.cfg.bias_update_speed if gamma is None else gamma
+    load = torch.stack([m.expert_load for m in moe])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(load)
+    for m, l in zip(moe, load):
+        m.gate.e_score_correction_bias += gamma * torch.sign(l.mean() - l)
+        m.expert_load.zero_()
+    return max_violation(load)

@@ -127,6 +127,8 @@ class ModelConfig:
         need(self.bias_update_speed >= 0, "bias_update_speed", "must be >= 0")
         if self.first_k_dense_replace > 0 or self.n_routed_experts == 0:
             need(self.intermediate_size > 0, "intermediate_size", "dense layers need a positive width")
+        need(self.n_routed_experts > 0 or self.first_k_dense_replace >= self.num_hidden_layers,
+             "first_k_dense_replace", "with n_routed_experts 0 every layer is dense: set it to num_hidden_layers")
         if self.n_routed_experts > 0 and self.first_k_dense_replace <= self.num_hidden_layers:
             need(self.moe_intermediate_size > 0, "moe_intermediate_size", "must be positive with routed experts")
             need(isinstance(self.n_group, int) and self.n_group >= 1, "n_group", "must be an integer >= 1")
@@ -157,6 +159,7 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["model_type"] = "deepseek_v3"
         d["architectures"] = ["DeepseekV3ForCausalLM"]
+        d["num_mtp_layers"] = self.num_nextn_predict_layers  # transformers >= 5 name
         d["head_dim"] = self.qk_rope_head_dim  # what transformers writes (rotary dim)
         d["qk_head_dim"] = self.qk_head_dim
         d["torch_dtype"] = d["dtype"] = "float32"
@@ -227,6 +230,8 @@ class ModelConfig:
             raise ConfigError(f"{path}: no such file") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read ({e})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: must hold a JSON object")
         return cls.from_dict(d, source=str(path))
@@ -261,13 +266,13 @@ _preset("cpu-small", vocab_size=4096, hidden_size=256, intermediate_size=768, mo
         qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=16, n_shared_experts=1,
         num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1, num_nextn_predict_layers=1,
         max_position_embeddings=2048, rope_scaling=None)
-# one GPU, hours
+# one GPU, hours: ~110M active of 293M total parameters
 _preset("gpu-100m", vocab_size=32768, hidden_size=768, intermediate_size=2048, moe_intermediate_size=256,
         num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, q_lora_rank=384, kv_lora_rank=256,
         qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=32, n_shared_experts=1,
         num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1, num_nextn_predict_layers=1,
         max_position_embeddings=4096, rope_scaling=None)
-# DeepSeek-V2-Lite (15.7B total, 2.4B active): softmax routing, no q LoRA, no MTP
+# DeepSeek-V2-Lite (15.7B total, 2.4B active without the embedding): softmax routing, no q LoRA, no MTP
 _preset("deepseek-v2-lite", vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
         num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=None, kv_lora_rank=512,
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
@@ -276,7 +281,7 @@ _preset("deepseek-v2-lite", vocab_size=102400, hidden_size=2048, intermediate_si
         max_position_embeddings=163840, initializer_range=0.02, bos_token_id=100000, eos_token_id=100001,
         rope_scaling={"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
                       "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707})
-# DeepSeek-V3 / R1 (671B total, 37B active, + a 14B MTP module)
+# DeepSeek-V3 / R1 (671B total, 37B active, + an 11.6B MTP module; 14B with its embedding and head copies)
 _preset("deepseek-v3", rope_scaling=dict(_YARN_V3))
 
 

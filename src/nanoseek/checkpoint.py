@@ -105,7 +105,8 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig, expec
     if cfg.tie_word_embeddings and "lm_head.weight" not in out and "embed_tokens.weight" in out:
         out["lm_head.weight"] = out["embed_tokens.weight"]
     if unexpected:
-        hint = " (FP8 checkpoints must be de-quantised to bf16 first)" if any("scale_inv" in k for k in unexpected) else ""
+        fp8 = any("scale_inv" in k for k in unexpected)
+        hint = " (FP8 checkpoints must be de-quantised to bf16 first)" if fp8 else ""
         raise CheckpointError(f"{source}: unexpected tensor(s) {_few(unexpected)}{hint}")
     # fuse the per-expert matrices back into stacked [gate; up] and down weights
     I, E = cfg.moe_intermediate_size, cfg.n_routed_experts

@@ -166,7 +166,8 @@ class ModelConfig:
         # transformers >= 5 reads rope_parameters; vLLM, SGLang and transformers 4.x read
         # rope_theta + rope_scaling: write both so every reader sees the same positions.
         rp: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling is not None and self.rope_scaling.get("type", self.rope_scaling.get("rope_type")) == "yarn":
+        kind = None if self.rope_scaling is None else self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+        if kind == "yarn":
             rs = {k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type")}
             d["rope_scaling"] = {"type": "yarn", **rs}
             rp.update(rs, rope_type="yarn")

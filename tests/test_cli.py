@@ -1,0 +1,101 @@
+"""The nanoseek command: info on presets, config files and checkpoint dirs; help, version, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nanoseek
+from nanoseek.cli import PLANNED, main
+from nanoseek.model.config import get_preset
+from nanoseek.model.counting import count_params, flops_per_token, kv_cache_bytes_per_token
+
+
+def test_info_deepseek_v3_table(capsys):
+    assert main(["info", "deepseek-v3"]) == 0
+    out = capsys.readouterr().out
+    assert "671.0B" in out and "671,026,404,352" in out
+    assert "37.6B" in out  # active
+    assert "70,272" in out  # MLA latent bytes per token
+    assert "56.9x" in out  # MHA / MLA
+
+
+def test_info_json_has_exact_integers(capsys):
+    assert main(["info", "deepseek-v3", "--json", "--seq-len", "4096"]) == 0
+    f = json.loads(capsys.readouterr().out)
+    cfg = get_preset("deepseek-v3")
+    p = count_params(cfg)
+    assert f["params"]["total"] == p.total and isinstance(f["params"]["total"], int)
+    assert f["params"]["active"] == p.active
+    assert f["params"]["mtp"] == p.mtp
+    assert f["params"]["breakdown"] == p.breakdown
+    assert f["flops_per_token"]["training"] == flops_per_token(cfg, 4096)
+    assert f["kv_cache_bytes_per_token"]["mla_latent"] == 70_272
+    assert f["kv_cache_bytes_per_token"]["mha_over_mla"] == pytest.approx(57, abs=0.2)
+
+
+def test_info_options_change_the_figures(capsys):
+    main(["info", "deepseek-v3", "--json", "--dtype-bytes", "1", "--gqa-groups", "4", "--seq-len", "128"])
+    f = json.loads(capsys.readouterr().out)
+    kv = kv_cache_bytes_per_token(get_preset("deepseek-v3"), dtype_bytes=1, gqa_groups=4)
+    assert f["kv_cache_bytes_per_token"]["mla_latent"] == kv.mla_latent == 35_136
+    assert f["kv_cache_bytes_per_token"]["gqa"] == kv.gqa
+    assert f["flops_per_token"]["seq_len"] == 128
+
+
+def test_info_reads_config_json_and_checkpoint_dir(tmp_path, capsys):
+    cfg = get_preset("cpu-small")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    cfg.save(ckpt / "config.json")
+    for spec in (str(ckpt / "config.json"), str(ckpt)):
+        assert main(["info", spec, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["params"]["total"] == count_params(cfg).total
+
+
+def test_bad_spec_exits_2_naming_it(tmp_path, capsys):
+    assert main(["info", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanoseek: error:") and "no-such-model" in err
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    assert main(["info", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_bad_option_exits_2():
+    with pytest.raises(SystemExit) as e:
+        main(["info", "tiny", "--seq-len", "0"])
+    assert e.value.code == 2
+
+
+def test_help_lists_commands_and_planned_ones(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "info" in out
+    assert "not yet available" in out
+    for name in ("train", "tokenizer", "chat", "generate", "serve", "eval", "cost", "pipeline"):
+        assert name in PLANNED and f"  {name} " in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert nanoseek.__version__ in capsys.readouterr().out
+
+
+def test_python_dash_m_subprocess():
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-m", "nanoseek", "info", "tiny", "--json"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    f = json.loads(r.stdout)
+    assert f["params"]["total"] == count_params(get_preset("tiny")).total
+    bad = subprocess.run([sys.executable, "-m", "nanoseek", "info", "nope"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode == 2 and "nope" in bad.stderr

@@ -1,0 +1,290 @@
+"""Tokenizer: byte-level round trip, DeepSeek control tokens, R1 chat template parity with transformers."""
+
+import json
+import random
+
+import pytest
+import tokenizers
+
+from nanoseek.tokenizer import (
+    ASSISTANT,
+    BOS,
+    CONTROL_TOKENS,
+    EOS,
+    PAD,
+    THINK_END,
+    THINK_START,
+    USER,
+    Tokenizer,
+    render_chat,
+    render_completion,
+    train_tokenizer,
+)
+
+WORDS = ("the of and to a in is you that it he was for on are as with his they I at be this have from "
+         "think answer question reason step first then so because 0 1 2 3 42 1000 3.14 x = y + z ; ( ) "
+         "日本語 中文 한국어 émigré naïve Straße привет мир مرحبا שלום 🙂 🚀").split()
+
+
+def make_corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 25))]
+        lines.append(" ".join(words) + rng.choice([".", "?", "!\n", "\n\n"]))
+    return lines
+
+
+# Hard strings for the round trip (lone surrogates are not encodable as UTF-8, so they are not valid input).
+HARD = [
+    "", " ", "  ", "\n", "\n\n\n", "\t", "\r\n", "\x00", "\x00a\x00", "\x7f\x01\x1b[0m",
+    "  leading and trailing  ", "Hello, world!", "don't stop", "a . b , c", "multiple   spaces",
+    "héllo wörld", "e\u0301 combining", "a\u0300\u0301\u0302\u0303", "Z\u0351\u0352\u0353algo",
+    "日本語のテキスト", "中文字符", "한국어", "مرحبا بالعالم", "שלום עולם", "\u202eRTL override\u202c",
+    "👨‍👩‍👧‍👦", "🏳️‍🌈", "👍🏽", "🇫🇷🇯🇵", "\u200b\u200c\u200d", "\ufeffBOM", "\ufffd", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "\U0010ffff\U000e0001", "\u00a0nbsp\u2028line sep\u2029", "a" * 500, "ab" * 300 + "!",
+    "<｜User", "｜>", "<think", "think>", "</think", "▁", "<｜▁pad▁｜", "<<think>>", "<｜<｜User｜>｜>",
+    "text<think>\nreasoning</think>\n\nanswer", BOS + "x" + EOS, "x = 3.14159 * (y ** 2) // 7",
+]
+
+
+def random_strings(n: int, seed: int = 1234) -> list[str]:
+    rng = random.Random(seed)
+    # mostly from a few interesting ranges, sometimes from anywhere in Unicode (surrogates excluded)
+    ranges = [(0x00, 0x7F), (0x80, 0x7FF), (0x0300, 0x036F), (0x0590, 0x06FF), (0x3040, 0x30FF),
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0xFE00, 0xFFFF), (0, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rng.randint(0, 40)):
+            lo, hi = rng.choice(ranges)
+            cp = rng.randint(lo, hi)
+            if 0xD800 <= cp <= 0xDFFF:
+                cp = 0xFFFD
+            chars.append(chr(cp))
+            if rng.random() < 0.05:
+                chars.append(rng.choice(CONTROL_TOKENS))  # control tokens glued into random text
+        out.append("".join(chars))
+    return out
+
+
+CONVERSATIONS = {
+    "single_turn": [{"role": "user", "content": "What is 2 + 2?"}],
+    "system": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hi there"},
+    ],
+    "two_systems": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Answer in French."},
+    ],
+    "multi_turn_reasoning": [
+        {"role": "system", "content": "Think step by step."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "<think>\n2 plus 2 is 4.\n</think>\n\nThe answer is 4.",
+         "reasoning_content": "ignored"},
+        {"role": "user", "content": "And 日本語 times 3? 🙂"},
+        {"role": "assistant", "content": "<think>a</think>b</think>\n \n  last only \n"},
+        {"role": "user", "content": "  spaces kept in user turns\n"},
+    ],
+    "assistant_without_reasoning": [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "  Hi! How can I help?"},
+        {"role": "user", "content": "Tell me about <think> tags."},
+    ],
+    "ends_with_assistant": [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nA\n"},
+    ],
+}
+OPTIONS = [
+    {"add_generation_prompt": True},
+    {"add_generation_prompt": True, "thinking": False},
+    {"add_generation_prompt": False},
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return train_tokenizer(make_corpus(), vocab_size=1000)
+
+
+@pytest.fixture(scope="module")
+def saved(tok, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokenizer")
+    tok.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf(saved):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(saved, local_files_only=True)
+
+
+def test_training_learns_merges(tok):
+    assert 256 + len(CONTROL_TOKENS) < tok.vocab_size <= 1000
+    # frequent corpus words become single tokens, so text compresses well below one token per byte
+    text = " ".join(make_corpus(50, seed=7))
+    assert len(tok.encode(text)) < 0.5 * len(text.encode())
+    assert len(tok.encode(" the")) == 1
+
+
+def test_roundtrip_hard_strings(tok):
+    for s in HARD:
+        assert tok.decode(tok.encode(s)) == s, repr(s)
+
+
+def test_roundtrip_random_unicode(tok):
+    for s in random_strings(500):
+        assert tok.decode(tok.encode(s)) == s, repr(s)
+
+
+def test_every_byte_is_in_vocab(tok):
+    # byte-level alphabet: a string never seen in training still encodes without unknown tokens
+    ids = tok.encode("".join(chr(c) for c in range(256)))
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == "".join(chr(c) for c in range(256))
+
+
+def test_control_token_ids(tok):
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2)
+    assert (tok.think_start_id, tok.think_end_id) == (5, 6)
+    assert CONTROL_TOKENS == [BOS, EOS, PAD, USER, ASSISTANT, THINK_START, THINK_END]
+    assert BOS == "<\uff5cbegin\u2581of\u2581sentence\uff5c>" and PAD == "<\uff5c\u2581pad\u2581\uff5c>"
+    for i, s in enumerate(CONTROL_TOKENS):
+        assert tok.token_to_id(s) == i
+        assert tok.encode(s) == [i]
+        assert tok.decode([i]) == s
+
+
+def test_control_tokens_single_when_glued(tok):
+    for i, s in enumerate(CONTROL_TOKENS):
+        for text in (f"abc{s}\nxyz", f"x{s}{s}y", f" {s} ", f"日本{s}🙂"):
+            ids = tok.encode(text)
+            assert ids.count(i) == text.count(s), (s, text, ids)
+    ids = tok.encode("abc<think>\nxyz</think>\n\nanswer")
+    assert ids.count(tok.think_start_id) == 1 and ids.count(tok.think_end_id) == 1
+    # ordinary text never produces control ids
+    assert not set(tok.encode("begin of sentence think User Assistant < > ｜ ▁")) & set(range(7))
+
+
+def test_skip_special_tokens_keeps_think_tags(tok):
+    body = "q<think>\nreasoning\n</think>\n\nanswer"
+    ids = [tok.bos_id] + tok.encode(USER + "q" + ASSISTANT) + tok.encode(body) + [tok.eos_id, tok.pad_id]
+    assert tok.decode(ids, skip_special_tokens=True) == "q" + body
+    assert tok.decode(ids) == BOS + USER + "q" + ASSISTANT + body + EOS + PAD
+
+
+def test_render_chat_exact():
+    msgs = CONVERSATIONS["multi_turn_reasoning"]
+    assert render_chat(msgs) == (
+        BOS + "Think step by step."
+        + USER + "What is 2 + 2?" + ASSISTANT + "The answer is 4." + EOS
+        + USER + "And 日本語 times 3? 🙂" + ASSISTANT + "last only \n" + EOS
+        + USER + "  spaces kept in user turns\n" + ASSISTANT + "<think>\n"
+    )
+    one = [{"role": "user", "content": "Hi"}]
+    assert render_chat(one, thinking=False) == BOS + USER + "Hi" + ASSISTANT + "<think>\n\n</think>\n\n"
+    assert render_chat(one, add_generation_prompt=False) == BOS + USER + "Hi"
+    assert render_chat(CONVERSATIONS["two_systems"], add_generation_prompt=False) == (
+        BOS + "Be brief.\n\nAnswer in French." + USER + "Hi")
+
+
+def test_render_completion():
+    assert render_completion("r", "A") == "r\n</think>\n\nA" + EOS
+    # prompt + completion reads as one well-formed assistant turn; no reasoning == the thinking=False prompt
+    one = [{"role": "user", "content": "Hi"}]
+    assert render_chat(one) + render_completion(None, "A") == render_chat(one, thinking=False) + "A" + EOS
+    turn = (render_chat(one) + render_completion("hmm", "A")).split(ASSISTANT)[-1].removesuffix(EOS)
+    assert render_chat(one + [{"role": "assistant", "content": turn}],
+                       add_generation_prompt=False) == BOS + USER + "Hi" + ASSISTANT + "A" + EOS
+
+
+def test_encode_chat(tok):
+    msgs = CONVERSATIONS["system"]
+    ids = tok.encode_chat(msgs)
+    assert ids == tok.encode(render_chat(msgs))
+    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
+    assert ids[-3:-1] == [tok.token_to_id(ASSISTANT), tok.think_start_id]
+    assert tok.decode(ids) == render_chat(msgs)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_chat_template_matches_transformers(tok, hf, name):
+    msgs = CONVERSATIONS[name]
+    for opts in OPTIONS:
+        text = hf.apply_chat_template(msgs, tokenize=False, **opts)
+        assert text == render_chat(msgs, **opts), opts
+        ids = hf.apply_chat_template(msgs, tokenize=True, return_dict=False, **opts)
+        assert ids == tok.encode_chat(msgs, **opts), opts
+        assert ids.count(tok.bos_id) == 1  # no second BOS from transformers
+
+
+def test_transformers_tokenizer_matches(tok, hf):
+    assert hf.bos_token_id == tok.bos_id and hf.eos_token_id == tok.eos_id and hf.pad_token_id == tok.pad_id
+    assert len(hf) == tok.vocab_size
+    for s in HARD + random_strings(100, seed=99):
+        ids = tok.encode(s)
+        assert hf.encode(s) == ids, repr(s)
+        assert hf(s)["input_ids"] == ids, repr(s)
+        assert hf.decode(ids) == s, repr(s)
+        assert hf.decode(ids, skip_special_tokens=True) == tok.decode(ids, skip_special_tokens=True), repr(s)
+
+
+def test_transformers_template_rejects_bad_role(hf):
+    with pytest.raises(Exception, match="message 1"):
+        hf.apply_chat_template([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}],
+                               tokenize=False)
+
+
+def test_save_load_roundtrip(tok, saved):
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (BOS, EOS, PAD)
+    assert config["add_bos_token"] is False and config["clean_up_tokenization_spaces"] is False
+    assert isinstance(config["model_max_length"], int)
+    assert "<｜Assistant｜><think>" in config["chat_template"]
+    loaded = Tokenizer.load(saved)
+    assert loaded.vocab_size == tok.vocab_size
+    for s in HARD + random_strings(50, seed=5):
+        assert loaded.encode(s) == tok.encode(s)
+    assert loaded.decode(tok.encode("x<think>y"), skip_special_tokens=True) == "x<think>y"
+    assert loaded.encode_chat(CONVERSATIONS["multi_turn_reasoning"]) == tok.encode_chat(
+        CONVERSATIONS["multi_turn_reasoning"])
+
+
+def test_bad_vocab_size():
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(["abc"], vocab_size=256 + len(CONTROL_TOKENS))
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(["abc"], vocab_size=100)
+
+
+@pytest.mark.parametrize("msgs, where", [
+    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "message 1"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant"}], "message 1"),
+    ([{"role": "user", "content": None}], "message 0"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}]}], "message 0"),
+    (["just a string"], "message 0"),
+    ([], "empty"),
+])
+def test_bad_messages(tok, msgs, where):
+    with pytest.raises(ValueError, match=where):
+        render_chat(msgs)
+    with pytest.raises(ValueError, match=where):
+        tok.encode_chat(msgs)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        Tokenizer.load(tmp_path)
+
+
+def test_wrapper_rejects_foreign_tokenizer():
+    with pytest.raises(ValueError, match="must have id 0"):
+        Tokenizer(tokenizers.Tokenizer(tokenizers.models.BPE()))

@@ -204,3 +204,15 @@ def test_index_naming_a_missing_shard(model, tmp_path):
         len(set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values())))).unlink()
     with pytest.raises(CheckpointError, match="names shard model-00002"):
         load_model(tmp_path)
+
+
+def test_tokenizer_files_travel_with_the_checkpoint(model, tmp_path):
+    from nanoseek.tokenizer import Tokenizer, train_tokenizer
+
+    tok = train_tokenizer((f"{a} plus {b} is {a + b}" for a in range(40) for b in range(40)), vocab_size=300)
+    save_model(model, tmp_path / "ck", tokenizer=tok)
+    names = {p.name for p in (tmp_path / "ck").iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"} <= names
+    again = Tokenizer.load(tmp_path / "ck")
+    assert again.encode("12 plus 7 is 19") == tok.encode("12 plus 7 is 19")
+    load_model(tmp_path / "ck")  # the extra files do not disturb loading

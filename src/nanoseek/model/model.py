@@ -247,15 +247,25 @@ class Experts(nn.Module):
         order = idx.flatten().argsort(stable=True)  # (T*K,) assignments grouped by expert
         token = order // K
         xs = x[token]
-        outs = []
-        start = 0
-        for e, n in enumerate(counts.tolist()):  # one host sync per layer
-            if n:
-                gate, up = F.linear(xs[start:start + n], self.gate_up_proj[e]).chunk(2, dim=-1)
-                outs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
-                start += n
-        ys = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)
+        offs = counts.cumsum(0).to(torch.int32)
+        gate, up = grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
+        ys = grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs)
+        ys = ys * weights.flatten()[order, None].to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
+
+
+def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """Rows of x sorted by group; group g (rows offs[g-1]:offs[g]) times w[g] (in, out).
+    torch's grouped GEMM where it exists (bf16, or fp32 on CPU in eager mode), else one matmul per expert."""
+    if hasattr(F, "grouped_mm") and (x.dtype == torch.bfloat16 or (
+            x.device.type == "cpu" and not torch.compiler.is_compiling())):
+        return F.grouped_mm(x, w, offs=offs)
+    outs, start = [], 0
+    for g, end in enumerate(offs.tolist()):  # one host sync, a loop over experts, never tokens
+        if end > start:
+            outs.append(x[start:end] @ w[g])
+        start = end
+    return torch.cat(outs) if outs else x.new_zeros(0, w.shape[-1])
 
 
 class MoE(nn.Module):

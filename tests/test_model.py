@@ -258,3 +258,26 @@ def test_dtype_cast_keeps_routing_state_fp32():
 def test_tied_embeddings_share_one_matrix():
     model = tiny_model(tie_word_embeddings=True)
     assert model.lm_head.weight is model.embed_tokens.weight
+
+
+def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
+    from nanoseek.model.model import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(700, 32, requires_grad=True)  # several row blocks of a 2048-word vocabulary
+    w = (0.3 * torch.randn(2048, 32)).requires_grad_()
+    labels = torch.randint(0, 2048, (700,))
+    labels[::7] = -100
+    loss, logits = linear_cross_entropy(h, w, labels)
+    (loss * 3 + logits[:5].sum()).backward()  # a loss on the logits too
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref_logits = h @ w.T
+    ref = F.cross_entropy(ref_logits, labels, ignore_index=-100)
+    (ref * 3 + ref_logits[:5].sum()).backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(gh, h.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(gw, w.grad, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():  # validation: the loss alone
+        torch.testing.assert_close(linear_cross_entropy(h, w, labels)[0], ref)

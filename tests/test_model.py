@@ -281,3 +281,11 @@ def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
     torch.testing.assert_close(gw, w.grad, atol=1e-6, rtol=1e-4)
     with torch.no_grad():  # validation: the loss alone
         torch.testing.assert_close(linear_cross_entropy(h, w, labels)[0], ref)
+
+
+def test_value_head_wider_than_query_head():
+    # unusual but legal: v_head_dim > qk_head_dim must not be cropped by the flash-kernel padding
+    model = tiny_model(v_head_dim=40)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, absorb=True).logits, model(ids).logits, atol=1e-5, rtol=0)

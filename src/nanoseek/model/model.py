@@ -165,7 +165,7 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1).transpose(1, 2)
         # SDPA's flash kernels need v as wide as q and k, else it falls back to its slower math path:
         # pad v with zeros and drop those output columns (as transformers' flash-attention path does)
-        v = F.pad(v, (0, q.shape[-1] - self.v_dim)).transpose(1, 2)
+        v = F.pad(v, (0, max(0, q.shape[-1] - self.v_dim))).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
                                            is_causal=mask is None, scale=self.softmax_scale)
         return o.transpose(1, 2)[..., : self.v_dim]  # (b, s, h, v_dim)

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,27 +155,15 @@ def _few(keys: list[str], n: int = 5) -> str:
 # save
 
 
-def save_model(model: Transformer, directory: str | Path, tokenizer: Any = None,
-               max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> Path:
-    """Write `directory` atomically: everything goes to a temporary sibling that replaces the old
-    directory only once complete, so a crash mid-save leaves the previous checkpoint intact."""
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `directory` to fill; on success it replaces `directory` in one
+    rename, so a crash (even SIGKILL) at any moment leaves the previous version intact and loadable."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        tensors = to_hf_state_dict(model)
-        if dtype is not None:  # the correction bias stays fp32, as in every DeepSeek checkpoint
-            tensors = {k: v if k.endswith("e_score_correction_bias") else v.to(dtype) for k, v in tensors.items()}
-        _write_safetensors(tensors, tmp, max_shard_bytes)
-        cfg_dict = model.cfg.to_hf_dict()
-        saved = {v.dtype for k, v in tensors.items() if not k.endswith("e_score_correction_bias")}
-        cfg_dict["torch_dtype"] = cfg_dict["dtype"] = str(saved.pop() if len(saved) == 1 else torch.float32)[6:]
-        (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
-        gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id,
-               "do_sample": True, "temperature": 0.6, "top_p": 0.95}  # DeepSeek's advice for R1
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
+        yield tmp
         for f in tmp.iterdir():
             _fsync(f)
         old = None
@@ -188,7 +177,32 @@ def save_model(model: Transformer, directory: str | Path, tokenizer: Any = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def save_model(model: Transformer, directory: str | Path, tokenizer: Any = None,
+               max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> Path:
+    """Write a checkpoint directory atomically (see atomic_directory)."""
+    with atomic_directory(directory) as tmp:
+        write_model_files(model, tmp, tokenizer, max_shard_bytes, dtype)
+    return Path(directory)
+
+
+def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None,
+                      max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> None:
+    """config.json, safetensors, generation_config.json and the tokenizer files into `directory`."""
+    tensors = to_hf_state_dict(model)
+    if dtype is not None:  # the correction bias stays fp32, as in every DeepSeek checkpoint
+        tensors = {k: v if k.endswith("e_score_correction_bias") else v.to(dtype) for k, v in tensors.items()}
+    _write_safetensors(tensors, directory, max_shard_bytes)
+    cfg_dict = model.cfg.to_hf_dict()
+    saved = {v.dtype for k, v in tensors.items() if not k.endswith("e_score_correction_bias")}
+    cfg_dict["torch_dtype"] = cfg_dict["dtype"] = str(saved.pop() if len(saved) == 1 else torch.float32)[6:]
+    (directory / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
+    gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id,
+           "do_sample": True, "temperature": 0.6, "top_p": 0.95}  # DeepSeek's advice for R1
+    (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(directory)
 
 
 def _fsync(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,8 +79,10 @@ def test_help_lists_commands_and_planned_ones(capsys):
     out = capsys.readouterr().out
     assert "info" in out
     assert "not yet available" in out
-    for name in ("train", "tokenizer", "chat", "generate", "serve", "eval", "cost", "pipeline"):
+    for name in ("chat", "generate", "serve", "eval", "pipeline"):
         assert name in PLANNED and f"  {name} " in out
+    for name in ("cost", "train", "tokenizer", "data"):  # commands now, listed with info
+        assert name not in PLANNED and re.search(rf"\n    {name}\s", out)
 
 
 def test_version(capsys):
@@ -99,3 +102,46 @@ def test_python_dash_m_subprocess():
     bad = subprocess.run([sys.executable, "-m", "nanoseek", "info", "nope"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_the_pretraining_journey_through_the_cli(tmp_path, capsys, monkeypatch):
+    """gym corpus -> tokenizer -> token files -> train -> resume -> cost, as the README shows it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "gym", "basic_arithmetic", "chain_sum", "--size", "150", "--out", "gym.jsonl"]) == 0
+    assert main(["tokenizer", "train", "--data", "gym.jsonl", "--vocab-size", "400", "--out", "tok", "--quiet"]) == 0
+    assert main(["data", "prepare", "--data", "gym.jsonl", "--tokenizer", "tok", "--out", "data",
+                 "--val-fraction", "0.1", "--quiet"]) == 0
+    (tmp_path / "run.toml").write_text('model = "tiny"\ndata = "data"\ntokenizer = "tok"\nseq_len = 64\n'
+                                       "micro_batch_size = 4\nwarmup_steps = 2\neval_every = 5\n")
+    args = ["train", "--config", "run.toml", "--max-steps", "5", "--out-dir", "run", "--no-progress",
+            "--set", "bias_update_speed=0.01"]
+    assert main(args) == 0
+    assert "step 5: loss" in capsys.readouterr().out
+    assert main([*args[:4], "10", *args[5:], "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert cfg["extra"] == {"bias_update_speed": 0.01} and cfg["seq_len"] == 64 and cfg["max_steps"] == 10
+    capsys.readouterr()
+    assert main(["cost", "--run", "run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "prepare", "--data", "c.txt", "--tokenizer", "tok", "--out", "d"], "tokenizer file not found"),
+    (["tokenizer", "train", "--data", "nothing/*.txt", "--vocab-size", "300", "--out", "t"], "no files match"),
+    (["data", "gym", "no_such_task", "--out", "g.jsonl"], "no_such_task"),
+    (["train", "--data", "missing_dir"], "missing_dir: not a prepared data directory"),
+    (["train", "--config", "bad.toml"], "bad.toml: unknown key(s) learning_rate"),
+    (["train", "--data", "x", "--schedule", "linear"], "'schedule'"),
+    (["tokenizer", "train", "--data", "c.txt", "--vocab-size", "100", "--out", "t"], "--vocab-size"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_text('data = "x"\nlearning_rate = 0.1\n')
+    (tmp_path / "c.txt").write_text("some text")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanoseek: error: ") and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "c.txt"]  # nothing half-written

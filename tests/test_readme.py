@@ -1,5 +1,6 @@
 """The README's code is run, so that it cannot drift from the package."""
 
+import os
 import re
 import subprocess
 import sys
@@ -21,3 +22,22 @@ def test_readme_main_command_runs():
     cmd = re.search(r"pip install -e \. && (nanoseek [^\n]+)", README.read_text()).group(1).split()
     out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], capture_output=True, text=True, check=True)
     assert "70,272" in out.stdout and "671.0B" in out.stdout
+
+
+def test_readme_shell_journey_runs(tmp_path):
+    """The pretraining commands as written (a few steps fewer), torchrun line included."""
+    text = README.read_text()
+    blocks = re.findall(r"```bash\n(nanoseek data gym.*?)```", text, flags=re.S)
+    blocks += re.findall(r"```bash\n(torchrun --standalone.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NANOSEEK_CACHE": str(tmp_path / "cache")}
+    bindir = Path(sys.executable).parent
+    for line in "".join(blocks).strip().splitlines():
+        argv = line.replace("--max-steps 150", "--max-steps 30").split()
+        if argv[0] == "nanoseek" and argv[1] == "train":
+            argv.append("--no-progress")
+        argv[0] = str(bindir / argv[0])
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, (line, r.stderr[-2000:])
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step_000030" / "model.safetensors").exists()
+    assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step_000020" / "model.safetensors").exists()

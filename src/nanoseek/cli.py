@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -20,15 +21,23 @@ from nanoseek.model.counting import (
     kv_cache_bytes_per_token,
 )
 
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from nanoseek.checkpoint import CheckpointError
+    from nanoseek.data import DataError
+    from nanoseek.train.pretrain import TrainConfigError
+
+    return (ConfigError, CheckpointError, DataError, TrainConfigError, FileNotFoundError)
+
+
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
 PLANNED = {
-    "train": "pretrain or fine-tune (SFT, GRPO) a model, one CPU to a torchrun cluster",
-    "tokenizer": "train the byte-level BPE tokenizer and its chat template",
+    "sft": "supervised fine-tuning on chat data with reasoning_content",
+    "grpo": "reinforcement learning with rule-checked rewards (R1-Zero / R1)",
     "chat": "talk to a model in the terminal, reasoning shown",
     "generate": "sample completions from a checkpoint",
     "serve": "DeepSeek/OpenAI-compatible API server with reasoning_content, and the web chat app",
     "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
-    "cost": "GPU-hours and dollars of a training or serving run",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
 }
 
@@ -153,6 +162,223 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- cost ----
+
+def _count(text: str) -> int:
+    from nanoseek.eval.cost import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:  # an MFU, not a percentage: 0.39, not 39
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], e.g. 0.39 (got {text})")
+    return v
+
+
+def _price(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return v
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def _duration(hours: float) -> str:
+    return f"{hours / 24:,.1f} days" if hours >= 48 else f"{hours:.3g} hours"
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.0f}" if x >= 100 else f"${x:.3g}"
+
+
+def _cost_lines(c: Any, gpus: int, mfu_note: str = "", gpu_note: str = "") -> list[str]:
+    """Assumptions (every number the result rests on) and results of a TrainingCost."""
+    mtp = "counted" if c.include_mtp else "not counted (the usual 6ND reproduction; --mtp counts it)"
+    return [
+        "assumptions",
+        f"  FLOPs per token  {_human(c.flops_per_token, billion='G')}FLOP = 6 x N + attention (forward + backward)",
+        f"                   N = {c.matmul_params:,} active matmul weights (no embedding lookup, norms)",
+        f"                   attention = 3 x L x heads x (d_qk + d_v) x S = "
+        f"{_human(c.attention_flops_per_token, 'G')}FLOP; L = {c.layers} layers, causal (S/2 keys a query)",
+        f"  seq len S        {c.seq_len:,}",
+        f"  MTP module       {mtp}",
+        f"  GPU peak         {c.peak_flops / 1e12:,.1f} TFLOP/s per {c.gpu}, dense {c.dtype} (NVIDIA datasheet)"
+        + gpu_note,
+        f"  MFU              {c.mfu:.3g}{mfu_note}",
+        f"  price            ${c.usd_per_gpu_hour:.2f} per GPU-hour",
+        "",
+        "results",
+        f"  tokens           {_human(c.tokens)} ({c.tokens:,})",
+        f"  total compute    {c.total_flops:.3e} FLOPs",
+        f"  GPU-hours        {_hours(c.gpu_hours)} {c.gpu}-hours",
+        f"  wall-clock       {_duration(c.gpu_hours / gpus)} on {gpus:,} GPU" + ("s" if gpus > 1 else " (--gpus N)"),
+        f"  cost             {_usd(c.usd)}",
+    ]
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from nanoseek.eval import cost
+
+    try:
+        if (args.spec is None) == (args.run is None):
+            raise ValueError("give a model SPEC (with --tokens) or --run RUN_DIR" + (", not both" if args.run else ""))
+        if args.run is not None:
+            r = cost.run_cost(args.run, args.usd_per_hour, args.gpu)
+            if args.json:
+                print(json.dumps(asdict(r), indent=2))
+                return 0
+            lines = [f"{r.run_dir}: {r.steps:,} steps, {_human(r.tokens)} tokens on {r.device} x {r.world_size}", "",
+                     "assumptions",
+                     f"  device-hours     elapsed_s of the training steps x world size {r.world_size} "
+                     "(evaluation and checkpoint writes not timed)",
+                     f"  price            ${r.usd_per_device_hour:.2f} per device-hour", "",
+                     "results",
+                     f"  elapsed          {r.elapsed_s:,.1f} s",
+                     f"  device-hours     {_hours(r.device_hours)}",
+                     f"  throughput       {r.tokens_per_s:,.0f} tokens/s (all devices)",
+                     f"  MFU              {'not logged (unknown device)' if r.mfu is None else f'{r.mfu:.3g}'}",
+                     f"  cost             {_usd(r.usd)}"]
+            if r.on_gpu is not None:
+                lines += ["", f"the same {_human(r.tokens)} tokens on {r.on_gpu.gpu} at the run's MFU {r.mfu:.3g}:", "",
+                          *(f"  {line}".rstrip() for line in _cost_lines(r.on_gpu, 1))]
+            print("\n".join(lines))
+            return 0
+        if args.tokens is None:
+            raise ValueError("--tokens is required with a model SPEC (e.g. --tokens 14.8T)")
+        cfg = resolve_config(args.spec)
+        mfu = cost.DEFAULT_MFU if args.mfu is None else args.mfu
+        c = cost.training_cost(cfg, args.tokens, args.gpu or "H100", mfu, args.usd_per_hour, args.seq_len,
+                               include_mtp=args.mtp, dtype=args.dtype)
+    except ValueError as e:  # ConfigError is one
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"nanoseek: error: {args.spec or args.run}: {e}", file=sys.stderr)
+        return 2
+    mfu_note = ("  (given)" if args.mfu is not None
+                else f"  (assumed: no --mfu given; {cost.DEFAULT_MFU} is the V3 report's implied 0.39, rounded)")
+    gpu_note = "" if args.gpu else "  (assumed: no --gpu given)"
+    ref = None
+    if args.spec == "deepseek-v3":  # the report's pre-training row, and the MFU it implies on this formula
+        v3 = cost.V3_REPORT
+        ref = {**v3, "implied_mfu": cost.implied_mfu(cfg, v3["tokens"], v3["gpu_hours"], v3["gpu"], args.seq_len,
+                                                     include_mtp=args.mtp, dtype=args.dtype)}
+    if args.json:
+        print(json.dumps({"spec": args.spec, **asdict(c), "mfu_source": "given" if args.mfu is not None else "default",
+                          "gpus": args.gpus, "days": c.days(args.gpus), "v3_report": ref}, indent=2))
+        return 0
+    lines = [f"{args.spec}: training cost of {_human(c.tokens)} tokens on {c.gpu}", "",
+             *_cost_lines(c, args.gpus, mfu_note, gpu_note)]
+    if ref is not None:
+        lines += ["", f"V3 report: {ref['gpu_hours'] // 1000:,}K {ref['gpu']}-hours for {_human(ref['tokens'])} tokens "
+                      f"(pre-training), i.e. MFU {ref['implied_mfu']:.3f} on this formula"]
+    print("\n".join(lines))
+    return 0
+
+
+# ---- tokenizer, data, train ----
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from nanoseek.data import read_documents
+    from nanoseek.tokenizer import train_tokenizer
+
+    texts = (d.text for d in read_documents(args.data, field=args.field, txt_mode=args.txt_mode))
+    try:
+        tok = train_tokenizer(texts, args.vocab_size, args.min_frequency, show_progress=not args.quiet)
+    except ValueError as e:  # vocab size too small
+        print(f"nanoseek: error: --vocab-size: {e}", file=sys.stderr)
+        return 2
+    tok.save(args.out)
+    print(f"tokenizer with {tok.vocab_size:,} tokens written to {args.out}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from nanoseek.data import prepare_corpus
+    from nanoseek.tokenizer import Tokenizer
+
+    meta = prepare_corpus(args.data, Tokenizer.load(args.tokenizer), args.out, val_fraction=args.val_fraction,
+                          seed=args.seed, field=args.field, txt_mode=args.txt_mode, progress=not args.quiet)
+    print(f"{args.out}: {meta['train_tokens']:,} train tokens ({meta['train_documents']:,} documents), "
+          f"{meta['val_tokens']:,} validation tokens ({meta['val_documents']:,} documents), {meta['dtype']}")
+    return 0
+
+
+def cmd_data_gym(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from nanoseek.data import DataError, gym_documents, write_jsonl
+
+    try:
+        config = json.loads(args.config) if args.config else {}
+    except json.JSONDecodeError as e:
+        raise DataError(f"--config is not valid JSON: {e}") from None
+    rows = chain.from_iterable(gym_documents(name, args.size, args.seed + i, config)
+                               for i, name in enumerate(args.names))
+    n = write_jsonl(rows, args.out)
+    print(f"{n:,} documents from {', '.join(args.names)} written to {args.out} "
+          "(fields: text for pretraining, messages for SFT, answer, task)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nanoseek.train.pretrain import TrainConfig, load_train_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    overrides["extra"] = dict(args.extra) if args.extra else None
+    cfg = load_train_config(args.config, overrides)
+    _, last = train(cfg, resume=args.resume)
+    if last:
+        val = f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else ""
+        print(f"step {last['step']}: loss {last['loss']:.4f}{val}; checkpoints in {cfg.out_dir}/checkpoints, "
+              f"metrics in {cfg.out_dir}/metrics.jsonl (cost: nanoseek cost --run {cfg.out_dir})")
+    return 0
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (defaults None, so the config file, then the dataclass, decide)."""
+    from nanoseek.train.pretrain import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.name == "extra":
+            p.add_argument("--set", dest="extra", action="append", type=_key_value, metavar="KEY=VALUE",
+                           help=f"{help.split(' (CLI')[0]}; repeatable")
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help} (default {'on' if f.default else 'off'})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            p.add_argument(flag, type=kind, default=None, metavar=f.name.split("_")[-1].upper(),
+                           help=f"{help} (default {f.default!r})" if f.default not in ("", None) else help)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, true/false, null, lists
+    except json.JSONDecodeError:
+        return key, value
+
+
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nanoseek",
         description="nanoseek: DeepSeek-V3 / R1 end to end in readable PyTorch.",
         epilog=f"planned commands (not yet available):\n{planned}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30),
     )
     parser.add_argument("--version", action="version", version=f"nanoseek {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -182,7 +408,91 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--gqa-groups", type=_positive_int, default=8,
                       help="KV groups of the GQA comparison (default 8)")
     info.set_defaults(handler=cmd_info)
+
+    tok = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer (DeepSeek's special tokens, R1 chat "
+                                           "template)").add_subparsers(dest="action", metavar="ACTION", required=True)
+    tt = tok.add_parser("train", help="train a tokenizer on a corpus",
+                        description="Byte-level BPE with the `tokenizers` library; writes tokenizer.json and "
+                                    "tokenizer_config.json (with the chat template) that transformers loads.")
+    _add_corpus_flags(tt)
+    tt.add_argument("--vocab-size", type=_positive_int, required=True, help="vocabulary size, control tokens included")
+    tt.add_argument("--min-frequency", type=_positive_int, default=2, help="merge pairs seen at least this often")
+    tt.add_argument("--out", required=True, help="output directory")
+    tt.set_defaults(handler=cmd_tokenizer_train)
+
+    data = sub.add_parser("data", help="prepare pretraining data; render reasoning-gym corpora").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    prep = data.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin for `nanoseek train`",
+                           description="Stream a corpus, tokenize it, append EOS to every document and write flat "
+                                       "token files, split into train and validation by a seeded hash of each "
+                                       "document. Written atomically.")
+    _add_corpus_flags(prep)
+    prep.add_argument("--tokenizer", required=True, help="tokenizer directory (nanoseek tokenizer train)")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    prep.set_defaults(handler=cmd_data_prepare)
+    gym = data.add_parser("gym", help="render reasoning-gym tasks as chat documents with worked <think> traces",
+                          description="Write JSONL rows with `text` (the rendered conversation: a pretraining "
+                                      "document) and `messages` (user + assistant with reasoning_content: SFT data). "
+                                      "Traces are derived where the task allows (arithmetic, products, gcd, "
+                                      "countdown, sorting); otherwise the think block is empty.")
+    gym.add_argument("names", nargs="+", metavar="TASK", help="reasoning-gym dataset names, e.g. basic_arithmetic")
+    gym.add_argument("--size", type=_positive_int, default=1000, help="examples per task (default 1000)")
+    gym.add_argument("--seed", type=int, default=0, help="generator seed (task i uses seed + i)")
+    gym.add_argument("--config", help='dataset options as JSON, e.g. \'{"min_terms": 2, "max_terms": 3}\'')
+    gym.add_argument("--out", required=True, help="output .jsonl file")
+    gym.set_defaults(handler=cmd_data_gym)
+
+    train = sub.add_parser(
+        "train", help="pretrain a model: one CPU process, or DDP / FSDP2 under torchrun",
+        description="Pretrain as V3 was: AdamW (0.9, 0.95, wd 0.1 on matrices), warmup then cosine / constant / "
+                    "WSD, clip 1.0, the aux-loss-free bias update, the sequence-wise balance loss, MTP. Settings "
+                    "come from --config (TOML or YAML, keys = the flags below with underscores), then the flags. "
+                    "Run it under `torchrun --nproc_per_node N` for data parallelism (add --fsdp to shard).",
+        epilog="example: nanoseek train --model tiny --data data/ --tokenizer tok/ --max-steps 200\n"
+               "         torchrun --nproc_per_node 8 -m nanoseek train --config run.toml --fsdp",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--config", help="a TOML or YAML file of training settings")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    _add_train_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    cost = sub.add_parser(
+        "cost", help="GPU-hours and dollars to train a model, or of a finished run",
+        description="GPU-hours = FLOPs per token x tokens / (GPU peak x MFU) / 3600, and dollars at a price per "
+                    "GPU-hour; every assumption is printed. `nanoseek cost deepseek-v3 --tokens 14.8T --gpu H800 "
+                    "--mfu 0.391` gives the V3 report's 2,664K pre-training H800-hours. With --run, a finished "
+                    "training run's device-hours, throughput and dollars from its own metrics.jsonl.")
+    cost.add_argument("spec", metavar="SPEC", nargs="?",
+                      help=f"a preset name ({', '.join(PRESETS)}), a config.json path or a checkpoint directory")
+    cost.add_argument("--run", metavar="RUN_DIR", help="a finished training run (metrics.jsonl, train_config.json)")
+    cost.add_argument("--tokens", type=_count, help="training tokens: 14.8T, 500B, 2M, 1e9")
+    cost.add_argument("--gpu", default=None,
+                      help="GPU type, e.g. H800, H100, H100 PCIe, A100, L4, RTX 4090 (default H100; with --run, "
+                           "also project the run's token count onto this GPU at the run's MFU)")
+    cost.add_argument("--mfu", type=_fraction,
+                      help="model FLOPs utilisation in (0, 1] (default 0.4, the V3 report's implied 0.39 rounded)")
+    cost.add_argument("--usd-per-hour", type=_price, default=2.0,
+                      help="dollars per GPU-hour (default 2, as in the V3 report)")
+    cost.add_argument("--seq-len", type=_positive_int, default=4096, help="training context length (default 4096)")
+    cost.add_argument("--gpus", type=_positive_int, default=1, help="GPUs in parallel, for the wall-clock days")
+    cost.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp8", "tf32", "fp32"),
+                      help="which peak MFU is measured against (default bf16, the usual convention even for "
+                           "V3's FP8 training)")
+    cost.add_argument("--mtp", action="store_true", help="count the MTP modules' FLOPs too")
+    cost.add_argument("--json", action="store_true", help="print the figures as JSON")
+    cost.set_defaults(handler=cmd_cost)
     return parser
+
+
+def _add_corpus_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="GLOB",
+                   help="corpus files: .txt, .jsonl, .parquet, optionally .gz; ** recurses (quote the glob)")
+    p.add_argument("--field", default="text", help="JSONL field or Parquet column holding the text (default text)")
+    p.add_argument("--txt-mode", choices=("file", "blocks"), default="file",
+                   help=".txt: one document per file, or per blank-line-separated block (default file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
+    except _user_errors() as e:  # bad input: one clear line, no traceback
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     except BrokenPipeError:  # `nanoseek info ... | head`: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -418,9 +418,12 @@ class MTPLayer(Block):
         self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.shared_head = SharedHead(cfg)
 
-    def forward(self, emb: Tensor, h: Tensor, **attn) -> Tensor:  # type: ignore[override]
+    def forward(self, emb: Tensor, h: Tensor, **attn) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """Returns (h^k, shared_head.norm(h^k)): the state the next depth takes, and what the head reads.
+        The norm runs inside forward so that FSDP has this module's parameters gathered for it."""
         # embedding first, as the released checkpoints and every server do
-        return super().forward(self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1)), **attn)
+        h = super().forward(self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1)), **attn)
+        return h, self.shared_head.norm(h)
 
 
 @dataclass
@@ -550,9 +553,8 @@ class Transformer(nn.Module):
             # position of the token whose embedding enters, as servers feed the MTP block
             pos = positions[:, k:]
             cos, sin = self.rope(pos, h.dtype)
-            h = layer(self.embed_tokens(input_ids[:, k:]), h[:, :-1], cos=cos, sin=sin, mask=None, cache=None,
-                      positions=pos, kv_len=s - k, absorb=False)
-            hk = layer.shared_head.norm(h)
+            h, hk = layer(self.embed_tokens(input_ids[:, k:]), h[:, :-1], cos=cos, sin=sin, mask=None, cache=None,
+                          positions=pos, kv_len=s - k, absorb=False)
             if labels is None:
                 out.mtp_logits.append(self.lm_head(hk))
             else:

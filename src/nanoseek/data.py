@@ -1,0 +1,395 @@
+"""Pretraining data: read a corpus, tokenize it once into flat token files, and serve packed rows.
+
+  corpus files (.txt / .jsonl / .parquet, optionally .gz)  --prepare_corpus-->  train.bin, val.bin, meta.json
+  train.bin  --PackedLoader-->  (x, y) batches of seq_len tokens, sharded over data-parallel ranks
+
+Documents are concatenated with an EOS after each and cut into fixed rows with no cross-document mask, as
+V3 was trained. Reading is streaming (a corpus larger than memory works); the token files are memory-mapped.
+`gym_documents` renders reasoning-gym tasks as chat documents with worked <think> traces where they can be
+derived: the synthetic reasoning corpus of the toy R1 pipeline.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import gzip
+import hashlib
+import io
+import json
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nanoseek.checkpoint import atomic_directory
+from nanoseek.tokenizer import Tokenizer, render_chat, render_completion
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line) and what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus readers
+
+
+@dataclass
+class Document:
+    text: str
+    source: str  # "file:line" (or "file" / "file:row N"): where an error or a duplicate can be traced to
+
+
+def corpus_files(pattern: str) -> list[Path]:
+    """Files matching a glob (`**` recurses), sorted so every run and every rank sees the same order."""
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"no files match {pattern!r}")
+    return files
+
+
+def _suffix(path: Path) -> str:
+    s = path.suffixes
+    return "".join(s[-2:]) if s[-1:] == [".gz"] else "".join(s[-1:])
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    try:
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 (closed by caller)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines, with unreadable bytes, bad gzip and bad UTF-8 reported at their file and line."""
+    n = 0
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(f, 1):  # noqa: B007 (n is read in the except clauses)
+                yield n, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz is an EOFError
+        raise DataError(f"{path}:{n + 1}: cannot read: {e}") from None
+
+
+def read_documents(pattern: str, *, field: str = "text", txt_mode: str = "file") -> Iterator[Document]:
+    """Stream documents from every file matching `pattern`.
+
+    .txt: the whole file is one document (txt_mode="file") or each blank-line-separated block is
+    (txt_mode="blocks"); .jsonl: the string field `field` of every line; .parquet: the column `field`.
+    Any of them may be gzip-compressed (.txt.gz, .jsonl.gz)."""
+    if txt_mode not in ("file", "blocks"):
+        raise DataError(f"txt_mode must be 'file' or 'blocks', got {txt_mode!r}")
+    files = corpus_files(pattern)
+    for path in files:  # fail on an unknown kind before reading anything
+        if _suffix(path) not in (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet"):
+            raise DataError(f"{path}: unsupported file type {_suffix(path)!r}; "
+                            "use .txt, .jsonl or .parquet (optionally .txt.gz / .jsonl.gz)")
+    for path in files:
+        kind = _suffix(path).removesuffix(".gz")
+        if kind == ".txt":
+            yield from _read_txt(path, txt_mode)
+        elif kind == ".jsonl":
+            yield from _read_jsonl(path, field)
+        else:
+            yield from _read_parquet(path, field)
+
+
+def _read_txt(path: Path, mode: str) -> Iterator[Document]:
+    block: list[str] = []
+    start = 1
+    for n, line in _lines(path):
+        if mode == "blocks" and not line.strip():
+            if block:
+                yield Document("".join(block).strip("\n"), f"{path}:{start}")
+            block = []
+            continue
+        if not block:
+            start = n
+        block.append(line)
+    if block and "".join(block).strip():
+        yield Document("".join(block).strip("\n") if mode == "blocks" else "".join(block), f"{path}:{start}")
+
+
+def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict) or field not in row:
+            have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{path}:{n}: no field {field!r} (has: {have}); choose it with --field")
+        if not isinstance(row[field], str):
+            raise DataError(f"{path}:{n}: field {field!r} is {type(row[field]).__name__}, not a string")
+        yield Document(row[field], f"{path}:{n}")
+
+
+def _read_parquet(path: Path, column: str) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'nanoseek[parquet]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if column not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column {column!r} (has: {', '.join(pf.schema_arrow.names)}); "
+                        "choose it with --field")
+    row = 0
+    for batch in pf.iter_batches(columns=[column], batch_size=1024):  # streaming, one row group at a time
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise DataError(f"{path}: row {row}: column {column!r} is {type(text).__name__}, not a string")
+            yield Document(text, f"{path}:row {row}")
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenize once into flat token files
+
+
+def _is_val(text: str, seed: int, fraction: float) -> bool:
+    """A seeded hash of the text decides the split: stable across runs and file orders, and an exact
+    duplicate can never sit on both sides of it."""
+    h = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, val_fraction: float = 0.01,
+                   seed: int = 0, field: str = "text", txt_mode: str = "file", progress: bool = True,
+                   batch_docs: int = 512) -> dict[str, Any]:
+    """Tokenize a corpus into `out_dir`/{train.bin, val.bin, meta.json}; returns the meta. Each document
+    gets an EOS after it. Written atomically: a failed or killed run leaves no half-written directory."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    docs = read_documents(pattern, field=field, txt_mode=txt_mode)
+    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
+    out_dir = Path(out_dir)
+    from tqdm import tqdm
+
+    with atomic_directory(out_dir) as tmp, open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
+
+        def flush(batch: list[str]) -> None:
+            for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+                if not ids or ids[-1] != tokenizer.eos_id:  # chat documents already end with EOS
+                    ids.append(tokenizer.eos_id)
+                split = "val" if _is_val(text, seed, val_fraction) else "train"
+                np.asarray(ids, dtype=dtype).tofile(fval if split == "val" else ftrain)
+                counts[split][0] += 1
+                counts[split][1] += len(ids)
+            bar.update(len(batch))
+
+        batch: list[str] = []
+        for doc in docs:
+            if doc.text:
+                batch.append(doc.text)
+            if len(batch) == batch_docs:
+                flush(batch)
+                batch = []
+        flush(batch)
+        bar.close()
+        for split, (n_docs, _) in counts.items():
+            if n_docs == 0:
+                raise DataError(f"{pattern!r}: the {split} split is empty ({counts['train'][0] + counts['val'][0]} "
+                                f"documents, val_fraction {val_fraction}); add documents or change val_fraction")
+        meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name, "eos_id": tokenizer.eos_id,
+                "source": pattern, "field": field, "txt_mode": txt_mode, "val_fraction": val_fraction, "seed": seed,
+                "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
+                "val_documents": counts["val"][0], "val_tokens": counts["val"][1]}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{data_dir}: not a prepared data directory (no meta.json); "
+                        "make one with `nanoseek data prepare`")
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# the packing loader
+
+
+class PackedLoader:
+    """Rows of seq_len + 1 tokens (x = row[:-1], y = row[1:]) cut from a token file; consecutive rows
+    overlap by one token so no target is lost. Every epoch visits the rows in a fresh order drawn from
+    (seed, epoch), the same on every rank; the global batch at step i is rows [i*B*W, (i+1)*B*W) of that
+    order and rank r takes its slice [r*B, (r+1)*B). So W ranks with batch B see exactly what one process
+    with batch B*W sees, and the whole position is two integers, which is what state_dict() saves."""
+
+    def __init__(self, bin_path: str | Path, seq_len: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        bin_path = Path(bin_path)
+        meta = read_meta(bin_path.parent)
+        self.tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.n_rows = (len(self.tokens) - 1) // seq_len
+        per_step = batch_size * world_size
+        if self.n_rows < per_step:
+            raise DataError(f"{bin_path}: {len(self.tokens):,} tokens make {self.n_rows} rows of {seq_len + 1}, fewer "
+                            f"than one global batch ({batch_size} x {world_size} ranks); use more data, or a "
+                            "smaller batch or seq_len")
+        self.epoch, self.pos = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_rows // (self.batch_size * self.world_size)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        per_step = self.batch_size * self.world_size
+        if self.pos + per_step > self.n_rows:  # the tail that does not fill a global batch is skipped
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._permutation()
+        mine = self._order[self.pos + self.rank * self.batch_size:][: self.batch_size].tolist()
+        self.pos += per_step
+        T = self.seq_len
+        rows = np.stack([self.tokens[i * T: i * T + T + 1] for i in mine]).astype(np.int64)
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "seq_len": self.seq_len,
+                "n_rows": self.n_rows, "global_batch": self.batch_size * self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "seq_len", "n_rows", "global_batch"):
+            if state[key] != mine[key]:
+                raise DataError(f"loader state does not fit this data: {key} was {state[key]}, is now {mine[key]}")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._permutation()
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic reasoning corpora from reasoning-gym
+
+
+_BINOPS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub), ast.Mult: ("*", operator.mul),
+           ast.Div: ("/", operator.truediv)}
+
+
+def _arith_steps(expression: str) -> list[str] | None:
+    """Evaluate an arithmetic expression one operation at a time, innermost first: the scratchpad a
+    student writes. Multiplications of multi-digit numbers get their partial products."""
+    try:
+        tree = ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval").body
+    except SyntaxError:
+        return None
+    steps: list[str] = []
+
+    def fmt(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            v = ev(node.operand)
+            if not isinstance(node.operand, ast.Constant):  # negating a result is a step of its own
+                steps.append(f"-({fmt(v)}) = {fmt(-v)}")
+            return -v
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            a, b = ev(node.left), ev(node.right)
+            sym, fn = _BINOPS[type(node.op)]
+            if sym == "/" and b == 0:
+                raise ZeroDivisionError
+            r = fn(a, b)
+            if sym == "*" and abs(b) >= 10 and float(a).is_integer() and float(b).is_integer():
+                digits = str(abs(int(b)))
+                parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
+                sign = -1 if b < 0 else 1
+                steps.append(" + ".join(f"{fmt(a)} * {fmt(sign * p)}" for p in parts)
+                             + " = " + " + ".join(fmt(a * sign * p) for p in parts) + f" = {fmt(r)}")
+            else:
+                steps.append(f"{fmt(a)} {sym} {fmt(b)} = {fmt(r)}")
+            return r
+        raise ValueError(node)
+
+    try:
+        ev(tree)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return steps
+
+
+def derive_trace(entry: dict[str, Any]) -> str | None:
+    """A worked reasoning trace for a reasoning-gym entry, where its metadata makes one derivable."""
+    meta = entry.get("metadata", {})
+    if "expression" in meta:
+        steps = _arith_steps(meta["expression"])
+        if steps:
+            if "target" in meta:  # countdown: show that the expression reaches the target
+                steps.append(f"That makes {meta['target']}, using each number at most once.")
+            return "\n".join(steps)
+    if "numbers" in meta and "result" in meta and meta.get("source_dataset") == "gcd":
+        a, b = meta["numbers"][:2]
+        lines = []
+        while b:
+            lines.append(f"{a} = {a // b} * {b} + {a % b}")
+            a, b = b, a % b
+        return "\n".join(lines + [f"The last non-zero remainder is {a}."])
+    if "sorted_numbers" in meta:
+        return f"In {meta['direction']} order: {', '.join(meta['sorted_numbers'])}."
+    return None
+
+
+def gym_documents(name: str, size: int, seed: int = 0, config: dict[str, Any] | None = None) -> Iterator[dict]:
+    """`size` entries of a reasoning-gym dataset as chat documents: {"messages": [user, assistant with
+    reasoning_content], "text": the rendered conversation (a pretraining document), "answer", "task"}."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise DataError("reasoning-gym is not installed: pip install reasoning-gym") from None
+    try:
+        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **(config or {}))
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise DataError(f"reasoning-gym dataset {name!r} (config {config or {}}): {e}") from None
+    for entry in dataset:
+        trace = derive_trace(entry)
+        user = {"role": "user", "content": entry["question"]}
+        assistant = {"role": "assistant", "content": str(entry["answer"]), "reasoning_content": trace or ""}
+        text = render_chat([user]) + render_completion(trace, assistant["content"])
+        yield {"messages": [user, assistant], "text": text, "answer": str(entry["answer"]), "task": name}
+
+
+def write_jsonl(rows: Iterator[dict], path: str | Path) -> int:
+    """Write rows as JSON lines, atomically (temporary file + rename); returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    return n
+
+
+__all__ = ["DataError", "Document", "PackedLoader", "corpus_files", "derive_trace", "gym_documents",
+           "prepare_corpus", "read_documents", "read_meta", "write_jsonl"]

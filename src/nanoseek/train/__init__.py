@@ -1,0 +1,1 @@
+"""Training: pretraining now; SFT, GRPO and distillation build on the same loop."""

@@ -1,0 +1,186 @@
+"""Corpus readers, tokenized token files, the packing loader and the reasoning-gym corpora."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nanoseek.data import (
+    DataError,
+    PackedLoader,
+    derive_trace,
+    gym_documents,
+    prepare_corpus,
+    read_documents,
+    write_jsonl,
+)
+from nanoseek.tokenizer import EOS, THINK_END, THINK_START, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([f"the number {i} is {i * 7} and {i}+{i}={2 * i}" for i in range(300)], vocab_size=300)
+
+
+def texts(pattern, **kw):
+    return [d.text for d in read_documents(pattern, **kw)]
+
+
+def test_txt_files_and_blocks(tmp_path):
+    (tmp_path / "a.txt").write_text("first block\nstill first\n\n\nsecond block\n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("zipped one\n\nzipped two")
+    assert texts(str(tmp_path / "*.txt*"), txt_mode="file") == [
+        "first block\nstill first\n\n\nsecond block\n", "zipped one\n\nzipped two"]
+    docs = list(read_documents(str(tmp_path / "*.txt*"), txt_mode="blocks"))
+    assert [d.text for d in docs] == ["first block\nstill first", "second block", "zipped one", "zipped two"]
+    assert docs[1].source.endswith("a.txt:5")  # the line a block starts at
+
+
+def test_jsonl_and_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one", "id": 1}) + "\n\n" + json.dumps({"text": "two"}))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"body": "x", "text": "three"}) + "\n")
+    pq.write_table(pa.table({"content": ["four", None, "five"]}), tmp_path / "c.parquet", row_group_size=1)
+    assert texts(str(tmp_path / "*.jsonl*")) == ["one", "two", "three"]
+    assert texts(str(tmp_path / "*.parquet"), field="content") == ["four", "five"]
+
+
+@pytest.mark.parametrize("name, content, field, message", [
+    ("bad.jsonl", '{"text": "ok"}\n{"text": "broken\n', "text", r"bad.jsonl:2: malformed JSON"),
+    ("missing.jsonl", '{"text": "ok"}\n{"body": "no text"}\n', "text",
+     r"missing.jsonl:2: no field 'text' \(has: body\)"),
+    ("num.jsonl", '{"text": 3}\n', "text", r"num.jsonl:1: field 'text' is int"),
+    ("latin.txt", b"caf\xe9\n", "text", r"latin.txt:1: not UTF-8"),
+    ("notgz.txt.gz", b"plain bytes", "text", r"notgz.txt.gz:1: cannot read"),
+    ("cut.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 100)[:-12], "text", r"cut.jsonl.gz:\d+: cannot read"),
+    ("data.csv", "a,b\n", "text", r"unsupported file type '.csv'"),
+])
+def test_bad_input_names_file_and_line(tmp_path, name, content, field, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=message):
+        texts(str(path), field=field)
+
+
+def test_empty_glob_missing_column_unreadable_file(tmp_path):
+    with pytest.raises(DataError, match="no files match"):
+        texts(str(tmp_path / "nothing*.txt"))
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"content": ["a"]}), tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"c.parquet: no column 'text' \(has: content\)"):
+        texts(str(tmp_path / "c.parquet"))
+    locked = tmp_path / "locked.txt"
+    locked.write_text("secret")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # running as root: permissions do not stop us
+        pytest.skip("cannot make a file unreadable as root")
+    with pytest.raises(DataError, match="locked.txt: cannot read"):
+        texts(str(locked))
+
+
+def test_prepare_corpus_round_trips_documents(tmp_path, tok):
+    docs = [f"document {i}: {i} plus {i} is {2 * i}" for i in range(200)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    meta = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out", val_fraction=0.1, progress=False)
+    assert meta["train_documents"] + meta["val_documents"] == 200 and meta["val_documents"] > 5
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
+    train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
+    assert len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
+    # every document comes back whole, once, followed by EOS; the split does not depend on file order
+    back = tok.decode(train.tolist()).split(EOS)[:-1] + tok.decode(val.tolist()).split(EOS)[:-1]
+    assert sorted(back) == sorted(docs)
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in reversed(docs)))
+    again = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out2", val_fraction=0.1, progress=False)
+    assert again["val_tokens"] == meta["val_tokens"]
+
+
+def test_failed_prepare_leaves_nothing_behind(tmp_path, tok):
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n' * 50 + "not json\n")
+    with pytest.raises(DataError, match="a.jsonl:51"):
+        prepare_corpus(str(tmp_path / "a.jsonl"), tok, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
+
+
+def make_bin(tmp_path, n_tokens):
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16"}))
+    np.arange(n_tokens, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    return tmp_path / "train.bin"
+
+
+def test_loader_rows_overlap_by_one_and_cover_an_epoch(tmp_path):
+    path = make_bin(tmp_path, 8 * 10 + 1)  # exactly 10 rows of 8 + 1
+    loader = PackedLoader(path, seq_len=8, batch_size=5)
+    seen = []
+    for _ in range(2):
+        x, y = loader.next_batch()
+        assert x.shape == (5, 8) and x.dtype == torch.int64
+        assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y - x, torch.ones_like(x))
+        seen += (x[:, 0] // 8).tolist()
+    assert sorted(seen) == list(range(10))  # one epoch = every row once
+    x, _ = loader.next_batch()
+    assert loader.state_dict()["epoch"] == 1
+
+
+def test_loader_shards_ranks_like_one_process(tmp_path):
+    path = make_bin(tmp_path, 64 * 37 + 5)
+    one = PackedLoader(path, seq_len=64, batch_size=6, seed=3)
+    ranks = [PackedLoader(path, seq_len=64, batch_size=2, rank=r, world_size=3, seed=3) for r in range(3)]
+    for _ in range(20):  # several epochs
+        x, _ = one.next_batch()
+        assert torch.equal(x, torch.cat([r.next_batch()[0] for r in ranks]))
+    assert not torch.equal(PackedLoader(path, 64, 6, seed=4).next_batch()[0], PackedLoader(path, 64, 6).next_batch()[0])
+
+
+def test_loader_resumes_mid_epoch(tmp_path):
+    path = make_bin(tmp_path, 16 * 50 + 1)
+    a = PackedLoader(path, seq_len=16, batch_size=4, seed=1)
+    for _ in range(17):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))  # it travels through train_state.json
+    b = PackedLoader(path, seq_len=16, batch_size=4, seed=1)
+    b.load_state_dict(state)
+    for _ in range(30):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+    with pytest.raises(DataError, match="seq_len was 16, is now 8"):
+        PackedLoader(path, seq_len=8, batch_size=4, seed=1).load_state_dict(state)
+
+
+def test_loader_refuses_data_smaller_than_a_batch(tmp_path):
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        PackedLoader(make_bin(tmp_path, 100), seq_len=64, batch_size=2)
+
+
+def test_arithmetic_traces_are_correct():
+    trace = derive_trace({"metadata": {"expression": "5 - 3 * 4 + 27 * 13"}})
+    assert trace.splitlines() == ["3 * 4 = 12", "5 - 12 = -7", "27 * 10 + 27 * 3 = 270 + 81 = 351", "-7 + 351 = 344"]
+    gcd = derive_trace({"metadata": {"source_dataset": "gcd", "numbers": [780, 462], "result": 6}})
+    assert gcd.endswith("is 6.") and "780 = 1 * 462 + 318" in gcd
+    assert derive_trace({"metadata": {}}) is None
+
+
+def test_gym_documents_are_chat_documents_with_think_traces(tmp_path):
+    rows = list(gym_documents("basic_arithmetic", size=20, seed=5))
+    assert len(rows) == 20
+    for r in rows:
+        user, assistant = r["messages"]
+        text = r["text"]
+        assert text.count(THINK_START) == 1 and text.count(THINK_END) == 1 and text.endswith(EOS)
+        assert text.index(user["content"]) < text.index(THINK_START) < text.index(THINK_END) < text.rindex(r["answer"])
+        # the trace ends with the answer itself: it is a worked solution, not decoration
+        last = assistant["reasoning_content"].splitlines()[-1]
+        assert float(last.split("= ")[-1]) == pytest.approx(float(r["answer"]))
+    assert [r["text"] for r in gym_documents("basic_arithmetic", size=20, seed=5)] == [r["text"] for r in rows]
+    assert write_jsonl(iter(rows), tmp_path / "g.jsonl") == 20
+    assert texts(str(tmp_path / "g.jsonl")) == [r["text"] for r in rows]
+    with pytest.raises(DataError, match="no_such_task"):
+        list(gym_documents("no_such_task", size=2))

@@ -1,0 +1,203 @@
+"""Pretraining: the tiny model learns, a killed run resumes bit for bit, torchrun matches one process."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nanoseek.checkpoint import load_model
+from nanoseek.data import PackedLoader, prepare_corpus
+from nanoseek.train.pretrain import (
+    TrainConfig,
+    TrainConfigError,
+    evaluate,
+    latest_checkpoint,
+    load_train_config,
+    lr_at,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from nanoseek.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    lines = [f"{a} + {b} = {a + b}" for a in range(90) for b in range(0, 90, 3)]
+    for i in range(4):
+        (root / f"part{i}.txt").write_text("\n\n".join(lines[i::4]))
+    tok = train_tokenizer(lines, vocab_size=320)
+    tok.save(root / "tok")
+    prepare_corpus(str(root / "part*.txt"), tok, root / "data", val_fraction=0.05, seed=0,
+                   txt_mode="blocks", progress=False)
+    return root
+
+
+def config(data_dir, out, **kw) -> TrainConfig:
+    base = dict(model="tiny", data=str(data_dir / "data"), tokenizer=str(data_dir / "tok"), out_dir=str(out),
+                seq_len=64, micro_batch_size=8, max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20,
+                eval_batches=4, save_every=0, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_model_learns(data_dir, tmp_path):
+    cfg = config(data_dir, tmp_path / "run", max_steps=60, eval_every=30, sample_every=60)
+    from nanoseek.model import get_preset
+    from nanoseek.model.model import Transformer
+
+    torch.manual_seed(cfg.seed)
+    fresh = Transformer(get_preset("tiny"))
+    val = PackedLoader(Path(cfg.data) / "val.bin", cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed + 1)
+    initial = evaluate(fresh, val, cfg.eval_batches, torch.device("cpu"), __import__("nanoseek.train.pretrain",
+                                                                                      fromlist=["Dist"]).Dist())
+    model, last = train(cfg)
+    assert last["val_loss"] < 0.5 * initial, (initial, last["val_loss"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    for key in ("loss", "main_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s", "max_vio",
+                "mtp_acc", "tokens", "elapsed_s"):
+        assert key in rows[-1], key
+    assert "sample" in rows[-1] and isinstance(rows[-1]["sample"], str)
+    assert (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "expert_load.png").exists()
+    ck = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in ck] == ["step_000060"]  # the end of a run is always saved
+    assert (ck[0] / "tokenizer.json").exists() and (ck[0] / "model.safetensors").exists()
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(110, cfg) == pytest.approx(0.1)
+    wsd = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.5)
+    assert lr_at(54, wsd) == 1.0 and lr_at(110, wsd) == pytest.approx(0.1)
+    assert lr_at(60, TrainConfig(data="x", schedule="constant", lr=0.5)) == 0.5
+
+
+def test_config_file_and_errors(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('data = "d"\nlr = 0.001\nmax_steps = 7\n')
+    cfg = load_train_config(f, {"max_steps": 9, "seed": None})
+    assert cfg.lr == 0.001 and cfg.max_steps == 9
+    f.write_text('data = "d"\nlearning_rate = 0.1\n')
+    with pytest.raises(TrainConfigError, match="unknown key.*learning_rate"):
+        load_train_config(f, {})
+    f.write_text('data = "d"\nlr = \n')
+    with pytest.raises(TrainConfigError, match="run.toml"):
+        load_train_config(f, {})
+    with pytest.raises(TrainConfigError, match="'schedule'"):
+        load_train_config(None, {"data": "d", "schedule": "linear"})
+
+
+def test_sequence_longer_than_the_model_allows_is_refused(data_dir, tmp_path):
+    with pytest.raises(TrainConfigError, match="seq_len.*max_position_embeddings"):
+        train(config(data_dir, tmp_path, seq_len=4096))
+
+
+def run_script(args: list[str], out: Path) -> subprocess.Popen:
+    code = ("import sys, json; from nanoseek.train.pretrain import TrainConfig, train; "
+            "kw = json.loads(sys.argv[1]); resume = kw.pop('resume', False); train(TrainConfig(**kw), resume=resume)")
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def metrics(run: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_killed_run_resumes_exactly(data_dir, tmp_path):
+    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "a"), seq_len=64, micro_batch_size=4,
+              max_steps=16, lr=3e-3, warmup_steps=2, eval_every=0, save_every=4, keep_last=2, progress=False)
+    assert run_script([json.dumps(kw)], tmp_path).wait() == 0  # uninterrupted
+
+    kw_b = dict(kw, out_dir=str(tmp_path / "b"))
+    p = run_script([json.dumps(kw_b)], tmp_path)
+    deadline = time.time() + 120
+    while not (tmp_path / "b" / "checkpoints" / "step_000008").exists():
+        assert p.poll() is None and time.time() < deadline, "run ended before its second checkpoint"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)  # no chance to clean up
+    p.wait()
+    assert run_script([json.dumps(dict(kw_b, resume=True))], tmp_path).wait() == 0
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert sorted(b) == list(range(1, 17))
+    for s in range(9, 17):
+        assert b[s]["loss"] == a[s]["loss"], s  # bitwise on CPU
+    wa = load_file(tmp_path / "a" / "checkpoints" / "step_000016" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoints" / "step_000016" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2  # keep_last
+
+    # killed at random moments while it checkpoints every step (so most kills land inside a save):
+    # each time the latest checkpoint loads, and the run still ends with the uninterrupted weights
+    kw_c = dict(kw, out_dir=str(tmp_path / "c"), save_every=1)
+    rng = random.Random(0)
+    for _ in range(3):
+        p = run_script([json.dumps(dict(kw_c, resume=True))], tmp_path)
+        while not list((tmp_path / "c").glob("checkpoints/step_*")) and p.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.5))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        load_model(latest_checkpoint(tmp_path / "c"))
+    assert run_script([json.dumps(dict(kw_c, resume=True))], tmp_path).wait() == 0
+    wc = load_file(tmp_path / "c" / "checkpoints" / "step_000016" / "model.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert not list((tmp_path / "c" / "checkpoints").glob(".*"))  # killed saves' temporaries were cleared
+
+
+def test_sigterm_saves_and_exits(data_dir, tmp_path):
+    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "r"), seq_len=64, micro_batch_size=4,
+              max_steps=100000, eval_every=0, save_every=0, progress=False)
+    p = run_script([json.dumps(kw)], tmp_path)
+    deadline = time.time() + 120
+    while not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text():
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 0, p.stderr.read().decode()[-2000:]
+    saved = sorted((tmp_path / "r" / "checkpoints").iterdir())
+    assert len(saved) == 1 and int(saved[0].name.split("_")[1]) == max(metrics(tmp_path / "r"))
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_torchrun_two_ranks_match_one_process(data_dir, tmp_path, fsdp):
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    kw = dict(model="tiny", data=str(data_dir / "data"), seq_len=64, max_steps=6, lr=3e-3, warmup_steps=1,
+              eval_every=0, save_every=6, progress=False, fsdp=fsdp)
+    one = dict(kw, out_dir=str(tmp_path / "one"), micro_batch_size=8)
+    assert run_script([json.dumps(one)], tmp_path).wait() == 0
+    two = dict(kw, out_dir=str(tmp_path / "two"), micro_batch_size=4)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    script = tmp_path / "go.py"
+    script.write_text("import sys, json\nfrom nanoseek.train.pretrain import TrainConfig, train\n"
+                      "model, _ = train(TrainConfig(**json.loads(sys.argv[1])))\n"
+                      "import torch, os\n"
+                      "b = torch.cat([m.gate.e_score_correction_bias for m in model.moe_layers()])\n"
+                      "torch.save(b, sys.argv[2] + f'/bias{os.environ[\"RANK\"]}.pt')\n")
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(two),
+                          str(tmp_path)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for s in range(1, 7):
+        assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-5, (s, a[s]["loss"], b[s]["loss"])
+    b0, b1 = torch.load(tmp_path / "bias0.pt"), torch.load(tmp_path / "bias1.pt")
+    assert torch.equal(b0, b1)
+    wa = load_file(tmp_path / "one" / "checkpoints" / "step_000006" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "checkpoints" / "step_000006" / "model.safetensors")
+    bias = [k for k in wa if k.endswith("e_score_correction_bias")]
+    assert all(torch.equal(wa[k], wb[k]) for k in bias)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4

@@ -164,6 +164,10 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {key: 7.0e9}
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another thread count is another entry
     assert device_peak_flops("cpu", "fp32") == 7.0e9 and len(json.loads(path.read_text())) == 2
+    # a refresh keeps the higher of the cached and the new figure: a probe on a busy machine reads low
+    assert cost.cpu_peak_flops("fp32", refresh=True) == 7.0e9
+    monkeypatch.setattr(cost, "_matmul_probe", lambda dtype, budget_s=1.0: 9.0e9)
+    assert cost.cpu_peak_flops("fp32", refresh=True) == 9.0e9 and device_peak_flops("cpu", "fp32") == 9.0e9
     with pytest.raises(ValueError):
         device_peak_flops("cpu", "fp8")
 

@@ -76,6 +76,16 @@ def test_tiny_model_learns(data_dir, tmp_path):
     assert (ck[0] / "tokenizer.json").exists() and (ck[0] / "model.safetensors").exists()
 
 
+def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
+    kw = dict(max_steps=6, eval_every=0, warmup_steps=1)
+    train(config(data_dir, tmp_path / "big", micro_batch_size=8, **kw))
+    train(config(data_dir, tmp_path / "acc", micro_batch_size=2, batch_tokens=8 * 64, **kw))  # 4 micro-batches
+    big, acc = metrics(tmp_path / "big"), metrics(tmp_path / "acc")
+    assert acc[6]["tokens"] == big[6]["tokens"] == 6 * 8 * 64
+    for s in range(1, 7):
+        assert abs(big[s]["loss"] - acc[s]["loss"]) <= 1e-5 and big[s]["max_vio"] == acc[s]["max_vio"], s
+
+
 def test_lr_schedules():
     cfg = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
@@ -96,6 +106,8 @@ def test_config_file_and_errors(tmp_path):
     f.write_text('data = "d"\nlr = \n')
     with pytest.raises(TrainConfigError, match="run.toml"):
         load_train_config(f, {})
+    with pytest.raises(TrainConfigError, match="'batch_tokens': 1000 is invalid; must be a multiple of seq_len"):
+        load_train_config(None, {"data": "d", "batch_tokens": 1000, "seq_len": 256})
     with pytest.raises(TrainConfigError, match="'schedule'"):
         load_train_config(None, {"data": "d", "schedule": "linear"})
 
@@ -192,6 +204,7 @@ def test_torchrun_two_ranks_match_one_process(data_dir, tmp_path, fsdp):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert a[6]["world_size"] == 1 and b[6]["world_size"] == 2  # what `nanoseek cost --run` multiplies by
     for s in range(1, 7):
         assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-5, (s, a[s]["loss"], b[s]["loss"])
     b0, b1 = torch.load(tmp_path / "bias0.pt"), torch.load(tmp_path / "bias1.pt")

@@ -505,7 +505,7 @@ class Transformer(nn.Module):
             absorb = cache is not None
         start = torch.as_tensor(start_pos, device=dev).reshape(-1, 1).expand(b, 1)
         positions = start + torch.arange(s, device=dev)
-        if cache is None and not bool((start == 0).all()):
+        if cache is None and not (isinstance(start_pos, int) and start_pos == 0) and not bool((start == 0).all()):
             raise ValueError("start_pos > 0 needs a cache holding the earlier tokens")
         mask, kv_len = None, s
         if cache is not None:

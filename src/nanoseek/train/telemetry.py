@@ -47,6 +47,11 @@ class Telemetry:
             except (ImportError, ValueError):
                 self.peak = float("nan")  # an unknown GPU: no MFU rather than a wrong one
         mfu = tokens_per_s_per_device * flops_per_token / self.peak
+        if mfu > 1 and self.device.type == "cpu":  # the cached probe ran on a busy machine: measure again
+            from nanoseek.eval.cost import cpu_peak_flops
+
+            self.peak = cpu_peak_flops("fp32", refresh=True)
+            mfu = tokens_per_s_per_device * flops_per_token / self.peak
         return None if mfu != mfu else round(mfu, 4)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -123,8 +123,9 @@ def main() -> None:
                probe_peak_gflops=round(probe / 1e9, 1), steps=args.steps)
     for name, ts in times.items():
         med = statistics.median(ts)
+        f = fpt if name == "nanoseek" else flops_per_token(cfg, args.seq)  # transformers trains no MTP module
         rec[name] = dict(step_ms=round(1e3 * med, 1), tokens_per_s=round(tokens / med),
-                         gflops=round(fpt * tokens / med / 1e9, 1), pct_peak=round(100 * fpt * tokens / med / peak, 1),
+                         gflops=round(f * tokens / med / 1e9, 1), pct_peak=round(100 * f * tokens / med / peak, 1),
                          first_loss=round(losses[name][0], 5), last_loss=round(losses[name][-1], 5))
     rec["ratio"] = round(rec["nanoseek"]["tokens_per_s"] / rec["transformers"]["tokens_per_s"], 2)
     rec["train_loop"] = dict(tokens_per_s=round(loop_tps), gflops=round(loop_tps * fpt / 1e9, 1),

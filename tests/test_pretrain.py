@@ -62,8 +62,11 @@ def test_tiny_model_learns(data_dir, tmp_path):
     val = PackedLoader(Path(cfg.data) / "val.bin", cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed + 1)
     initial = evaluate(fresh, val, cfg.eval_batches, torch.device("cpu"), __import__("nanoseek.train.pretrain",
                                                                                       fromlist=["Dist"]).Dist())
+    before = signal.getsignal(signal.SIGINT)
     model, last = train(cfg)
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's Ctrl-C handling is given back
     assert last["val_loss"] < 0.5 * initial, (initial, last["val_loss"])
+    assert len(last["max_vio"]) == 1 and len(last["max_vio_mtp"]) == 1  # tiny: one MoE layer, one MTP module
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))
     for key in ("loss", "main_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s", "max_vio",

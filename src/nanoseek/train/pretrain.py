@@ -37,7 +37,7 @@ from nanoseek.checkpoint import atomic_directory, load_model, write_model_files
 from nanoseek.data import PackedLoader, read_meta
 from nanoseek.model.config import resolve_config
 from nanoseek.model.counting import flops_per_token
-from nanoseek.model.model import Transformer, update_correction_bias
+from nanoseek.model.model import MoE, Transformer, update_correction_bias
 
 
 class TrainConfigError(ValueError):
@@ -88,7 +88,9 @@ class TrainConfig:
     wandb_project: str = opt("", "also log to this Weights & Biases project (if wandb is installed)")
     tensorboard: bool = opt(False, "also log to TensorBoard in out_dir/tensorboard (if installed)")
     extra: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "model config overrides, e.g. n_group=1 or bias_update_speed=0 (CLI: --set KEY=VALUE)"})
+        "help": "model config overrides, e.g. n_group=1, aux_loss_alpha=0, or bias_update_speed (gamma: a bias "
+                "moves at most gamma a step, so V3's 0.001 barely acts in a toy run of a few hundred steps; "
+                "0.01 balances in ~100) (CLI: --set KEY=VALUE)"})
 
     def validate(self) -> None:
         rules = [("seq_len", self.seq_len > 0, "> 0"), ("micro_batch_size", self.micro_batch_size > 0, "> 0"),
@@ -264,15 +266,26 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 class Stop:
-    """SIGINT/SIGTERM ask the loop to save and exit after the current step."""
+    """SIGINT/SIGTERM ask the loop to save and exit after the current step; restore() puts the caller's
+    handlers back. Ranks agree on the step they stop at (a signal may reach them a step apart)."""
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+    def agreed(self, d: Dist, dev: torch.device) -> bool:
+        if d.world_size == 1:
+            return self.requested
+        flag = torch.tensor(float(self.requested), device=dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @torch.no_grad()
@@ -371,58 +384,65 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     tel = Telemetry(run, cfg, d.main, total_steps=cfg.max_steps, start_step=step, device=dev)
     fpt = flops_per_token(mcfg, cfg.seq_len, include_mtp=mcfg.num_nextn_predict_layers > 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    n_main_moe = sum(isinstance(layer.mlp, MoE) for layer in model.layers)
     stop = Stop()
     lambda0 = mcfg.mtp_loss_weight
     val_start = val_loader.state_dict()  # every evaluation reads the same validation batches
     record: dict[str, Any] = {}
-    while step < cfg.max_steps and not stop.requested:
-        t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if cfg.mtp_loss_weight_final is not None:
-            mcfg.mtp_loss_weight = (cfg.mtp_loss_weight_final if step >= cfg.mtp_switch_fraction * cfg.max_steps
-                                    else lambda0)
-        parts = torch.zeros(5, device=dev)  # loss, main, mtp, balance, mtp accuracy
-        for micro in range(accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(dev), y.to(dev)
-            sync = nullcontext() if micro == accum - 1 or not hasattr(forward, "no_sync") else forward.no_sync()
-            with sync, autocast:
-                out = forward(x, y)
-                (out.loss / accum).backward()
-            with torch.no_grad():
-                acc = ((out.mtp_logits[0].argmax(-1) == y[:, 1:]).float().mean()
-                       if out.mtp_logits else torch.zeros((), device=dev))
-                parts += torch.stack([out.loss, out.main_loss, _z(out.mtp_loss, dev), _z(out.balance_loss, dev),
-                                      acc]).detach().float() / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e9)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        max_vio = update_correction_bias(model)
-        step += 1
-        tokens += global_batch * cfg.seq_len
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        parts = all_mean(parts, d)
-        record = {"step": step, "tokens": tokens, "loss": parts[0].item(), "main_loss": parts[1].item(),
-                  "mtp_loss": parts[2].item(), "balance_loss": parts[3].item(), "mtp_acc": parts[4].item(),
-                  "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": global_batch * cfg.seq_len / dt,
-                  "elapsed_s": elapsed, "world_size": d.world_size,
-                  "max_vio": [] if max_vio is None else [round(v, 4) for v in max_vio.tolist()]}
-        record["mfu"] = tel.mfu(record["tokens_per_s"] / d.world_size, fpt)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            val_loader.load_state_dict(val_start)
-            record["val_loss"] = evaluate(model, val_loader, cfg.eval_batches, dev, d)
-        if cfg.sample_every and tokenizer is not None and step % cfg.sample_every == 0 and d.main:
-            record["sample"] = sample_text(model, tokenizer, dev)
-        tel.log(record)
-        last = step == cfg.max_steps or stop.requested
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
-            save_checkpoint(run, step, model, opt, train_loader, {"tokens": tokens, "elapsed_s": elapsed},
-                            tokenizer, cfg.keep_last, d, fsdp)
-            if d.world_size > 1:
-                dist.barrier()
+    try:
+        stopping = False
+        while step < cfg.max_steps and not stopping:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if cfg.mtp_loss_weight_final is not None:
+                mcfg.mtp_loss_weight = (cfg.mtp_loss_weight_final if step >= cfg.mtp_switch_fraction * cfg.max_steps
+                                        else lambda0)
+            parts = torch.zeros(5, device=dev)  # loss, main, mtp, balance, mtp accuracy
+            for micro in range(accum):
+                x, y = train_loader.next_batch()
+                x, y = x.to(dev), y.to(dev)
+                sync = nullcontext() if micro == accum - 1 or not hasattr(forward, "no_sync") else forward.no_sync()
+                with sync, autocast:
+                    out = forward(x, y)
+                    (out.loss / accum).backward()
+                with torch.no_grad():
+                    acc = ((out.mtp_logits[0].argmax(-1) == y[:, 1:]).float().mean()
+                           if out.mtp_logits else torch.zeros((), device=dev))
+                    parts += torch.stack([out.loss, out.main_loss, _z(out.mtp_loss, dev), _z(out.balance_loss, dev),
+                                          acc]).detach().float() / accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e9)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            max_vio = update_correction_bias(model)  # main layers' MoE first, then the MTP modules'
+            vio = [] if max_vio is None else [round(v, 4) for v in max_vio.tolist()]
+            step += 1
+            tokens += global_batch * cfg.seq_len
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            parts = all_mean(parts, d)
+            record = {"step": step, "tokens": tokens, "loss": parts[0].item(), "main_loss": parts[1].item(),
+                      "mtp_loss": parts[2].item(), "balance_loss": parts[3].item(), "mtp_acc": parts[4].item(),
+                      "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": global_batch * cfg.seq_len / dt,
+                      "elapsed_s": elapsed, "world_size": d.world_size,
+                      "max_vio": vio[:n_main_moe], "max_vio_mtp": vio[n_main_moe:]}
+            record["mfu"] = tel.mfu(record["tokens_per_s"] / d.world_size, fpt)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                val_loader.load_state_dict(val_start)
+                record["val_loss"] = evaluate(model, val_loader, cfg.eval_batches, dev, d)
+            if cfg.sample_every and tokenizer is not None and step % cfg.sample_every == 0 and d.main:
+                record["sample"] = sample_text(model, tokenizer, dev)
+            tel.log(record)
+            stopping = stop.agreed(d, dev)
+            last = step == cfg.max_steps or stopping
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
+                save_checkpoint(run, step, model, opt, train_loader, {"tokens": tokens, "elapsed_s": elapsed},
+                                tokenizer, cfg.keep_last, d, fsdp)
+                if d.world_size > 1:
+                    dist.barrier()
+    finally:
+        stop.restore()
     tel.close()
     if d.world_size > 1:
         dist.destroy_process_group()

@@ -118,6 +118,8 @@ def plot_run(run: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for layer in range(len(rows[0]["max_vio"])):
             ax.plot(steps, [r["max_vio"][layer] for r in rows], label=f"MoE layer {layer}")
+        for k in range(len(rows[0].get("max_vio_mtp") or [])):
+            ax.plot(steps, [r["max_vio_mtp"][k] for r in rows], "--", label=f"MTP module {k + 1}")
         ax.set(xlabel="step", ylabel="MaxVio (max load / mean - 1)", title=f"{run.name}: expert load balance")
         ax.legend()
         fig.tight_layout()

@@ -103,6 +103,15 @@ def test_config_file_and_errors(tmp_path):
     f.write_text('data = "d"\nlr = 0.001\nmax_steps = 7\n')
     cfg = load_train_config(f, {"max_steps": 9, "seed": None})
     assert cfg.lr == 0.001 and cfg.max_steps == 9
+    y = tmp_path / "run.yaml"
+    y.write_text("data: d\nschedule: wsd\nextra:\n  bias_update_speed: 0.01\n")
+    assert load_train_config(y, {}).extra == {"bias_update_speed": 0.01}
+    y.write_text("data: d\nlr: fast\n")
+    with pytest.raises(TrainConfigError, match="'lr' must be float, got 'fast'"):
+        load_train_config(y, {})
+    y.write_text("data: [unclosed\n")
+    with pytest.raises(TrainConfigError, match="run.yaml"):
+        load_train_config(y, {})
     f.write_text('data = "d"\nlearning_rate = 0.1\n')
     with pytest.raises(TrainConfigError, match="unknown key.*learning_rate"):
         load_train_config(f, {})

@@ -114,24 +114,31 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> Tra
     values: dict[str, Any] = {}
     if path:
         path = Path(path)
+        import yaml
+
         try:
             text = path.read_text()
-            if path.suffix in (".yaml", ".yml"):
-                import yaml  # optional: only for YAML configs
-
-                values = yaml.safe_load(text) or {}
-            else:
-                values = tomllib.loads(text)
+            values = (yaml.safe_load(text) or {}) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
         except FileNotFoundError:
             raise TrainConfigError(f"{path}: no such file") from None
-        except (tomllib.TOMLDecodeError, ValueError) as e:
+        except (tomllib.TOMLDecodeError, yaml.YAMLError, ValueError) as e:
             raise TrainConfigError(f"{path}: {e}") from None
+        if not isinstance(values, dict):
+            raise TrainConfigError(f"{path}: expected a table of settings, got {type(values).__name__}")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TrainConfigError(f"{path or 'train config'}: unknown key(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(names))}")
+                               f"known: {', '.join(sorted(fields))}")
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
+    for key, value in values.items():
+        allowed = kinds[str(fields[key].type).split("[")[0].split(" ")[0]]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            if value is None and "None" in str(fields[key].type):
+                continue
+            raise TrainConfigError(f"{path or 'train config'}: '{key}' must be {allowed[-1].__name__}, "
+                                   f"got {value!r}")
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

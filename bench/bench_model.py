@@ -24,6 +24,7 @@ import transformers
 from transformers import DeepseekV3ForCausalLM
 
 from nanoseek.checkpoint import save_model
+from nanoseek.eval.cost import cpu_model
 from nanoseek.model import get_preset
 from nanoseek.model.counting import flops_per_token
 from nanoseek.model.model import KVCache, Transformer
@@ -44,10 +45,6 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 5) -> float
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     return 2 * n**3 / min(timed(device, torch.mm, a, b)[0] for _ in range(reps)) / 1e9
-
-
-def cpu_name() -> str:
-    return next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
 
 
 def main() -> None:
@@ -93,7 +90,7 @@ def main() -> None:
     tokens = args.batch * args.seq
     flops = flops_per_token(cfg, args.seq) * tokens
     peak = matmul_peak(dev, dtype, args.peak_n)
-    rec = dict(preset=args.preset, device=cpu_name() if dev == "cpu" else torch.cuda.get_device_name(),
+    rec = dict(preset=args.preset, device=cpu_model() if dev == "cpu" else torch.cuda.get_device_name(),
                dtype=args.dtype, threads=args.threads, batch=args.batch, seq=args.seq, torch=torch.__version__,
                transformers=transformers.__version__, hf_attn_implementation=hf.config._attn_implementation,
                hf_experts_implementation=getattr(hf.config, "_experts_implementation", None),

@@ -31,11 +31,11 @@ import transformers
 from transformers import DeepseekV3ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import cpu_name, matmul_peak, timed  # noqa: E402
+from bench_model import matmul_peak, timed  # noqa: E402
 
 from nanoseek.checkpoint import save_model  # noqa: E402
 from nanoseek.data import PackedLoader  # noqa: E402
-from nanoseek.eval.cost import cpu_peak_flops  # noqa: E402
+from nanoseek.eval.cost import cpu_model, cpu_peak_flops  # noqa: E402
 from nanoseek.model import get_preset  # noqa: E402
 from nanoseek.model.counting import flops_per_token  # noqa: E402
 from nanoseek.model.model import Transformer, update_correction_bias  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
     loop_tps = statistics.median(r["tokens_per_s"] for r in rows[args.warmup:])
 
     rec = dict(preset=args.preset, mtp=args.mtp, batch=args.batch, seq=args.seq, threads=args.threads,
-               device=cpu_name(), torch=torch.__version__, transformers=transformers.__version__,
+               device=cpu_model(), torch=torch.__version__, transformers=transformers.__version__,
                gflop_per_step=round(fpt * tokens / 1e9, 2), matmul_peak_gflops=round(peak / 1e9, 1),
                probe_peak_gflops=round(probe / 1e9, 1), steps=args.steps)
     for name, ts in times.items():

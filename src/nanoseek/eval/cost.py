@@ -89,7 +89,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANOSEEK_CACHE") or Path.home() / ".cache" / "nanoseek")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -126,7 +126,7 @@ def cpu_peak_flops(dtype: str = "fp32", refresh: bool = False) -> float:
     path = cache_dir() / "cpu_peak_flops.json"
     import torch
 
-    key = f"{_cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
+    key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
     try:
         cache = json.loads(path.read_text())
         if isinstance(cache, dict) and isinstance(cache.get(key), int | float) and cache[key] > 0 and not refresh:

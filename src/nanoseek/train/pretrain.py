@@ -428,9 +428,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
             tokens += global_batch * cfg.seq_len
             dt = time.perf_counter() - t0
             elapsed += dt
-            parts = all_mean(parts, d)
-            record = {"step": step, "tokens": tokens, "loss": parts[0].item(), "main_loss": parts[1].item(),
-                      "mtp_loss": parts[2].item(), "balance_loss": parts[3].item(), "mtp_acc": parts[4].item(),
+            loss, main_loss, mtp_loss, balance_loss, mtp_acc = all_mean(parts, d).tolist()  # one device sync
+            record = {"step": step, "tokens": tokens, "loss": loss, "main_loss": main_loss, "mtp_loss": mtp_loss,
+                      "balance_loss": balance_loss, "mtp_acc": mtp_acc,
                       "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": global_batch * cfg.seq_len / dt,
                       "elapsed_s": elapsed, "world_size": d.world_size,
                       "max_vio": vio[:n_main_moe], "max_vio_mtp": vio[n_main_moe:]}

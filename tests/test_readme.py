@@ -1,5 +1,6 @@
 """The README's code is run, so that it cannot drift from the package."""
 
+import json
 import os
 import re
 import subprocess
@@ -41,3 +42,12 @@ def test_readme_shell_journey_runs(tmp_path):
         assert r.returncode == 0, (line, r.stderr[-2000:])
     assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step_000030" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step_000020" / "model.safetensors").exists()
+    # then generation from that checkpoint, through a shell as written (echo, redirection)
+    gen = re.findall(r"```bash\n(echo .*?)```", text, flags=re.S)
+    assert len(gen) == 1 and "nanoseek generate" in gen[0]
+    script = gen[0].replace("step_000150", "step_000030").replace("nanoseek ", f"{bindir}/nanoseek ")
+    r = subprocess.run(["bash", "-euc", script.strip() + " --quiet"], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = (tmp_path / "runs" / "out.jsonl").read_text().splitlines()
+    assert len(out) == 1 and len(json.loads(out[0])["completions"]) == 4

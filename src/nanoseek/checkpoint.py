@@ -284,6 +284,15 @@ def iter_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from None
 
 
+def default_checkpoint() -> Path:
+    """The model nanoseek ships (inside the package), for `chat` and `serve` without a checkpoint."""
+    path = Path(__file__).parent / "assets" / "model"
+    if not (path / "config.json").is_file():
+        raise CheckpointError("no checkpoint given, and this nanoseek has no bundled default model: pass a "
+                              "checkpoint directory (one from `nanoseek train`, e.g. runs/NAME/checkpoints/step_N)")
+    return path
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                ) -> Transformer:
     """Read a checkpoint directory into a Transformer (eval mode). dtype None keeps the saved dtype."""

@@ -27,15 +27,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nanoseek.data import DataError
     from nanoseek.train.pretrain import TrainConfigError
 
-    return (ConfigError, CheckpointError, DataError, TrainConfigError, FileNotFoundError)
+    return (ConfigError, CheckpointError, DataError, TrainConfigError, FileNotFoundError, _BadArgs)
 
 
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
 PLANNED = {
     "sft": "supervised fine-tuning on chat data with reasoning_content",
     "grpo": "reinforcement learning with rule-checked rewards (R1-Zero / R1)",
-    "chat": "talk to a model in the terminal, reasoning shown",
-    "generate": "sample completions from a checkpoint",
     "serve": "DeepSeek/OpenAI-compatible API server with reasoning_content, and the web chat app",
     "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
@@ -379,6 +377,89 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+class _BadArgs(ValueError):
+    """A flag value the engine or the sampler refuses: reported like any other user error."""
+
+
+def _engine(args: argparse.Namespace):
+    from nanoseek.checkpoint import default_checkpoint
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.prefix_cache import PrefixCache
+
+    path = args.checkpoint or default_checkpoint()
+    pc = PrefixCache(directory=args.prefix_cache_dir) if args.prefix_cache_dir else PrefixCache()
+    try:
+        return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype, max_batch=args.max_batch,
+                                      max_seq_len=args.max_seq_len, speculative=args.speculative, prefix_cache=pc)
+    except ValueError as e:
+        raise _BadArgs(str(e)) from None
+
+
+def _sampling(args: argparse.Namespace):
+    from nanoseek.infer.sampling import SamplingParams
+
+    try:
+        return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=tuple(args.stop or ()),
+                              n=getattr(args, "n", 1), repetition_penalty=args.repetition_penalty,
+                              presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+    except ValueError as e:
+        raise _BadArgs(str(e).replace("SamplingParams.", "--").replace("_", "-")) from None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from nanoseek.infer.chat import ChatSession, run_chat
+
+    params = _sampling(args)
+    engine = _engine(args)
+    return run_chat(ChatSession(engine, params, thinking=not args.no_think, system=args.system))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from nanoseek.infer.batch import generate_file
+
+    params = _sampling(args)
+    engine = _engine(args)
+    n = generate_file(engine, args.input, args.output, params, progress=not args.quiet)
+    s = engine.stats
+    spec = f", MTP acceptance {s.acceptance_rate:.0%}" if s.drafted else ""
+    print(f"{n} prompts -> {args.output}: {s.generated_tokens:,} tokens generated, {s.prefill_tokens:,} prompt "
+          f"tokens run, {s.cached_tokens:,} from the prefix cache{spec}")
+    return 0
+
+
+def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default cuda if available)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="weights and cache dtype (default bfloat16 on GPU, float32 on CPU)")
+    g.add_argument("--max-batch", type=_positive_int, default=max_batch,
+                   help=f"sequences decoded together: cache slots (default {max_batch})")
+    g.add_argument("--max-seq-len", type=_positive_int,
+                   help="prompt + completion tokens per sequence (default: the model's context, at most 4096)")
+    g.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
+                   help="draft tokens with the MTP module and verify them in one forward (default: on when "
+                        "the checkpoint has MTP layers); the output is unchanged either way")
+    g.add_argument("--prefix-cache-dir", metavar="DIR",
+                   help="also keep the prompt-prefix KV cache on disk here, across runs (default: memory only)")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float, top_p: float, max_tokens: int | None) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature:g})")
+    g.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling (default {top_p:g})")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
+    g.add_argument("--max-tokens", type=_positive_int, default=max_tokens,
+                   help="tokens per completion, reasoning included (default: "
+                        f"{max_tokens or 'up to --max-seq-len'})")
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text; repeatable")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="in [-2, 2] (default 0)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="in [-2, 2] (default 0)")
+
+
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,6 +538,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(train)
     train.set_defaults(handler=cmd_train)
+
+    chat = sub.add_parser(
+        "chat", help="talk to a model in the terminal: its reasoning streams dimmed, then its answer",
+        description="A multi-turn terminal chat. The prompt is rendered with the R1 template, so the model starts "
+                    "inside its <think> block; its reasoning is shown dimmed as it streams, then the answer. "
+                    "Earlier turns go back without their reasoning. Commands: /think on|off, /temp T, /reset, "
+                    "/save FILE, /help, /quit. Ctrl-C stops a reply.",
+        epilog="example: nanoseek chat runs/tiny/checkpoints/step_000200 --temperature 0.6")
+    chat.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                      help="a checkpoint directory (model + tokenizer); default: the model nanoseek ships")
+    chat.add_argument("--no-think", action="store_true", help="start with thinking off (/think on turns it back on)")
+    chat.add_argument("--system", help="a system prompt (R1's advice is none)")
+    _add_sampling_flags(chat, temperature=0.6, top_p=0.95, max_tokens=None)
+    _add_engine_flags(chat, max_batch=1)
+    chat.set_defaults(handler=cmd_chat)
+
+    gen = sub.add_parser(
+        "generate", help="completions for a JSONL file of prompts, with a progress bar",
+        description="Batch generation with continuous batching. Each input line has one of prompt (raw text), "
+                    "messages (a chat; \"thinking\": false closes the think block) or prompt_token_ids, and may "
+                    "override any sampling setting (max_tokens, temperature, n, seed, stop, ...). Output lines, "
+                    "in input order: completions (text, reasoning_content, content, finish_reason, token_ids) "
+                    "and usage. A killed run resumes from OUTPUT.partial when run again.",
+        epilog="example: nanoseek generate ckpt/ --input prompts.jsonl --output out.jsonl -n 4 --temperature 0.6")
+    gen.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint directory (model + tokenizer)")
+    gen.add_argument("--input", required=True, help="prompts, one JSON object per line")
+    gen.add_argument("--output", required=True, help="where to write the completions (JSONL)")
+    gen.add_argument("-n", type=_positive_int, default=1, help="samples per prompt (default 1)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sampling_flags(gen, temperature=0.6, top_p=0.95, max_tokens=256)
+    _add_engine_flags(gen, max_batch=32)
+    gen.set_defaults(handler=cmd_generate)
 
     cost = sub.add_parser(
         "cost", help="GPU-hours and dollars to train a model, or of a finished run",

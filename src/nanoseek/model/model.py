@@ -90,19 +90,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleave: bool) -> Tensor:
 # Latent KV cache: per layer only the normed c_kv (kv_lora_rank) and the rotated k_pe (rope dim)
 
 
-class KVCache(nn.Module):
-    """Preallocated absorbed-MLA cache: (layers, batch, max_len, kv_lora_rank + qk_rope_head_dim)
-    numbers, 576 per token per layer for V3 instead of 2*128*128 for MHA of the same width."""
+class KVCache:
+    """Preallocated absorbed-MLA cache: (layers, rows, max_len, kv_lora_rank + qk_rope_head_dim)
+    numbers, 576 per token per layer for V3 instead of 2*128*128 for MHA of the same width.
+    Layer ids num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b sharing
+    the storage, so an engine can run a forward on some of its slots."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, n_layers: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        super().__init__()
         n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers if n_layers is None else n_layers
         self.max_len = max_len
-        self.register_buffer("c_kv", torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank,
-                                                 dtype=dtype, device=device), persistent=False)
-        self.register_buffer("k_pe", torch.zeros(n_layers, batch_size, max_len, cfg.qk_rope_head_dim,
-                                                 dtype=dtype, device=device), persistent=False)
+        self.c_kv = torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank, dtype=dtype, device=device)
+        self.k_pe = torch.zeros(n_layers, batch_size, max_len, cfg.qk_rope_head_dim, dtype=dtype, device=device)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        view = object.__new__(KVCache)
+        view.max_len, view.c_kv, view.k_pe = self.max_len, self.c_kv[:, start:stop], self.k_pe[:, start:stop]
+        return view
 
     def update(self, layer_id: int, positions: Tensor, c_kv: Tensor, k_pe: Tensor, kv_len: int
                ) -> tuple[Tensor, Tensor]:
@@ -494,6 +498,19 @@ class Transformer(nn.Module):
         freqs = positions[..., None].float() * self.inv_freq  # same op order as transformers
         return ((freqs.cos() * self.rope_attn_factor).to(dtype), (freqs.sin() * self.rope_attn_factor).to(dtype))
 
+    def hidden_states(self, input_ids: Tensor, positions: Tensor, *, cache: KVCache | None = None,
+                      mask: Tensor | None = None, absorb: bool = False) -> Tensor:
+        """The final normed hidden states (b, s, d) of tokens at positions (b, s). With a cache, their
+        latents are written at those positions and mask (b, s, kv_len) says what each query sees."""
+        kv_len = input_ids.shape[1] if mask is None else mask.shape[-1]
+        if cache is not None and kv_len > cache.max_len:
+            raise ValueError(f"position {kv_len - 1} is past the cache length {cache.max_len}")
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rope(positions, h.dtype)
+        for layer in self.layers:
+            h = layer(h, cos=cos, sin=sin, mask=mask, cache=cache, positions=positions, kv_len=kv_len, absorb=absorb)
+        return self.norm(h)
+
     def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, cache: KVCache | None = None,
                 start_pos: int | Tensor = 0, absorb: bool | None = None, mtp: bool | None = None) -> ModelOutput:
         """input_ids (b, s). With a cache, tokens go at start_pos (an int, or a (b,) tensor of per-row
@@ -507,19 +524,11 @@ class Transformer(nn.Module):
         positions = start + torch.arange(s, device=dev)
         if cache is None and not (isinstance(start_pos, int) and start_pos == 0) and not bool((start == 0).all()):
             raise ValueError("start_pos > 0 needs a cache holding the earlier tokens")
-        mask, kv_len = None, s
+        mask = None
         if cache is not None:
-            kv_len = int(positions.max()) + 1
-            if kv_len > cache.max_len:
-                raise ValueError(f"position {kv_len - 1} is past the cache length {cache.max_len}")
             # a query at position p sees cache entries 0..p of its own row
-            mask = torch.arange(kv_len, device=dev)[None, None, :] <= positions[:, :, None]
-        h = self.embed_tokens(input_ids)
-        cos, sin = self.rope(positions, h.dtype)
-        attn = dict(cos=cos, sin=sin, mask=mask, cache=cache, positions=positions, kv_len=kv_len, absorb=absorb)
-        for layer in self.layers:
-            h = layer(h, **attn)
-        h = self.norm(h)
+            mask = torch.arange(int(positions.max()) + 1, device=dev)[None, None, :] <= positions[:, :, None]
+        h = self.hidden_states(input_ids, positions, cache=cache, mask=mask, absorb=absorb)
         if labels is None:
             out = ModelOutput(logits=self.lm_head(h), hidden=h)
         else:
@@ -527,7 +536,7 @@ class Transformer(nn.Module):
             out = ModelOutput(logits=logits, loss=loss, main_loss=loss, hidden=h)
         ran = list(self.layers)
         if self.mtp and (mtp or (mtp is None and labels is not None)):
-            ran += self._forward_mtp(input_ids, labels, h, positions, out, attn)
+            ran += self._forward_mtp(input_ids, labels, h, positions, out, cached=cache is not None)
         moe = [m for layer in self.layers if isinstance(m := layer.mlp, MoE)]
         if moe:
             out.expert_load = torch.stack([m.last_load for m in moe])
@@ -539,10 +548,10 @@ class Transformer(nn.Module):
         return out
 
     def _forward_mtp(self, input_ids: Tensor, labels: Tensor | None, h: Tensor, positions: Tensor,
-                     out: ModelOutput, attn: dict) -> list[MTPLayer]:
+                     out: ModelOutput, cached: bool) -> list[MTPLayer]:
         """Depth k sees h^{k-1}_i and the embedding of token i+k (the label of position i+k-1), and
         predicts token i+k+1 (labels[:, i+k]). Training only: uses the full sequence, no cache."""
-        if attn["cache"] is not None:
+        if cached:
             raise ValueError("the MTP heads run on a full sequence; draft with the engine instead")
         s = input_ids.shape[1]
         D = len(self.mtp)

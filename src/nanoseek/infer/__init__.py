@@ -1,0 +1,1 @@
+"""Inference: batched generation engine over the latent KV cache, and per-sample text streaming."""

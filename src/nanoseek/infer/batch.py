@@ -1,0 +1,123 @@
+"""`nanoseek generate`: completions for a JSONL file of prompts, written as JSONL in input order.
+
+Each input line holds one of "prompt" (raw text), "messages" (a chat, rendered with the R1 template;
+"thinking": false closes the think block) or "prompt_token_ids", and optionally any SamplingParams
+field ("max_tokens", "temperature", "n", "seed", "stop", ...) overriding the command's defaults.
+Finished lines are appended to OUTPUT.partial as they complete, so a killed run resumes where it
+stopped; the output file appears, complete and in order, only at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from nanoseek.data import DataError
+from nanoseek.infer.engine import Completion, Engine
+from nanoseek.infer.sampling import SamplingParams
+from nanoseek.tokenizer import render_chat
+
+PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[object, SamplingParams, dict]]:
+    """(prompt, params, the input row) per line; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            keys = [k for k in ("prompt", "messages", "prompt_token_ids") if k in row]
+            if len(keys) != 1:
+                raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; has "
+                                f"{keys or 'none'}")
+            try:
+                if "messages" in row:
+                    prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
+                else:
+                    prompt = row[keys[0]]
+                    if not isinstance(prompt, (str, list)):
+                        raise ValueError(f"{keys[0]} must be a string or a list of token ids")
+                params = dataclasses.replace(defaults, **{k: v for k, v in row.items() if k in PARAM_FIELDS})
+            except (ValueError, TypeError) as e:
+                raise DataError(f"{where}: {e}") from None
+            out.append((prompt, params, row))
+    if not out:
+        raise DataError(f"{path}: no prompts")
+    return out
+
+
+def record(completions: list[Completion]) -> dict:
+    first = completions[0]
+    return {
+        "completions": [{"text": c.text, "reasoning_content": c.reasoning_content, "content": c.content,
+                         "finish_reason": c.finish_reason, "token_ids": c.token_ids} for c in completions],
+        "usage": {"prompt_tokens": first.usage.prompt_tokens,
+                  "completion_tokens": sum(c.usage.completion_tokens for c in completions),
+                  "prompt_cache_hit_tokens": first.usage.cached_tokens,
+                  "reasoning_tokens": sum(c.usage.reasoning_tokens for c in completions)},
+    }
+
+
+def generate_file(engine: Engine, inp: str | Path, output: str | Path, defaults: SamplingParams,
+                  progress: bool = True) -> int:
+    """Run every request of `inp` not already in OUTPUT.partial; returns the number of lines written."""
+    from tqdm.auto import tqdm
+
+    requests = read_requests(inp, defaults)
+    output = Path(output)
+    partial = output.with_name(output.name + ".partial")
+    done: dict[int, dict] = {}
+    if partial.exists():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[row["index"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break  # a line cut by a kill: it and anything after are redone
+    for i, (prompt, params, _) in enumerate(requests):  # refuse bad requests before any work
+        if i not in done:
+            try:
+                engine.validate(prompt, params)
+            except ValueError as e:
+                raise DataError(f"{inp} request {i + 1}: {e}") from None
+    todo = {}  # request id -> (input index, the engine's request, whose .done fills as samples finish)
+    for i, (prompt, params, _) in enumerate(requests):
+        if i not in done:
+            rid = engine.add_request(prompt, params)
+            todo[rid] = (i, engine.requests[rid])
+    bar = tqdm(total=len(requests), initial=len(done), desc="generating", unit="prompt", disable=not progress)
+    with open(partial, "a", encoding="utf-8") as f:
+        while todo:
+            for d in engine.step():
+                if d.finish_reason is None or d.request_id not in todo or d.request_id in engine.requests:
+                    continue
+                i, req = todo.pop(d.request_id)
+                row = {"index": i, **record(req.done)}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                done[i] = row
+                bar.update(1)
+    bar.close()
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, (_, _, row) in enumerate(requests):
+            echo = {k: row[k] for k in ("prompt", "messages", "id") if k in row}
+            f.write(json.dumps({**echo, **done[i]}, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, output)
+    partial.unlink()
+    return len(requests)

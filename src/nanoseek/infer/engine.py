@@ -1,0 +1,628 @@
+"""The inference engine: continuous batching over the absorbed-MLA latent cache.
+
+The cache is preallocated: max_batch rows of max_seq_len (+2 for speculation) token positions, each
+holding only c_kv and k_pe per layer (576 numbers a layer for V3), never per-head keys and values.
+Running sequences occupy rows 0..k-1, so one forward over a row range serves them all; when one
+finishes, the last row moves into its place. Each step admits waiting requests (one batched,
+right-padded prefill; a request's n samples share it, then copy its rows), then decodes every
+running row by one token, or, with MTP speculation, by one or two.
+
+Speculative decoding with MTP (V3 section 2.2, used for inference in 5.4.3): the MTP module, fed
+the main model's last hidden state h_{L-1} and the pending token x_L, drafts x_{L+1}. A verify
+forward takes [x_L, draft] at positions L, L+1; x_{L+1} is sampled from the first position exactly
+as plain decoding would (same logits, same draw from the request's generator), and only if it equals
+the draft is x_{L+2} sampled from the second. So outputs, greedy or seeded, are those of plain
+decoding, and a step yields 1 + (acceptance) tokens. The MTP module keeps its own cache entries (layer
+id num_hidden_layers); its entry at index p is the pair (h_{p-1}, x_p), so index 0 is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from nanoseek.infer.prefix_cache import Block, PrefixCache
+from nanoseek.infer.sampling import SamplingParams, TokenLogprob, apply_penalties, logprobs_of, sample
+from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
+from nanoseek.model.model import KVCache, Transformer
+from nanoseek.tokenizer import BOS, Tokenizer
+
+Prompt = str | Sequence[int]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (DeepSeek: prompt_cache_hit_tokens)
+    reasoning_tokens: int = 0  # completion tokens spent inside the think block
+
+    @property
+    def uncached_tokens(self) -> int:  # prompt_cache_miss_tokens
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Delta:
+    """What one step added to one sample. finish_reason ('stop', 'length', 'abort') and usage are set on
+    a sample's last delta."""
+
+    request_id: str
+    index: int  # which of the request's n samples
+    token_ids: list[int]
+    text: str = ""  # raw text (think tags included, stop strings excluded)
+    reasoning: str = ""
+    content: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Completion:
+    request_id: str
+    index: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # every generated token, a stop token included
+    text: str
+    reasoning_content: str
+    content: str
+    finish_reason: str
+    usage: Usage
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineStats:
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    decode_steps: int = 0
+    generated_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class _Seq:
+    req: _Request
+    index: int
+    stream: TextStream
+    generator: torch.Generator | None
+    row: int = -1
+    len: int = 0  # tokens whose latents are in the cache (positions 0..len-1)
+    pending: int = -1  # sampled token not yet fed to the model, at position len
+    h_last: Tensor | None = None  # main model's final hidden state at position len-1 (MTP input)
+    draft: int = -1
+    out: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    reasoning_tokens: int = 0
+    finish_reason: str | None = None
+    delta: Delta | None = None  # being filled during a step
+
+
+@dataclass
+class _Request:
+    id: str
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    in_reasoning: bool
+    seqs: list[_Seq] = field(default_factory=list)
+    cached: int = 0  # prompt tokens found in the prefix cache
+    prefix_blocks: list[Block] = field(default_factory=list)
+    done: list[Completion | None] = field(default_factory=list)
+
+
+class Engine:
+    """Engine(model, tokenizer): generate(prompts, params), stream(...), astream(...), or for a serving
+    loop add_request / step / abort.
+
+    Cache memory: max_batch rows x max_seq_len tokens. Give cache_tokens (a token budget) to size
+    max_batch from it. A request whose prompt + max_tokens exceeds max_seq_len is refused at once.
+    speculative: MTP drafting; None = on when the checkpoint has MTP layers. prefix_cache: a
+    PrefixCache, or None for none.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
+                 max_seq_len: int | None = None, cache_tokens: int | None = None,
+                 prefix_cache: PrefixCache | None = None, speculative: bool | None = None,
+                 max_prefill_tokens: int = 4096):
+        cfg = model.cfg
+        self.model, self.tok, self.cfg = model.eval(), tokenizer, cfg
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                             f"{cfg.vocab_size}")
+        self.device, self.dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
+        self.max_seq_len = max_seq_len or min(cfg.max_position_embeddings, 4096)
+        if cache_tokens is not None:
+            if cache_tokens < self.max_seq_len:
+                raise ValueError(f"cache_tokens {cache_tokens} cannot hold one sequence of max_seq_len "
+                                 f"{self.max_seq_len}")
+            max_batch = min(max_batch or cache_tokens, cache_tokens // self.max_seq_len)
+        self.max_batch = max_batch or 16
+        if self.max_batch < 1 or self.max_seq_len < 2:
+            raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, {self.max_seq_len}")
+        self.speculative = bool(model.mtp) if speculative is None else speculative
+        if self.speculative and not model.mtp:
+            raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
+        self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype, device=self.device)
+        self.prefix_cache = prefix_cache
+        if prefix_cache is not None:
+            prefix_cache.namespace = self.fingerprint()
+        self.max_prefill_tokens = max_prefill_tokens
+        self.rows: list[_Seq] = []  # rows[i] is the sequence in cache row i
+        self.waiting: deque[_Request] = deque()
+        self.requests: dict[str, _Request] = {}
+        self.counts: Tensor | None = None  # (max_batch, vocab) generated-token counts, once a request has penalties
+        self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None, **kw) -> Engine:
+        """Load a checkpoint directory (model + tokenizer). Defaults: CUDA in bf16 when there is a GPU,
+        else the CPU in fp32."""
+        from nanoseek.checkpoint import load_model
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        model = load_model(path, device=device, dtype=getattr(torch, dtype))
+        return cls(model, Tokenizer.load(path), **kw)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache.c_kv.nbytes + self.cache.k_pe.nbytes
+
+    def fingerprint(self) -> str:
+        """Identifies the model (config, dtype, a sample of every weight) so a prefix cache on disk is
+        never used with other weights; speculation is included since only then are MTP entries filled."""
+        h = hashlib.sha256(json.dumps(self.cfg.to_hf_dict(), sort_keys=True, default=str).encode())
+        h.update(f"{self.dtype} {self.speculative}".encode())
+        for name, p in self.model.state_dict().items():
+            flat = p.detach().flatten()
+            h.update(name.encode() + flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -----------------------------------------------------------------------------------------
+    # requests in
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """A str is raw text: BOS is put in front unless it starts with it (chat prompts rendered by
+        render_chat do); a list of ints is used as is."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            return self.tok.encode(prompt if prompt.startswith(BOS) else BOS + prompt)
+        ids = [int(i) for i in prompt]
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})")
+        return ids
+
+    def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, or a ValueError saying why the request cannot run on this engine."""
+        ids = self.encode(prompt)
+        room = self.max_seq_len - len(ids)
+        if room < 1:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the engine's max_seq_len is {self.max_seq_len}, "
+                             "which leaves no room to generate")
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ValueError(f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: "
+                             f"{len(ids) + params.max_tokens} > the engine's max_seq_len {self.max_seq_len}")
+        if params.n > self.max_batch:
+            raise ValueError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} slots")
+        return ids
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        """Queue a request; it starts at the next step() with free slots. Returns its id."""
+        params = params or SamplingParams()
+        ids = self.validate(prompt, params)
+        room = self.max_seq_len - len(ids)
+        rid = request_id or f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise ValueError(f"request id {rid!r} is already running")
+        req = _Request(rid, ids, params, params.max_tokens or room,
+                       prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), done=[None] * params.n)
+        self.requests[rid] = req
+        self.waiting.append(req)
+        return rid
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now (a client went away): its slots are free for the next step."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return
+        if req in self.waiting:
+            self.waiting.remove(req)
+        for s in req.seqs:
+            if s.row >= 0:
+                self._release(s)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -----------------------------------------------------------------------------------------
+    # one step
+
+    @torch.inference_mode()
+    def step(self) -> list[Delta]:
+        """Admit what fits, prefill it, decode every running row; returns this step's deltas."""
+        self._done: list[Delta] = []
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+            self._release_finished()
+        if self.rows:
+            self._decode(self.speculative and all(s.draft >= 0 for s in self.rows))
+            self._release_finished()
+        out = self._done
+        for s in self.rows:
+            if s.delta is not None:
+                out.append(s.delta)
+                s.delta = None
+        return out
+
+    def _admit(self) -> list[_Request]:
+        out, budget, free = [], self.max_prefill_tokens, self.max_batch - len(self.rows)
+        while self.waiting and self.waiting[0].params.n <= free:
+            req = self.waiting[0]
+            req.prefix_blocks = self._match_prefix(req)
+            cost = len(req.prompt) - req.cached
+            if out and cost > budget:
+                break
+            self.waiting.popleft()
+            out.append(req)
+            budget -= cost
+            free -= req.params.n
+        return out
+
+    def _match_prefix(self, req: _Request) -> list[Block]:
+        pc = self.prefix_cache
+        if pc is None:
+            return []
+        # at least one prompt token is always run: its logits give the first output token
+        keys = pc.keys(req.prompt[: len(req.prompt) - 1])
+        blocks = pc.match(keys, self.device)
+        req.cached = len(blocks) * pc.block_size
+        return blocks
+
+    def _new_seq(self, req: _Request, index: int) -> _Seq:
+        p = req.params
+        gen = None
+        if not p.greedy:
+            gen = torch.Generator(device=self.device)
+            if p.seed is None:
+                gen.seed()
+            else:  # sample 0 of a seeded request uses the seed itself; the others derive from it
+                gen.manual_seed(p.seed if index == 0 else hash((p.seed, index)) % 2**63)
+        stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
+        seq = _Seq(req, index, stream, gen, row=len(self.rows), len=len(req.prompt),
+                   logprobs=[] if p.logprobs else None)
+        self.rows.append(seq)
+        if p.penalised and self.counts is None:
+            V = self.cfg.vocab_size
+            self.counts = torch.zeros(self.max_batch, V, device=self.device)
+            self.seen = torch.zeros(self.max_batch, V, dtype=torch.bool, device=self.device)
+        if self.counts is not None:
+            self.counts[seq.row] = 0
+            self.seen[seq.row] = False
+            self.seen[seq.row, torch.tensor(req.prompt, device=self.device)] = True
+        return seq
+
+    def _prefill(self, reqs: list[_Request]) -> None:
+        """One right-padded forward over the uncached part of every new prompt, in rows k..k+m-1 (the
+        first sample of each); the other samples copy those rows afterwards."""
+        first = [self._new_seq(r, 0) for r in reqs]
+        r0, m = first[0].row, len(reqs)
+        for r in reqs:
+            r.seqs = [first[reqs.index(r)]]
+        starts = [r.cached for r in reqs]
+        n_new = [len(r.prompt) - r.cached for r in reqs]
+        S = max(n_new)
+        tokens = torch.zeros(m, S, dtype=torch.long)
+        for i, r in enumerate(reqs):
+            tokens[i, : n_new[i]] = torch.tensor(r.prompt[r.cached:])
+            if r.cached:
+                self._load_blocks(first[i].row, r.prefix_blocks)
+        view = self.cache.rows(r0, r0 + m)
+        positions, mask = self._positions(starts, S)
+        # naive attention (per-head K/V from the latent) is cheaper than absorbed for many queries
+        h = self.model.hidden_states(tokens.to(self.device), positions, cache=view, mask=mask, absorb=S < 16)
+        last = torch.tensor(n_new, device=self.device) - 1
+        h_last = h[torch.arange(m, device=self.device), last]
+        logits = self.model.lm_head(h_last)
+        self.stats.prefill_tokens += sum(n_new)
+        self.stats.cached_tokens += sum(starts)
+        if self.speculative:
+            self._mtp_prompt(reqs, first, h, starts, n_new)
+        if self.prefix_cache is not None:
+            for i, r in enumerate(reqs):
+                self._store_blocks(r, first[i].row, h[i], starts[i])
+        for i, r in enumerate(reqs):
+            first[i].h_last = h_last[i]
+            for j in range(1, r.params.n):
+                seq = self._new_seq(r, j)
+                L = len(r.prompt) + 2
+                self.cache.c_kv[:, seq.row, :L] = self.cache.c_kv[:, first[i].row, :L]
+                self.cache.k_pe[:, seq.row, :L] = self.cache.k_pe[:, first[i].row, :L]
+                seq.h_last = h_last[i]
+                r.seqs.append(seq)
+        seqs = sorted((s for r in reqs for s in r.seqs), key=lambda s: s.row)
+        self._sample_append(seqs, torch.stack([logits[reqs.index(s.req)] for s in seqs]))
+        self._mtp_draft(seqs)
+
+    def _positions(self, starts: Sequence[int] | Tensor, S: int) -> tuple[Tensor, Tensor]:
+        """Positions (b, S) from per-row starts, and the mask (b, S, kv_len): a query at p sees 0..p.
+        Padding positions are clamped into the cache (their writes land on unread spare positions)."""
+        starts = torch.as_tensor(starts, device=self.device)
+        positions = (starts[:, None] + torch.arange(S, device=self.device)).clamp(max=self.cache.max_len - 1)
+        kv_len = int(positions.max()) + 1
+        mask = torch.arange(kv_len, device=self.device)[None, None, :] <= positions[:, :, None]
+        return positions, mask
+
+    def _decode(self, speculate: bool) -> None:
+        seqs, k = self.rows, len(self.rows)
+        view = self.cache.rows(0, k)
+        if speculate:
+            tokens = torch.tensor([[s.pending, s.draft] for s in seqs], device=self.device)
+        else:
+            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
+        positions, mask = self._positions([s.len for s in seqs], tokens.shape[1])
+        h = self.model.hidden_states(tokens, positions, cache=view, mask=mask, absorb=True)
+        logits = self.model.lm_head(h)
+        self.stats.decode_steps += 1
+        for s in seqs:
+            s.len += 1
+            s.h_last = h[s.row, 0]
+        self._sample_append(seqs, logits[:, 0])
+        if not speculate:
+            self._mtp_draft(seqs)
+            return
+        live = [s for s in seqs if s.finish_reason is None]
+        accepted = [s for s in live if s.out[-1] == s.draft]
+        self.stats.drafted += len(live)
+        self.stats.accepted += len(accepted)
+        for s in accepted:
+            s.len += 1
+            s.h_last = h[s.row, 1]
+        if accepted:
+            self._sample_append(accepted, logits[[s.row for s in accepted], 1])
+        acc = {id(s) for s in accepted}
+        self._mtp_draft(seqs, (h, [int(id(s) in acc) for s in seqs]))
+
+    # -----------------------------------------------------------------------------------------
+    # MTP drafting
+
+    def _mtp(self, rows: tuple[int, int], h: Tensor, tokens: Tensor, starts: Sequence[int]) -> Tensor:
+        """The MTP module on pairs (h_{p-1}, x_p) at indices starts+j; returns its normed output."""
+        layer = self.model.mtp[0]
+        positions, mask = self._positions(starts, tokens.shape[1])
+        mask = mask & (torch.arange(mask.shape[-1], device=self.device) >= 1)  # index 0 holds no pair
+        cos, sin = self.model.rope(positions, h.dtype)
+        _, hk = layer(self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask,
+                      cache=self.cache.rows(*rows), positions=positions, kv_len=mask.shape[-1],
+                      absorb=tokens.shape[1] < 16)
+        return hk
+
+    def _mtp_prompt(self, reqs: list[_Request], first: list[_Seq], h: Tensor, starts: list[int],
+                    n_new: list[int]) -> None:
+        """Fill the MTP cache for the prompt's own pairs, indices max(start, 1) .. n-1."""
+        m, S = len(reqs), h.shape[1]
+        hp = torch.zeros_like(h)
+        tokens = torch.zeros(m, S, dtype=torch.long)
+        idx = []
+        for i, r in enumerate(reqs):
+            # pair j: index starts[i] + j, input hidden h_{index-1}, token prompt[index]
+            prev = r.prefix_blocks[-1].h if r.cached else h[i, 0]
+            hp[i, 0] = prev
+            hp[i, 1: n_new[i]] = h[i, : n_new[i] - 1]
+            tokens[i, : n_new[i]] = torch.tensor(r.prompt[starts[i]:])
+            idx.append(starts[i])
+        if S > 0:
+            # a request without cached tokens has no pair at index 0; running it anyway is harmless (the
+            # mask hides index 0 from every query)
+            self._mtp((first[0].row, first[0].row + m), hp, tokens.to(self.device), idx)
+
+    def _mtp_draft(self, seqs: list[_Seq], verified: tuple[Tensor, list[int]] | None = None) -> None:
+        """Draft the next token of each unfinished sample in seqs (contiguous rows). After plain decoding
+        or a prefill: the pair (h_last, pending) at index len. After a verify step (verified = its hidden
+        states (k, 2, d) and, per row, 1 if its draft was accepted): the pairs at indices L+1 and L+2,
+        (h_L, x_{L+1}) and (h_{L+1}, x_{L+2}), the draft read from the last real one."""
+        if not self.speculative or not seqs:
+            return
+        rows = (seqs[0].row, seqs[-1].row + 1)
+        if verified is None:
+            h = torch.stack([s.h_last for s in seqs])[:, None]
+            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
+            hk = self._mtp(rows, h, tokens, [s.len for s in seqs])[:, 0]
+        else:
+            h, pick = verified
+            # a rejected row's second pair is a placeholder: written past its length, overwritten later
+            tokens = torch.tensor([s.out[-2:] if p else s.out[-1:] * 2 for s, p in zip(seqs, pick)],
+                                  device=self.device)
+            hk = self._mtp(rows, h, tokens, [s.len - p for s, p in zip(seqs, pick)])
+            hk = hk[torch.arange(len(seqs), device=self.device), torch.tensor(pick, device=self.device)]
+        for s, d in zip(seqs, self.model.lm_head(hk).argmax(dim=-1).tolist()):
+            s.draft = d
+
+    # -----------------------------------------------------------------------------------------
+    # sampling, stopping, bookkeeping
+
+    def _sample_append(self, seqs: list[_Seq], logits: Tensor) -> None:
+        logits = logits.float()
+        params = [s.req.params for s in seqs]
+        raw = logits
+        if self.counts is not None and any(p.penalised for p in params):
+            rows = torch.tensor([s.row for s in seqs], device=self.device)
+            logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])
+        tokens = sample(logits, params, [s.generator for s in seqs])
+        lps = None
+        if any(p.logprobs for p in params):
+            lps = logprobs_of(raw, tokens, [p.top_logprobs for p in params])
+        for i, (s, t) in enumerate(zip(seqs, tokens.tolist())):
+            self._append(s, t, None if lps is None else lps[i])
+
+    def _append(self, s: _Seq, t: int, lp: TokenLogprob | None) -> None:
+        p = s.req.params
+        s.out.append(t)
+        s.pending = t
+        if s.delta is None:
+            s.delta = Delta(s.req.id, s.index, [], logprobs=[] if p.logprobs else None)
+        d = s.delta
+        d.token_ids.append(t)
+        if lp is not None and s.logprobs is not None:
+            s.logprobs.append(lp)
+            d.logprobs.append(lp)
+        if self.counts is not None:
+            self.counts[s.row, t] += 1
+            self.seen[s.row, t] = True
+        self.stats.generated_tokens += 1
+        if s.stream.parser.in_reasoning:
+            s.reasoning_tokens += 1
+        if (t == self.tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
+            return self._finish(s, "stop")
+        piece = s.stream.push(t)
+        d.text, d.reasoning, d.content = d.text + piece.text, d.reasoning + piece.reasoning, d.content + piece.content
+        if piece.stopped:
+            self._finish(s, "stop")
+        elif len(s.out) >= s.req.max_tokens:
+            self._finish(s, "length")
+
+    def _finish(self, s: _Seq, reason: str) -> None:
+        s.finish_reason = reason
+        tail = s.stream.finish()
+        d = s.delta
+        d.text, d.reasoning, d.content = d.text + tail.text, d.reasoning + tail.reasoning, d.content + tail.content
+        d.finish_reason = reason
+        req = s.req
+        d.usage = Usage(len(req.prompt), len(s.out), req.cached, s.reasoning_tokens)
+        req.done[s.index] = Completion(req.id, s.index, req.prompt, list(s.out), s.stream.text, s.stream.reasoning,
+                                       s.stream.content, reason, d.usage, s.logprobs)
+
+    def _release_finished(self) -> None:
+        """Free the rows of finished samples (keeping their last deltas) and forget finished requests."""
+        for s in [s for s in self.rows if s.finish_reason is not None]:
+            self._done.append(s.delta)
+            s.delta = None
+            self._release(s)
+            if all(c is not None for c in s.req.done):
+                self.requests.pop(s.req.id, None)
+
+    def _release(self, s: _Seq) -> None:
+        """Free s's row: the last row moves into it, so running rows stay 0..k-1."""
+        i, last = s.row, len(self.rows) - 1
+        if i != last:
+            mover = self.rows[last]
+            L = min(mover.len + 2, self.cache.max_len)
+            self.cache.c_kv[:, i, :L] = self.cache.c_kv[:, last, :L]
+            self.cache.k_pe[:, i, :L] = self.cache.k_pe[:, last, :L]
+            if self.counts is not None:
+                self.counts[i], self.seen[i] = self.counts[last], self.seen[last]
+            mover.row = i
+            self.rows[i] = mover
+        self.rows.pop()
+        s.row = -1
+
+    # -----------------------------------------------------------------------------------------
+    # prefix cache
+
+    def _load_blocks(self, row: int, blocks: list[Block]) -> None:
+        B = self.prefix_cache.block_size
+        n = len(blocks) * B
+        self.cache.c_kv[:, row, :n] = torch.cat([b.c_kv for b in blocks], dim=1)
+        self.cache.k_pe[:, row, :n] = torch.cat([b.k_pe for b in blocks], dim=1)
+
+    def _store_blocks(self, req: _Request, row: int, h: Tensor, start: int) -> None:
+        """Keep every full block of the prompt not already cached (h: this prefill's hidden states of
+        the row, position start onwards)."""
+        pc = self.prefix_cache
+        B = pc.block_size
+        for j, key in enumerate(pc.keys(req.prompt)):
+            if key in pc or (j + 1) * B <= start:
+                continue
+            lo, hi = j * B, (j + 1) * B
+            pc.put(key, Block(self.cache.c_kv[:, row, lo:hi], self.cache.k_pe[:, row, lo:hi], h[hi - 1 - start]))
+
+    # -----------------------------------------------------------------------------------------
+    # the public loops
+
+    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
+               ) -> Iterator[Delta]:
+        """Yield the deltas of these prompts as they come (their request ids are req-*, in order)."""
+        mine = self._add_all(prompts, params)
+        try:
+            while mine:
+                for d in self.step():
+                    if d.request_id in mine:
+                        yield d
+                mine = {r for r in mine if r in self.requests}
+        finally:
+            for r in mine:  # the caller stopped early: free the slots
+                self.abort(r)
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 progress: bool = False) -> list[Completion]:
+        """Completions of all prompts: for prompt i, its n samples, prompt-major order."""
+        from tqdm.auto import tqdm
+
+        reqs = [self.requests[r] for r in self._add_all(prompts, params, ordered=True)]
+        bar = tqdm(total=sum(r.params.n for r in reqs), desc="generating", unit="sample", disable=not progress)
+        try:
+            while any(r.id in self.requests for r in reqs):
+                for d in self.step():
+                    bar.update(d.finish_reason is not None)
+        finally:
+            bar.close()
+            for r in reqs:
+                self.abort(r.id)
+        return [c for r in reqs for c in r.done]
+
+    async def astream(self, prompts: Sequence[Prompt],
+                      params: SamplingParams | Sequence[SamplingParams] | None = None) -> AsyncIterator[Delta]:
+        """stream() for asyncio: each engine step runs in a worker thread, so the event loop stays free."""
+        mine = self._add_all(prompts, params)
+        try:
+            while mine:
+                for d in await asyncio.to_thread(self.step):
+                    if d.request_id in mine:
+                        yield d
+                mine = {r for r in mine if r in self.requests}
+        finally:
+            for r in mine:
+                self.abort(r)
+
+    def _add_all(self, prompts, params, ordered: bool = False):
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise TypeError("pass a list of prompts (strings or token-id lists), not one prompt")
+        plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
+        ids = []
+        try:
+            for p, sp in zip(prompts, plist):
+                ids.append(self.add_request(p, sp))
+        except Exception:
+            for r in ids:
+                self.abort(r)
+            raise
+        return ids if ordered else set(ids)

@@ -1,0 +1,137 @@
+"""Sampling parameters and the batched sampler: one call turns a (rows, vocab) block of logits into one
+token per row, each row under its own parameters and its own random generator.
+
+Why a generator per request: a request with a seed must give the same tokens whether it runs alone or
+beside 63 others. Sampling draws Exp(1) noise e over the vocabulary from the request's generator and
+takes argmax(p / e), which picks token i with probability p_i (the exponential race), so every token
+costs each request exactly one draw from its own stream, whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingParams:
+    """What to generate for one prompt, in the OpenAI/vLLM names."""
+
+    max_tokens: int | None = None  # None: up to the engine's max_seq_len
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
+    repetition_penalty: float = 1.0  # CTRL/HF form: logits of seen tokens (prompt + output) / r if > 0, x r if < 0
+    presence_penalty: float = 0.0  # OpenAI form, over output tokens: - presence x [count > 0]
+    frequency_penalty: float = 0.0  # - frequency x count
+    seed: int | None = None  # reproducible regardless of the rest of the batch
+    n: int = 1  # samples of this prompt; they share one prefill
+    stop: Sequence[str] = ()  # stop strings: generation ends before them, and they are not returned
+    stop_token_ids: Sequence[int] = ()  # besides EOS (unless ignore_eos)
+    ignore_eos: bool = False
+    logprobs: bool = False  # log-probability of each chosen token (of the model's distribution)
+    top_logprobs: int = 0  # and the n most likely alternatives at each step
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"SamplingParams.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        check("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "None or >= 1")
+        check("temperature", 0 <= self.temperature <= 100, "in [0, 100]")
+        check("top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        check("top_k", self.top_k >= 0, ">= 0")
+        check("min_p", 0 <= self.min_p <= 1, "in [0, 1]")
+        check("repetition_penalty", 0 < self.repetition_penalty <= 10, "in (0, 10]")
+        check("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]")
+        check("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]")
+        check("n", self.n >= 1, ">= 1")
+        check("top_logprobs", 0 <= self.top_logprobs <= 20, "in [0, 20]")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        check("stop", all(isinstance(s, str) and s for s in self.stop), "non-empty strings")
+        self.stop, self.stop_token_ids = tuple(self.stop), tuple(int(i) for i in self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def penalised(self) -> bool:
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), most likely first
+
+
+def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Tensor, seen: Tensor) -> Tensor:
+    """logits (b, V) fp32; counts (b, V) how often each token was generated; seen (b, V) bool, in the
+    prompt or the output. Returns penalised logits (a new tensor)."""
+    dev = logits.device
+    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
+    pres = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+    freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalised, logits)
+    return logits - pres * (counts > 0) - freq * counts
+
+
+def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """Softmax at each row's temperature, then top-k, min-p and top-p; rows (b, V) of probabilities
+    with the dropped tokens at 0 (not renormalised: the exponential race does not need it)."""
+    dev = logits.device
+    temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
+    probs = (logits / temp).softmax(dim=-1)
+    if any(p.top_k > 0 for p in params):
+        k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[-1] for p in params], device=dev)
+        kth = probs.sort(dim=-1, descending=True)[0].gather(1, (k.clamp(max=probs.shape[-1]) - 1)[:, None])
+        probs = probs.masked_fill(probs < kth, 0)
+    if any(p.min_p > 0 for p in params):
+        min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]
+        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0)
+    if any(p.top_p < 1 for p in params):
+        top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        total = sorted_p.sum(dim=-1, keepdim=True)
+        # drop a token when the tokens above it already reach top_p of the (kept) mass; the top one stays
+        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p * total
+        probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0))
+    return probs
+
+
+def sample(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+           ) -> Tensor:
+    """One token per row of logits (b, V) (already penalised): argmax for greedy rows, else the
+    exponential race with the row's generator. Returns (b,) int64."""
+    logits = logits.float()
+    tokens = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows:
+        probs = filter_probs(logits[rows], [params[i] for i in rows])
+        noise = torch.stack([torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=generators[i])
+                             for i in rows])
+        tokens[rows] = (probs / noise).argmax(dim=-1)
+    return tokens
+
+
+def logprobs_of(logits: Tensor, tokens: Tensor, top_n: Sequence[int]) -> list[TokenLogprob]:
+    """Log-probabilities of the chosen tokens under the model's raw distribution (before temperature,
+    penalties and filters, as vLLM and the OpenAI API report them), with each row's top_n alternatives."""
+    logp = logits.float().log_softmax(dim=-1)
+    chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+    k = max(top_n, default=0)
+    top_v, top_i = logp.topk(k, dim=-1) if k else (None, None)
+    out = []
+    for r, (tok, lp) in enumerate(zip(tokens.tolist(), chosen)):
+        top = list(zip(top_i[r, : top_n[r]].tolist(), top_v[r, : top_n[r]].tolist())) if k else []
+        out.append(TokenLogprob(tok, lp, top))
+    return out

@@ -1,0 +1,119 @@
+"""`nanoseek chat` through a real pseudo-terminal, and `nanoseek generate` on JSONL files."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+
+from nanoseek.cli import main
+
+pexpect = pytest.importorskip("pexpect")
+
+
+def spawn_chat(ckpt, *flags):
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(sys.executable, ["-m", "nanoseek", "chat", str(ckpt), *flags], env=env,
+                          encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child.expect_exact("you> ")
+    return child
+
+
+def test_chat_streams_reasoning_dimmed_then_the_answer(tiny_chat_dir, tmp_path):
+    child = spawn_chat(tiny_chat_dir, "--temperature", "0")
+    child.sendline("Calculate 12 + 7.")
+    # reasoning comes dimmed (SGR 2), then the style is reset and the answer follows on its own line
+    child.expect_exact("\x1b[2mthinking: ")
+    child.expect(r"([^\x1b]*)\x1b\[0m\r?\n\r?\n([^\r\n]+)\r?\n")
+    reasoning, answer = child.match.group(1), child.match.group(2)
+    assert re.fullmatch(r"\n?-?\d+ [-+*/] -?\d+ = -?\d+", reasoning), reasoning  # the format it was taught
+    assert answer.strip() and "</think>" not in answer and "<think>" not in answer
+    child.expect_exact("you> ")
+    # commands
+    child.sendline("/help")
+    child.expect_exact("/think on|off")
+    child.expect_exact("you> ")
+    child.sendline("/temp 0.3")
+    child.expect_exact("temperature 0.3")
+    child.sendline("/temp hot")
+    child.expect_exact("usage: /temp T")
+    child.sendline("/think off")
+    child.expect_exact("thinking off")
+    child.expect_exact("you> ")
+    child.sendline("Calculate 5 + 5.")
+    child.expect(r"\r?\n([^\r\n]*)\r?\nyou> ")  # no reasoning: the answer directly
+    assert "thinking:" not in child.before + child.match.group(1)
+    saved = tmp_path / "conv.json"
+    child.sendline(f"/save {saved}")
+    child.expect_exact("saved 4 messages")
+    child.sendline("/reset")
+    child.expect_exact("conversation cleared")
+    child.sendline("/nope")
+    child.expect_exact("unknown command /nope")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    msgs = json.loads(saved.read_text())["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[1]["reasoning_content"] and msgs[1]["content"] == answer.strip()
+    assert msgs[3]["reasoning_content"] == ""
+
+
+def test_chat_without_a_checkpoint_or_with_a_bad_one_says_what_to_do(tmp_path, capsys):
+    assert main(["chat", str(tmp_path / "missing")]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+    assert main(["chat"]) == 2
+    assert "pass a checkpoint directory" in capsys.readouterr().err
+
+
+def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_path, capsys):
+    inp = tmp_path / "prompts.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Calculate {a} + {b}."}], "id": f"q{a}"}
+            for a, b in ((1, 2), (30, 4), (7, 70))]
+    rows.append({"prompt": "12 + 3 =", "max_tokens": 5, "temperature": 0})
+    rows.append({"prompt_token_ids": [0, 3], "n": 2, "seed": 1})
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    args = ["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(out), "--max-tokens", "40",
+            "--temperature", "0", "--quiet", "--max-batch", "4"]
+    assert main(args) == 0
+    assert "5 prompts" in capsys.readouterr().out
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g.get("id") for g in got] == ["q1", "q30", "q7", None, None]
+    assert all(c["finish_reason"] in ("stop", "length") for g in got for c in g["completions"])
+    assert "+" in got[0]["completions"][0]["reasoning_content"]
+    assert len(got[3]["completions"][0]["token_ids"]) <= 5 and len(got[4]["completions"]) == 2
+    assert not (tmp_path / "out.jsonl.partial").exists()
+    # a killed run left two finished lines and half of a third: only the rest is generated
+    out2 = tmp_path / "out2.jsonl"
+    partial = tmp_path / "out2.jsonl.partial"
+    done = [{"index": i, **{k: v for k, v in got[i].items() if k not in ("messages", "id", "prompt")}}
+            for i in (0, 2)]
+    done[1]["completions"][0]["text"] = "FROM BEFORE"
+    partial.write_text("".join(json.dumps(d) + "\n" for d in done) + '{"index": 1, "compl')
+    assert main([*args[:5], str(out2), *args[6:]]) == 0
+    got2 = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert got2[2]["completions"][0]["text"] == "FROM BEFORE"
+    assert [g["completions"][0]["token_ids"] for g in got2[:2]] == [g["completions"][0]["token_ids"] for g in got[:2]]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 1: not valid JSON"),
+    ('{"text": "hi"}', "line 1: needs exactly one of prompt, messages, prompt_token_ids"),
+    ('{"prompt": "hi", "temperature": -1}', "line 1: SamplingParams.temperature must be in [0, 100]"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', "line 1: message 0: role must be one of"),
+    ('{"prompt": "hi", "max_tokens": 100000}', "request 1: the prompt has"),
+])
+def test_generate_input_errors_name_the_line(tiny_chat_dir, tmp_path, capsys, line, message):
+    inp = tmp_path / "p.jsonl"
+    inp.write_text(line + "\n")
+    assert main(["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_sampling_flags_are_clear_errors(tiny_chat_dir, tmp_path, capsys):
+    assert main(["generate", str(tiny_chat_dir), "--input", "x", "--output", "y", "--top-p", "2"]) == 2
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err

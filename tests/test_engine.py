@@ -1,0 +1,339 @@
+"""The inference engine: exact against transformers and against itself (alone vs batched, speculative vs
+plain, prefix-cached vs not), sampling semantics, stops, errors."""
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from nanoseek.checkpoint import load_model
+from nanoseek.infer.engine import Engine
+from nanoseek.infer.prefix_cache import PrefixCache
+from nanoseek.infer.sampling import SamplingParams
+from nanoseek.tokenizer import Tokenizer, render_chat
+
+# in the format the fixture model was trained on (reasoning-gym basic_arithmetic)
+QUESTIONS = [f"Calculate {q}." for q in ("12 + 7", "45 - 3", "3 + 88", "61 + 25", "9 - 14", "70 + 70", "5 + 5",
+                                         "33 - 8", "2 + 91", "40 - 17")]
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_chat_dir):
+    return load_model(tiny_chat_dir), Tokenizer.load(tiny_chat_dir)
+
+
+def prompts(n=None):
+    return [render_chat([{"role": "user", "content": q}]) for q in QUESTIONS[:n]]
+
+
+def engine(chat, **kw):
+    model, tok = chat
+    kw.setdefault("max_seq_len", 256)
+    kw.setdefault("speculative", False)
+    return Engine(model, tok, **kw)
+
+
+@torch.no_grad()
+def full_forward_greedy(model, ids, n):
+    """The reference: argmax of a full forward over everything so far, one token at a time."""
+    ids, out = list(ids), []
+    for _ in range(n):
+        out.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        ids.append(out[-1])
+    return out
+
+
+def test_greedy_equals_transformers_generate(chat, tiny_chat_dir):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()  # the MTP layer is unused by transformers: not news
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_chat_dir).eval()
+    hf.generation_config.eos_token_id = None  # run the full length, as ignore_eos does
+    model, tok = chat
+    # prompts of different lengths, some mid-conversation, run as one batch by the engine
+    turns = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": "19"},
+             {"role": "user", "content": "Calculate 19 + 19 - 1."}]
+    ps = prompts(3) + [render_chat(turns), "12 + 3 = 15\n\n40 - 1", "7 +"]
+    outs = engine(chat, max_batch=8).generate(ps, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
+    assert len({len(c.prompt_token_ids) for c in outs}) >= 4
+    for c in outs:
+        with torch.inference_mode():
+            ref = hf.generate(torch.tensor([c.prompt_token_ids]), do_sample=False, max_new_tokens=24,
+                              pad_token_id=tok.pad_id)[0, len(c.prompt_token_ids):].tolist()
+        assert c.token_ids == ref
+        assert c.finish_reason == "length" and c.usage.completion_tokens == 24
+
+
+def test_chat_output_is_split_into_reasoning_and_content(chat):
+    outs = engine(chat).generate(prompts(3), SamplingParams(max_tokens=60, temperature=0))
+    for c in outs:
+        assert c.finish_reason == "stop" and c.token_ids[-1] == chat[1].eos_id
+        # the model learnt the R1 format: it reasons, closes the block, answers
+        assert "</think>" in c.text and c.reasoning_content and c.content
+        assert c.text.split("</think>")[-1].strip() == c.content
+        assert 0 < c.usage.reasoning_tokens < c.usage.completion_tokens
+
+
+def run_alone(chat, p, params):
+    return engine(chat, max_batch=1).generate([p], params)[0]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_tokens=40, temperature=0),
+                                   SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=7)],
+                         ids=["greedy", "seeded"])
+def test_batched_with_joiners_and_leavers_equals_alone(chat, params):
+    """Ten requests with different budgets through 4 slots, added while others run: each gets what it
+    gets when it runs alone."""
+    eng = engine(chat, max_batch=4)
+    rng = random.Random(0)
+    budgets = [rng.randint(3, 40) for _ in QUESTIONS]
+    plist = [SamplingParams(**{**params.__dict__, "max_tokens": b}) for b in budgets]
+    ids, tokens, text, pending = {}, {}, {}, list(zip(prompts(), plist))
+    while pending or eng.has_unfinished():
+        for _ in range(rng.randint(0, 2)):  # requests arrive between steps
+            if pending:
+                p, sp = pending.pop(0)
+                ids[eng.add_request(p, sp)] = (p, sp)
+        for d in eng.step():
+            tokens[d.request_id] = tokens.get(d.request_id, []) + d.token_ids
+            text[d.request_id] = text.get(d.request_id, "") + d.text
+        assert len(eng.rows) <= 4
+    assert len(tokens) == len(QUESTIONS) and not eng.rows
+    for rid, (p, sp) in ids.items():
+        alone = run_alone(chat, p, sp)
+        assert tokens[rid] == alone.token_ids and text[rid] == alone.text
+        assert len(alone.token_ids) == sp.max_tokens or alone.finish_reason == "stop"
+
+
+def test_speculative_decoding_gives_the_plain_output(chat):
+    ps = prompts()
+    for params in (SamplingParams(max_tokens=50, temperature=0),
+                   SamplingParams(max_tokens=50, temperature=0.8, seed=3)):
+        plain = engine(chat, max_batch=4, speculative=False).generate(ps, params)
+        spec_engine = engine(chat, max_batch=4, speculative=True)
+        spec = spec_engine.generate(ps, params)
+        assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
+        assert spec_engine.stats.drafted > 0 and spec_engine.stats.acceptance_rate > 0.3
+        # fewer forward passes than tokens: drafts were accepted
+        assert spec_engine.stats.decode_steps < sum(len(c.token_ids) for c in spec) / 4 + len(ps)
+
+
+def test_mtp_drafts_equal_the_training_time_mtp_prediction(chat):
+    """Each draft the engine makes (from its MTP cache, across prefill, accepted and rejected steps) is the
+    argmax of the MTP head of a full forward over the same tokens."""
+    model, _ = chat
+    eng = engine(chat, max_batch=2, speculative=True)
+    eng.generate(prompts(2), SamplingParams(max_tokens=1, temperature=0))  # warm-up, nothing kept
+    for p in prompts(2):
+        rid = eng.add_request(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+        seen = []
+        while rid in eng.requests:
+            eng.step()
+            for s in eng.rows:
+                seen.append((s.len, list(s.req.prompt) + s.out, s.draft))
+        ids = seen[-1][1]
+        with torch.no_grad():
+            mtp = model(torch.tensor([ids]), mtp=True).mtp_logits[0][0].argmax(-1)
+        # mtp[i] predicts token i + 2 from h_i and token i + 1; the engine's draft at length L predicts L + 1
+        for L, _, draft in seen:
+            assert draft == int(mtp[L - 1]), L
+
+
+def test_prefix_cache_hits_give_the_uncached_output(chat, tmp_path):
+    system = "You are a careful calculator. " * 4
+    ps = [render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+    params = SamplingParams(max_tokens=30, temperature=0)
+    cold = engine(chat, max_batch=4).generate(ps, params)
+    pc = PrefixCache(block_size=8, directory=tmp_path / "kv")
+    eng = engine(chat, max_batch=4, prefix_cache=pc, speculative=True)
+    first = eng.generate(ps[:1], params)[0]
+    assert first.usage.cached_tokens == 0
+    warm = eng.generate(ps, params)
+    for c, ref in zip(warm, cold):
+        assert c.token_ids == ref.token_ids
+        assert c.usage.cached_tokens > 0 and c.usage.cached_tokens % 8 == 0
+        assert c.usage.cached_tokens + c.usage.uncached_tokens == c.usage.prompt_tokens
+    # the repeat of the first prompt is served from the cache up to its last full block
+    assert warm[0].usage.cached_tokens == (len(warm[0].prompt_token_ids) - 1) // 8 * 8
+    # a new engine with a cold memory tier finds the blocks on disk
+    pc2 = PrefixCache(block_size=8, directory=tmp_path / "kv")
+    again = engine(chat, max_batch=4, prefix_cache=pc2, speculative=True).generate(ps, params)
+    assert [c.token_ids for c in again] == [c.token_ids for c in cold]
+    assert all(c.usage.cached_tokens > 0 for c in again)
+    # another model's engine never reads them: the fingerprint is part of every key
+    other = engine(chat, max_batch=4, prefix_cache=PrefixCache(block_size=8, directory=tmp_path / "kv"),
+                   speculative=False)
+    assert other.generate(ps[:1], params)[0].usage.cached_tokens == 0
+
+
+def test_prefix_cache_lru_and_damaged_files(tmp_path):
+    from nanoseek.infer.prefix_cache import Block
+
+    pc = PrefixCache(block_size=2, max_blocks=2, directory=tmp_path, max_disk_blocks=3)
+    keys = pc.keys([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert len(keys) == 4 and len(set(keys)) == 4 and pc.keys([1, 2, 3, 4])[1] == keys[1]
+    assert pc.keys([9, 2, 3, 4])[1] != keys[1]  # a key names the whole prefix
+    blocks = [Block(torch.full((1, 2, 3), float(i)), torch.zeros(1, 2, 1), torch.zeros(4)) for i in range(4)]
+    for k, b in zip(keys, blocks):
+        pc.put(k, b)
+    assert list(pc.blocks) == keys[2:] and list(pc.disk) == keys[1:]  # memory holds 2, disk 3
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    got = pc.match(keys)
+    assert got == []  # the first block was evicted everywhere: no prefix
+    (tmp_path / f"{keys[1]}.safetensors").write_bytes(b"garbage")
+    fresh = PrefixCache(block_size=2, max_blocks=2, directory=tmp_path)
+    assert fresh.match(keys[1:]) == []  # damaged file: a miss, not a crash
+    assert float(fresh.match(keys[2:])[0].c_kv[0, 0, 0]) == 2.0
+
+
+def test_n_samples_share_one_prefill(chat):
+    eng = engine(chat, max_batch=8)
+    p = prompts(1)
+    outs = eng.generate(p, SamplingParams(max_tokens=30, temperature=1.0, n=5, seed=11))
+    assert [c.index for c in outs] == list(range(5))
+    assert eng.stats.prefill_tokens == len(outs[0].prompt_token_ids)  # the prompt ran once
+    assert len({tuple(c.token_ids) for c in outs}) > 1  # the samples differ
+    again = engine(chat, max_batch=8).generate(p, SamplingParams(max_tokens=30, temperature=1.0, n=5, seed=11))
+    assert [c.token_ids for c in again] == [c.token_ids for c in outs]
+    # sample 0 of a seeded request is the request with n=1 and that seed
+    one = engine(chat, max_batch=8).generate(p, SamplingParams(max_tokens=30, temperature=1.0, seed=11))[0]
+    assert one.token_ids == outs[0].token_ids
+
+
+def test_stop_strings_spanning_tokens(chat):
+    model, tok = chat
+    p = prompts(1)
+    full = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0]
+    # a stop string made of the end of one token and the start of the next
+    pieces = [tok.decode([t]) for t in full.token_ids]
+    i = next(i for i in range(2, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 1
+             and pieces[i + 1].strip())
+    stop = pieces[i][-1] + pieces[i + 1][:1]
+    assert stop not in "".join(pieces[:i]) + pieces[i][:-1]
+    c = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, stop=[stop]))[0]
+    assert c.finish_reason == "stop"
+    assert c.text == full.text[: full.text.index(stop)]
+    assert c.token_ids == full.token_ids[: i + 2]  # generation ended on the token that completed it
+    # stop token ids: the text ends before the token, the id is reported
+    t = full.token_ids[5]
+    c = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
+                                                stop_token_ids=[t]))[0]
+    assert c.token_ids == full.token_ids[: full.token_ids.index(t) + 1] and c.finish_reason == "stop"
+
+
+def test_logprobs_are_the_models(chat):
+    model, _ = chat
+    c = engine(chat).generate(prompts(1), SamplingParams(max_tokens=8, temperature=0, logprobs=True,
+                                                         top_logprobs=3))[0]
+    ids = c.prompt_token_ids + c.token_ids
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    n = len(c.prompt_token_ids)
+    for j, lp in enumerate(c.logprobs):
+        assert lp.token_id == c.token_ids[j]
+        assert abs(lp.logprob - float(ref[n + j - 1, lp.token_id])) < 1e-4
+        assert [t for t, _ in lp.top] == ref[n + j - 1].topk(3).indices.tolist()
+        assert lp.top[0][0] == lp.token_id  # greedy picks the most likely
+
+
+def test_penalties_match_a_hand_computed_reference(chat):
+    model, _ = chat
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, repetition_penalty=1.3,
+                            presence_penalty=0.5, frequency_penalty=0.7)
+    c = engine(chat, max_batch=3).generate(prompts(3), params)
+    for comp in c:
+        ids, out = list(comp.prompt_token_ids), []
+        with torch.no_grad():
+            for _ in range(20):
+                z = model(torch.tensor([ids])).logits[0, -1].float()
+                seen = torch.zeros_like(z, dtype=torch.bool)
+                seen[ids] = True
+                counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=z.numel()).float()
+                z = torch.where(seen, torch.where(z > 0, z / 1.3, z * 1.3), z)
+                z = z - 0.5 * (counts > 0) - 0.7 * counts
+                out.append(int(z.argmax()))
+                ids.append(out[-1])
+        assert comp.token_ids == out
+    plain = engine(chat, max_batch=3).generate(prompts(3), SamplingParams(max_tokens=20, temperature=0,
+                                                                            ignore_eos=True))
+    assert [x.token_ids for x in plain] != [x.token_ids for x in c]
+
+
+def test_filters_that_leave_one_token_are_greedy(chat):
+    greedy = engine(chat).generate(prompts(2), SamplingParams(max_tokens=20, temperature=0))
+    for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
+        got = engine(chat).generate(prompts(2), SamplingParams(max_tokens=20, temperature=1.5, seed=1, **kw))
+        assert [c.token_ids for c in got] == [c.token_ids for c in greedy], kw
+
+
+def test_sampling_follows_the_distribution():
+    """The exponential race picks token i with probability p_i."""
+    from nanoseek.infer.sampling import sample
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    g = torch.Generator().manual_seed(0)
+    params = [SamplingParams(temperature=1.0)]
+    draws = torch.tensor([int(sample(probs.log()[None], params, [g])[0]) for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=4) / 4000
+    assert (freq - probs).abs().max() < 0.03, freq
+    # top_p 0.7 keeps the first two tokens only, renormalised
+    draws = torch.tensor([int(sample(probs.log()[None], [SamplingParams(top_p=0.7)], [g])[0]) for _ in range(2000)])
+    freq = torch.bincount(draws, minlength=4) / 2000
+    assert freq[2:].sum() == 0 and abs(freq[0] - 0.5 / 0.8) < 0.04
+
+
+def test_stream_and_astream_agree_with_generate(chat):
+    params = SamplingParams(max_tokens=40, temperature=0.7, seed=5, n=2)
+    ref = engine(chat).generate(prompts(3), params)
+    text, reasoning, content, tokens = {}, {}, {}, {}
+    for d in engine(chat).stream(prompts(3), params):
+        k = (d.request_id, d.index)
+        text[k] = text.get(k, "") + d.text
+        reasoning[k] = reasoning.get(k, "") + d.reasoning
+        content[k] = content.get(k, "") + d.content
+        tokens[k] = tokens.get(k, []) + d.token_ids
+        assert "\ufffd" not in d.text
+    assert sorted(tokens.values()) == sorted(c.token_ids for c in ref)
+    assert sorted(text.values()) == sorted(c.text for c in ref)
+    assert sorted(reasoning.values()) == sorted(c.reasoning_content for c in ref)
+    assert sorted(content.values()) == sorted(c.content for c in ref)
+
+    async def collect():
+        got = {}
+        async for d in engine(chat).astream(prompts(3), params):
+            got[(d.request_id, d.index)] = got.get((d.request_id, d.index), []) + d.token_ids
+        return got
+
+    assert sorted(asyncio.run(collect()).values()) == sorted(c.token_ids for c in ref)
+
+
+def test_abort_and_early_exit_free_the_slots(chat):
+    eng = engine(chat, max_batch=2)
+    rid = eng.add_request(prompts(1)[0], SamplingParams(max_tokens=50, n=2, temperature=1.0))
+    eng.step()
+    assert len(eng.rows) == 2
+    eng.abort(rid)
+    assert not eng.rows and not eng.has_unfinished()
+    it = eng.stream(prompts(2), SamplingParams(max_tokens=50))
+    next(it)
+    it.close()  # the caller walked away
+    assert not eng.rows and not eng.has_unfinished() and not eng.waiting
+
+
+def test_requests_that_cannot_fit_are_refused_clearly(chat):
+    eng = engine(chat, max_seq_len=64, max_batch=2)
+    with pytest.raises(ValueError, match=r"max_tokens is 60: .* > the engine's max_seq_len 64"):
+        eng.add_request(prompts(1)[0], SamplingParams(max_tokens=60))
+    with pytest.raises(ValueError, match="no room to generate"):
+        eng.add_request("1 + 1 = 2 " * 40, SamplingParams())
+    with pytest.raises(ValueError, match="n = 3 samples do not fit in the engine's 2 slots"):
+        eng.add_request("hi", SamplingParams(n=3))
+    with pytest.raises(ValueError, match=r"token id 99999 is outside the vocabulary \[0, 512\)"):
+        eng.add_request([0, 99999], SamplingParams())
+    with pytest.raises(ValueError, match="SamplingParams.top_p must be in"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="cannot hold one sequence"):
+        engine(chat, max_seq_len=64, cache_tokens=32)
+    e = engine(chat, max_seq_len=64, cache_tokens=64 * 5 + 7)
+    assert e.max_batch == 5 and e.cache_bytes == e.cache.c_kv.nbytes + e.cache.k_pe.nbytes
+    assert not eng.has_unfinished()  # refused requests leave nothing behind

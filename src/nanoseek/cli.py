@@ -439,7 +439,8 @@ def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
                    help="prompt + completion tokens per sequence (default: the model's context, at most 4096)")
     g.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
                    help="draft tokens with the MTP module and verify them in one forward (default: on when "
-                        "the checkpoint has MTP layers); the output is unchanged either way")
+                        "the checkpoint has MTP layers and --max-batch <= 16, where it is faster); the output "
+                        "is unchanged either way")
     g.add_argument("--prefix-cache-dir", metavar="DIR",
                    help="also keep the prompt-prefix KV cache on disk here, across runs (default: memory only)")
 

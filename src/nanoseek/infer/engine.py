@@ -36,6 +36,7 @@ from nanoseek.model.model import KVCache, Transformer
 from nanoseek.tokenizer import BOS, Tokenizer
 
 Prompt = str | Sequence[int]
+SPECULATE_UP_TO = 16  # max_batch up to which MTP speculation is on by default
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Engine:
 
     Cache memory: max_batch rows x max_seq_len tokens. Give cache_tokens (a token budget) to size
     max_batch from it. A request whose prompt + max_tokens exceeds max_seq_len is refused at once.
-    speculative: MTP drafting; None = on when the checkpoint has MTP layers. prefix_cache: a
+    speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16. prefix_cache: a
     PrefixCache, or None for none.
     """
 
@@ -158,7 +159,9 @@ class Engine:
         self.max_batch = max_batch or 16
         if self.max_batch < 1 or self.max_seq_len < 2:
             raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, {self.max_seq_len}")
-        self.speculative = bool(model.mtp) if speculative is None else speculative
+        # measured on CPU (BENCHMARKS.md): drafting pays at batch 1-8 (+23% at 1) and loses at 64, where
+        # the step is compute-bound and verifying doubles its tokens
+        self.speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO if speculative is None else speculative
         if self.speculative and not model.mtp:
             raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
         self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype, device=self.device)
@@ -417,7 +420,8 @@ class Engine:
         """The MTP module on pairs (h_{p-1}, x_p) at indices starts+j; returns its normed output."""
         layer = self.model.mtp[0]
         positions, mask = self._positions(starts, tokens.shape[1])
-        mask = mask & (torch.arange(mask.shape[-1], device=self.device) >= 1)  # index 0 holds no pair
+        # index 0 holds no pair: hidden from every query but a placeholder at 0 itself (no empty softmax)
+        mask = mask & ((torch.arange(mask.shape[-1], device=self.device) >= 1) | (positions[..., None] == 0))
         cos, sin = self.model.rope(positions, h.dtype)
         _, hk = layer(self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask,
                       cache=self.cache.rows(*rows), positions=positions, kv_len=mask.shape[-1],

@@ -1,0 +1,40 @@
+"""The sampler on its own (engine-level sampling is in test_engine.py)."""
+
+import pytest
+import torch
+
+from nanoseek.infer.sampling import SamplingParams, filter_probs, sample
+
+
+def test_sampling_follows_the_distribution():
+    """The exponential race picks token i with probability p_i."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    g = torch.Generator().manual_seed(0)
+    params = [SamplingParams(temperature=1.0)]
+    draws = torch.tensor([int(sample(probs.log()[None], params, [g])[0]) for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=4) / 4000
+    assert (freq - probs).abs().max() < 0.03, freq
+    # top_p 0.7 keeps the first two tokens only, renormalised
+    draws = torch.tensor([int(sample(probs.log()[None], [SamplingParams(top_p=0.7)], [g])[0]) for _ in range(2000)])
+    freq = torch.bincount(draws, minlength=4) / 2000
+    assert freq[2:].sum() == 0 and abs(freq[0] - 0.5 / 0.8) < 0.04
+
+
+@pytest.mark.parametrize("field, value", [("temperature", -0.1), ("top_p", 1.5), ("top_k", -1), ("min_p", 2.0),
+                                          ("repetition_penalty", 0.0), ("presence_penalty", 3.0), ("n", 0),
+                                          ("max_tokens", 0), ("top_logprobs", 21), ("stop", ["ok", ""])])
+def test_out_of_range_parameters_are_named(field, value):
+    with pytest.raises(ValueError, match=f"SamplingParams.{field} must be"):
+        SamplingParams(**{field: value})
+
+
+def test_a_single_stop_string_is_one_stop():
+    assert SamplingParams(stop="###").stop == ("###",)
+
+
+def test_top_k_and_min_p_keep_what_they_should():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1)
+    p = filter_probs(logits, [SamplingParams(top_k=2)])
+    assert (p[0, :2] > 0).all() and (p[0, 2:] == 0).all()
+    p = filter_probs(logits, [SamplingParams(min_p=0.3)])  # e^-1 = 0.37 of the top survives, e^-2 does not
+    assert (p[0, :2] > 0).all() and (p[0, 2:] == 0).all()

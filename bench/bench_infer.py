@@ -485,7 +485,7 @@ def main() -> None:
     e1 = Engine(model, tok, max_batch=1, max_seq_len=L + N, speculative=True)  # the engine's own count
     rec["cache"] = {"nanoseek_main": cfg.num_hidden_layers * latent * el,
                     "nanoseek_engine": e1.cache_bytes / (e1.max_batch * e1.cache.max_len),
-                    "engine_layers": e1.cache.c_kv.shape[0],
+                    "engine_layers": e1.cache.kv.shape[0],
                     "naive_kv": (cfg.num_hidden_layers * cfg.num_attention_heads
                                  * (cfg.qk_head_dim + cfg.v_head_dim) * el),
                     "transformers": hf_cache_per_token}

@@ -114,7 +114,7 @@ def main() -> None:
 
     # decode-path cache: nanoseek's absorbed-MLA buffers (main layers) vs transformers' DynamicCache
     cache = KVCache(cfg, 1, 64, n_layers=cfg.num_hidden_layers, dtype=dtype, device=dev)
-    rec["nanoseek_cache_bytes_per_token"] = (cache.c_kv.nbytes + cache.k_pe.nbytes) // 64
+    rec["nanoseek_cache_bytes_per_token"] = cache.kv.nbytes // 64
     with torch.no_grad():
         out = hf.eval().generate(ids[:1, :16], max_new_tokens=8, do_sample=False, use_cache=True,
                                  return_dict_in_generate=True, pad_token_id=0)

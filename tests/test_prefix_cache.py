@@ -13,7 +13,7 @@ def test_prefix_cache_lru_and_damaged_files(tmp_path):
     keys = pc.keys([1, 2, 3, 4, 5, 6, 7, 8, 9])
     assert len(keys) == 4 and len(set(keys)) == 4 and pc.keys([1, 2, 3, 4])[1] == keys[1]
     assert pc.keys([9, 2, 3, 4])[1] != keys[1]  # a key names the whole prefix
-    blocks = [Block(torch.full((1, 2, 3), float(i)), torch.zeros(1, 2, 1), torch.zeros(4)) for i in range(4)]
+    blocks = [Block(torch.full((1, 2, 3), float(i)), torch.zeros(4)) for i in range(4)]
     for k, b in zip(keys, blocks):
         pc.put(k, b)
     assert list(pc.blocks) == keys[2:] and list(pc.disk) == keys[1:]  # memory holds 2, disk 3
@@ -23,4 +23,4 @@ def test_prefix_cache_lru_and_damaged_files(tmp_path):
     (tmp_path / f"{keys[1]}.safetensors").write_bytes(b"garbage")
     fresh = PrefixCache(block_size=2, max_blocks=2, directory=tmp_path)
     assert fresh.match(keys[1:]) == []  # damaged file: a miss, not a crash
-    assert float(fresh.match(keys[2:])[0].c_kv[0, 0, 0]) == 2.0
+    assert float(fresh.match(keys[2:])[0].kv[0, 0, 0]) == 2.0

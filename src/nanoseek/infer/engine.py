@@ -192,7 +192,7 @@ class Engine:
 
     @property
     def cache_bytes(self) -> int:
-        return self.cache.c_kv.nbytes + self.cache.k_pe.nbytes
+        return self.cache.kv.nbytes
 
     def fingerprint(self) -> str:
         """Identifies the model (config, dtype, a sample of every weight) so a prefix cache on disk is
@@ -366,8 +366,7 @@ class Engine:
             for j in range(1, r.params.n):
                 seq = self._new_seq(r, j)
                 L = len(r.prompt) + 2
-                self.cache.c_kv[:, seq.row, :L] = self.cache.c_kv[:, first[i].row, :L]
-                self.cache.k_pe[:, seq.row, :L] = self.cache.k_pe[:, first[i].row, :L]
+                self.cache.kv[:, seq.row, :L] = self.cache.kv[:, first[i].row, :L]
                 seq.h_last = h_last[i]
                 r.seqs.append(seq)
         seqs = sorted((s for r in reqs for s in r.seqs), key=lambda s: s.row)
@@ -538,8 +537,7 @@ class Engine:
         if i != last:
             mover = self.rows[last]
             L = min(mover.len + 2, self.cache.max_len)
-            self.cache.c_kv[:, i, :L] = self.cache.c_kv[:, last, :L]
-            self.cache.k_pe[:, i, :L] = self.cache.k_pe[:, last, :L]
+            self.cache.kv[:, i, :L] = self.cache.kv[:, last, :L]
             if self.counts is not None:
                 self.counts[i], self.seen[i] = self.counts[last], self.seen[last]
             mover.row = i
@@ -553,8 +551,7 @@ class Engine:
     def _load_blocks(self, row: int, blocks: list[Block]) -> None:
         B = self.prefix_cache.block_size
         n = len(blocks) * B
-        self.cache.c_kv[:, row, :n] = torch.cat([b.c_kv for b in blocks], dim=1)
-        self.cache.k_pe[:, row, :n] = torch.cat([b.k_pe for b in blocks], dim=1)
+        self.cache.kv[:, row, :n] = torch.cat([b.kv for b in blocks], dim=1)
 
     def _store_blocks(self, req: _Request, row: int, h: Tensor, start: int) -> None:
         """Keep every full block of the prompt not already cached (h: this prefill's hidden states of
@@ -565,7 +562,7 @@ class Engine:
             if key in pc or (j + 1) * B <= start:
                 continue
             lo, hi = j * B, (j + 1) * B
-            pc.put(key, Block(self.cache.c_kv[:, row, lo:hi], self.cache.k_pe[:, row, lo:hi], h[hi - 1 - start]))
+            pc.put(key, Block(self.cache.kv[:, row, lo:hi], h[hi - 1 - start]))
 
     # -----------------------------------------------------------------------------------------
     # the public loops

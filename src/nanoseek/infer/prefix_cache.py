@@ -23,8 +23,7 @@ from torch import Tensor
 
 @dataclass
 class Block:
-    c_kv: Tensor  # (cache layers, block_size, kv_lora_rank)
-    k_pe: Tensor  # (cache layers, block_size, qk_rope_head_dim)
+    kv: Tensor  # (cache layers, block_size, kv_lora_rank + qk_rope_head_dim): c_kv and k_pe
     h: Tensor  # (hidden,) final hidden state of the block's last token: the MTP module's input there
 
 
@@ -79,7 +78,7 @@ class PrefixCache:
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return
-        block = Block(block.c_kv.clone(), block.k_pe.clone(), block.h.clone())
+        block = Block(block.kv.clone(), block.h.clone())
         self._remember(key, block)
         if self.dir is not None and key not in self.disk:
             self._write(key, block)
@@ -92,8 +91,7 @@ class PrefixCache:
     def _write(self, key: str, block: Block) -> None:
         path = self.dir / f"{key}.safetensors"
         tmp = path.with_suffix(".tmp")
-        save_file({"c_kv": block.c_kv.contiguous().cpu(), "k_pe": block.k_pe.contiguous().cpu(),
-                   "h": block.h.contiguous().cpu()}, str(tmp))
+        save_file({"kv": block.kv.contiguous().cpu(), "h": block.h.contiguous().cpu()}, str(tmp))
         os.replace(tmp, path)
         self.disk[key] = None
         while len(self.disk) > self.max_disk_blocks:
@@ -109,4 +107,4 @@ class PrefixCache:
             self.disk.pop(key, None)
             return None
         self.disk.move_to_end(key)
-        return Block(t["c_kv"], t["k_pe"], t["h"])
+        return Block(t["kv"], t["h"])

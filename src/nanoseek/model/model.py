@@ -91,31 +91,38 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleave: bool) -> Tensor:
 
 
 class KVCache:
-    """Preallocated absorbed-MLA cache: (layers, rows, max_len, kv_lora_rank + qk_rope_head_dim)
-    numbers, 576 per token per layer for V3 instead of 2*128*128 for MHA of the same width.
-    Layer ids num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b sharing
-    the storage, so an engine can run a forward on some of its slots."""
+    """Preallocated absorbed-MLA cache: per layer, row and position the normed latent c_kv and the rotated
+    k_pe side by side (kv_lora_rank + qk_rope_head_dim numbers: 576 for V3, against 2*128*128 for MHA of
+    the same width). Side by side because the absorbed attention reads them as one key. Layer ids
+    num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b sharing the storage, so an
+    engine can run a forward on some of its slots."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, n_layers: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers if n_layers is None else n_layers
-        self.max_len = max_len
-        self.c_kv = torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank, dtype=dtype, device=device)
-        self.k_pe = torch.zeros(n_layers, batch_size, max_len, cfg.qk_rope_head_dim, dtype=dtype, device=device)
+        self.max_len, self.rank = max_len, cfg.kv_lora_rank
+        self.kv = torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                              dtype=dtype, device=device)
+
+    @property
+    def c_kv(self) -> Tensor:
+        return self.kv[..., : self.rank]
+
+    @property
+    def k_pe(self) -> Tensor:
+        return self.kv[..., self.rank:]
 
     def rows(self, start: int, stop: int) -> KVCache:
         view = object.__new__(KVCache)
-        view.max_len, view.c_kv, view.k_pe = self.max_len, self.c_kv[:, start:stop], self.k_pe[:, start:stop]
+        view.max_len, view.rank, view.kv = self.max_len, self.rank, self.kv[:, start:stop]
         return view
 
-    def update(self, layer_id: int, positions: Tensor, c_kv: Tensor, k_pe: Tensor, kv_len: int
-               ) -> tuple[Tensor, Tensor]:
-        """Write the new entries at their positions (b, s) and return the first kv_len of each row."""
-        b = positions.shape[0]
-        cache_c, cache_pe = self.c_kv[layer_id, :b], self.k_pe[layer_id, :b]
-        cache_c.scatter_(1, positions[..., None].expand(-1, -1, c_kv.shape[-1]), c_kv.to(cache_c.dtype))
-        cache_pe.scatter_(1, positions[..., None].expand(-1, -1, k_pe.shape[-1]), k_pe.to(cache_pe.dtype))
-        return cache_c[:, :kv_len], cache_pe[:, :kv_len]
+    def update(self, layer_id: int, positions: Tensor, kv: Tensor, kv_len: int) -> Tensor:
+        """Write the new entries kv (b, s, rank + rope) at their positions (b, s); return the first kv_len
+        entries of each row (b, kv_len, rank + rope)."""
+        cache = self.kv[layer_id, : positions.shape[0]]
+        cache.scatter_(1, positions[..., None].expand(-1, -1, kv.shape[-1]), kv.to(cache.dtype))
+        return cache[:, :kv_len]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +163,11 @@ class MLA(nn.Module):
         c_kv = self.kv_a_layernorm(c_kv)
         k_pe = apply_rope(k_pe, cos, sin, self.cfg.rope_interleave)
         if cache is not None:
-            c_kv, k_pe = cache.update(self.layer_id, positions, c_kv, k_pe, kv_len)
-        o = (self._absorbed if absorb else self._naive)(q_nope, q_pe, c_kv, k_pe, mask)
+            kv = cache.update(self.layer_id, positions, torch.cat([c_kv, k_pe], dim=-1), kv_len)
+            c_kv, k_pe = kv.split([self.rank, self.rope], dim=-1)
+        elif absorb:
+            kv = torch.cat([c_kv, k_pe], dim=-1)
+        o = self._absorbed(q_nope, q_pe, kv, mask) if absorb else self._naive(q_nope, q_pe, c_kv, k_pe, mask)
         return self.o_proj(o.flatten(2))
 
     def _naive(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
@@ -174,20 +184,25 @@ class MLA(nn.Module):
                                            is_causal=mask is None, scale=self.softmax_scale)
         return o.transpose(1, 2)[..., : self.v_dim]  # (b, s, h, v_dim)
 
-    def _absorbed(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
-        """Fold kv_b_proj's key half into the query and its value half after attention, so that
-        attention runs on the cached latent directly: every head shares one 'key' (c_kv, k_pe)."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
+    def _absorbed(self, q_nope: Tensor, q_pe: Tensor, kv: Tensor, mask: Tensor | None) -> Tensor:
+        """Fold kv_b_proj's key half into the query and its value half after attention, so that attention
+        runs on the cached latent directly. It is then multi-query attention with one key [c_kv; k_pe]
+        (rank + rope wide) shared by all heads, whose value is the same tensor (the first rank outputs are
+        kept). A shared key lets the heads be stacked as extra queries: one (s * h) x t attention per row."""
+        b, s, h, _ = q_nope.shape
+        t = kv.shape[1]
+        w = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, self.rank)
+        # einsum runs these as one (h)-batched matmul over all b * s tokens; matmul would copy w per row
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w[:, : self.nope])
-        scores = (torch.einsum("bshc,btc->bsht", q_lat, c_kv)
-                  + torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * self.softmax_scale
+        q = torch.cat([q_lat, q_pe], dim=-1).view(b, s * h, -1)
+        # bmm, not SDPA: it reads the cache rows in place, where SDPA copies a strided cache view
+        scores = torch.bmm(q, kv.transpose(1, 2)).view(b, s, h, t)
         if mask is None:
-            s, t = scores.shape[1], scores.shape[3]
-            mask = torch.ones(s, t, dtype=torch.bool, device=scores.device).tril(t - s)[None]
-        scores = scores.masked_fill(~mask[:, :, None, :], float("-inf"))
-        p = scores.softmax(dim=-1, dtype=torch.float32).to(q_nope.dtype)
-        o_lat = torch.einsum("bsht,btc->bshc", p, c_kv)
-        return torch.einsum("bshc,hdc->bshd", o_lat, w[:, self.nope:])
+            mask = torch.ones(s, t, dtype=torch.bool, device=kv.device).tril(t - s)[None]
+        p = scores.mul_(self.softmax_scale).masked_fill_(~mask[:, :, None], float("-inf"))
+        p = p.softmax(dim=-1, dtype=torch.float32).to(kv.dtype).view(b, s * h, t)
+        o_lat = torch.bmm(p, kv[..., : self.rank]).view(b, s, h, -1)
+        return torch.einsum("bshc,hdc->bshd", o_lat, w[:, self.nope:])  # (b, s, h, v_dim)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -390,7 +390,8 @@ def _engine(args: argparse.Namespace):
     pc = PrefixCache(directory=args.prefix_cache_dir) if args.prefix_cache_dir else PrefixCache()
     try:
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype, max_batch=args.max_batch,
-                                      max_seq_len=args.max_seq_len, speculative=args.speculative, prefix_cache=pc)
+                                      max_seq_len=args.max_seq_len, cache_tokens=args.cache_tokens,
+                                      speculative=args.speculative, prefix_cache=pc)
     except ValueError as e:
         raise _BadArgs(str(e)) from None
 
@@ -437,6 +438,8 @@ def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
                    help=f"sequences decoded together: cache slots (default {max_batch})")
     g.add_argument("--max-seq-len", type=_positive_int,
                    help="prompt + completion tokens per sequence (default: the model's context, at most 4096)")
+    g.add_argument("--cache-tokens", type=_positive_int,
+                   help="token budget of the KV cache: caps --max-batch at cache-tokens / max-seq-len")
     g.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
                    help="draft tokens with the MTP module and verify them in one forward (default: on when "
                         "the checkpoint has MTP layers and --max-batch <= 16, where it is faster); the output "

@@ -108,7 +108,7 @@ class _Seq:
     row: int = -1
     len: int = 0  # tokens whose latents are in the cache (positions 0..len-1)
     pending: int = -1  # sampled token not yet fed to the model, at position len
-    h_last: Tensor | None = None  # main model's final hidden state at position len-1 (MTP input)
+    h_last: Tensor | None = None  # after prefill: the hidden state at position len-1 (the MTP's input)
     draft: int = -1
     out: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
@@ -395,10 +395,9 @@ class Engine:
         self.stats.decode_steps += 1
         for s in seqs:
             s.len += 1
-            s.h_last = h[s.row, 0]
         self._sample_append(seqs, logits[:, 0])
         if not speculate:
-            self._mtp_draft(seqs)
+            self._mtp_draft(seqs, h)
             return
         live = [s for s in seqs if s.finish_reason is None]
         accepted = [s for s in live if s.out[-1] == s.draft]
@@ -406,11 +405,10 @@ class Engine:
         self.stats.accepted += len(accepted)
         for s in accepted:
             s.len += 1
-            s.h_last = h[s.row, 1]
         if accepted:
             self._sample_append(accepted, logits[[s.row for s in accepted], 1])
         acc = {id(s) for s in accepted}
-        self._mtp_draft(seqs, (h, [int(id(s) in acc) for s in seqs]))
+        self._mtp_draft(seqs, h, [int(id(s) in acc) for s in seqs])
 
     # -----------------------------------------------------------------------------------------
     # MTP drafting
@@ -446,25 +444,25 @@ class Engine:
             # mask hides index 0 from every query)
             self._mtp((first[0].row, first[0].row + m), hp, tokens.to(self.device), idx)
 
-    def _mtp_draft(self, seqs: list[_Seq], verified: tuple[Tensor, list[int]] | None = None) -> None:
+    def _mtp_draft(self, seqs: list[_Seq], h: Tensor | None = None, accepted: list[int] | None = None) -> None:
         """Draft the next token of each unfinished sample in seqs (contiguous rows). After plain decoding
-        or a prefill: the pair (h_last, pending) at index len. After a verify step (verified = its hidden
-        states (k, 2, d) and, per row, 1 if its draft was accepted): the pairs at indices L+1 and L+2,
-        (h_L, x_{L+1}) and (h_{L+1}, x_{L+2}), the draft read from the last real one."""
+        or a prefill: the pair (h_{len-1}, pending) at index len, h_{len-1} from h (k, 1, d) or from each
+        sample's h_last. After a verify step (h (k, 2, d) and, per row, accepted = 1 if its draft was):
+        the pairs at indices L+1 and L+2, (h_L, x_{L+1}) and (h_{L+1}, x_{L+2}), the draft read from the
+        last real one."""
         if not self.speculative or not seqs:
             return
         rows = (seqs[0].row, seqs[-1].row + 1)
-        if verified is None:
-            h = torch.stack([s.h_last for s in seqs])[:, None]
+        if accepted is None:
+            h = torch.stack([s.h_last for s in seqs])[:, None] if h is None else h
             tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
             hk = self._mtp(rows, h, tokens, [s.len for s in seqs])[:, 0]
         else:
-            h, pick = verified
             # a rejected row's second pair is a placeholder: written past its length, overwritten later
-            tokens = torch.tensor([s.out[-2:] if p else s.out[-1:] * 2 for s, p in zip(seqs, pick)],
+            tokens = torch.tensor([s.out[-2:] if a else s.out[-1:] * 2 for s, a in zip(seqs, accepted)],
                                   device=self.device)
-            hk = self._mtp(rows, h, tokens, [s.len - p for s, p in zip(seqs, pick)])
-            hk = hk[torch.arange(len(seqs), device=self.device), torch.tensor(pick, device=self.device)]
+            hk = self._mtp(rows, h, tokens, [s.len - a for s, a in zip(seqs, accepted)])
+            hk = hk[torch.arange(len(seqs), device=self.device), torch.tensor(accepted, device=self.device)]
         for s, d in zip(seqs, self.model.lm_head(hk).argmax(dim=-1).tolist()):
             s.draft = d
 

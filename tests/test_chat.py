@@ -1,5 +1,6 @@
 """`nanoseek chat` through a real pseudo-terminal, and `nanoseek generate` on JSONL files."""
 
+import io
 import json
 import os
 import re
@@ -106,6 +107,12 @@ def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_pat
     ('{"prompt": "hi", "temperature": -1}', "line 1: SamplingParams.temperature must be in [0, 100]"),
     ('{"messages": [{"role": "robot", "content": "x"}]}', "line 1: message 0: role must be one of"),
     ('{"prompt": "hi", "max_tokens": 100000}', "request 1: the prompt has"),
+    ('{"prompt": "hi", "temprature": 0}', "line 1: unknown key 'temprature'"),
+    ('{"prompt_token_ids": "hello"}', "line 1: prompt_token_ids must be a list of integers"),
+    ('{"prompt": [1, 2]}', "line 1: prompt must be a string"),
+    ('{"prompt": "hi", "n": 2.0}', "line 1: SamplingParams.n must be an integer"),
+    ('{"prompt": "hi", "temperature": "0.5"}', "line 1: SamplingParams.temperature must be a number"),
+    ('{"prompt": "hi", "top_logprobs": 2}', "0 unless logprobs is on"),
 ])
 def test_generate_input_errors_name_the_line(tiny_chat_dir, tmp_path, capsys, line, message):
     inp = tmp_path / "p.jsonl"
@@ -117,3 +124,21 @@ def test_generate_input_errors_name_the_line(tiny_chat_dir, tmp_path, capsys, li
 def test_bad_sampling_flags_are_clear_errors(tiny_chat_dir, tmp_path, capsys):
     assert main(["generate", str(tiny_chat_dir), "--input", "x", "--output", "y", "--top-p", "2"]) == 2
     assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_conversation_that_outgrows_the_context_is_told_so_and_kept(tiny_chat_dir, tmp_path):
+    from nanoseek.infer.chat import ChatSession
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.sampling import SamplingParams
+
+    engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=48, speculative=False)
+    session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=8))
+    out = io.StringIO()
+    for _ in range(6):
+        session.reply("Calculate 33 + 88 - 5.", out, color=False)
+    assert "/reset starts over, or raise --max-seq-len" in out.getvalue()
+    roles = [m["role"] for m in session.messages]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) and roles  # the refused turn left nothing
+    assert "is a directory" in session.command(f"/save {tmp_path}")
+    assert "could not save" in session.command(f"/save {tmp_path}/missing/dir/chat.json")
+    assert session.command("/reset") == "conversation cleared" and session.messages == []

@@ -38,3 +38,18 @@ def test_top_k_and_min_p_keep_what_they_should():
     assert (p[0, :2] > 0).all() and (p[0, 2:] == 0).all()
     p = filter_probs(logits, [SamplingParams(min_p=0.3)])  # e^-1 = 0.37 of the top survives, e^-2 does not
     assert (p[0, :2] > 0).all() and (p[0, 2:] == 0).all()
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("top_k", 2.5, "an integer"), ("seed", "x", "an integer"), ("n", True, "an integer"),
+    ("temperature", "0.5", "a number"), ("logprobs", 1, "true or false"), ("stop_token_ids", [1.5], "token ids")])
+def test_wrong_types_are_refused_before_any_work(field, value, allowed):
+    with pytest.raises(ValueError, match=f"SamplingParams.{field} must be .*{allowed}"):
+        SamplingParams(**{field: value})
+
+
+def test_top_p_one_keeps_every_token_beside_a_top_p_row():
+    """A row with top_p = 1 next to one with top_p < 1 keeps its whole distribution (no rounding losses)."""
+    logits = torch.randn(2, 50_000, generator=torch.Generator().manual_seed(0)) * 4
+    p = filter_probs(logits, [SamplingParams(top_p=1.0), SamplingParams(top_p=0.5)])
+    assert (p[0] > 0).all() and (p[1] == 0).any()

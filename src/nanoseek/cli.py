@@ -404,8 +404,9 @@ def _sampling(args: argparse.Namespace):
                               top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=tuple(args.stop or ()),
                               n=getattr(args, "n", 1), repetition_penalty=args.repetition_penalty,
                               presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
-    except ValueError as e:
-        raise _BadArgs(str(e).replace("SamplingParams.", "--").replace("_", "-")) from None
+    except ValueError as e:  # "SamplingParams.top_p must be ..." -> "--top-p must be ..."
+        field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
+        raise _BadArgs(f"--{field.replace('_', '-')} {rest}") from None
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -417,11 +418,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from nanoseek.infer.batch import generate_file
+    from nanoseek.infer.batch import generate_file, read_requests
 
-    params = _sampling(args)
+    requests = read_requests(args.input, _sampling(args))  # bad input is found before the model loads
     engine = _engine(args)
-    n = generate_file(engine, args.input, args.output, params, progress=not args.quiet)
+    n = generate_file(engine, requests, args.output, args.input, progress=not args.quiet)
     s = engine.stats
     spec = f", MTP acceptance {s.acceptance_rate:.0%}" if s.drafted else ""
     print(f"{n} prompts -> {args.output}: {s.generated_tokens:,} tokens generated, {s.prefill_tokens:,} prompt "

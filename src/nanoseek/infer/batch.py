@@ -20,6 +20,8 @@ from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import render_chat
 
 PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
+OTHER_KEYS = {"thinking", "id"}  # "id" is echoed to the output, so results can be matched to inputs
 
 
 def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[object, SamplingParams, dict]]:
@@ -39,17 +41,25 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[obje
                 raise DataError(f"{where}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            keys = [k for k in ("prompt", "messages", "prompt_token_ids") if k in row]
+            keys = [k for k in PROMPT_KEYS if k in row]
             if len(keys) != 1:
                 raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; has "
                                 f"{keys or 'none'}")
+            unknown = sorted(set(row) - PARAM_FIELDS - OTHER_KEYS - set(PROMPT_KEYS))
+            if unknown:
+                raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(PROMPT_KEYS)}, thinking, "
+                                f"id, and the sampling settings {', '.join(sorted(PARAM_FIELDS))})")
             try:
                 if "messages" in row:
                     prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
+                elif "prompt" in row:
+                    prompt = row["prompt"]
+                    if not isinstance(prompt, str):
+                        raise ValueError("prompt must be a string (token ids go in prompt_token_ids)")
                 else:
-                    prompt = row[keys[0]]
-                    if not isinstance(prompt, (str, list)):
-                        raise ValueError(f"{keys[0]} must be a string or a list of token ids")
+                    prompt = row["prompt_token_ids"]
+                    if not isinstance(prompt, list) or not all(isinstance(i, int) for i in prompt):
+                        raise ValueError("prompt_token_ids must be a list of integers")
                 params = dataclasses.replace(defaults, **{k: v for k, v in row.items() if k in PARAM_FIELDS})
             except (ValueError, TypeError) as e:
                 raise DataError(f"{where}: {e}") from None
@@ -63,30 +73,38 @@ def record(completions: list[Completion]) -> dict:
     first = completions[0]
     return {
         "completions": [{"text": c.text, "reasoning_content": c.reasoning_content, "content": c.content,
-                         "finish_reason": c.finish_reason, "token_ids": c.token_ids} for c in completions],
+                         "finish_reason": c.finish_reason, "token_ids": c.token_ids,
+                         **({} if c.logprobs is None else {"logprobs": [
+                             {"token_id": lp.token_id, "logprob": lp.logprob, "top": lp.top} for lp in c.logprobs]})}
+                        for c in completions],
         "usage": {"prompt_tokens": first.usage.prompt_tokens,
                   "completion_tokens": sum(c.usage.completion_tokens for c in completions),
                   "prompt_cache_hit_tokens": first.usage.cached_tokens,
+                  "prompt_cache_miss_tokens": first.usage.uncached_tokens,
                   "reasoning_tokens": sum(c.usage.reasoning_tokens for c in completions)},
     }
 
 
-def generate_file(engine: Engine, inp: str | Path, output: str | Path, defaults: SamplingParams,
-                  progress: bool = True) -> int:
-    """Run every request of `inp` not already in OUTPUT.partial; returns the number of lines written."""
+def generate_file(engine: Engine, requests: list[tuple[object, SamplingParams, dict]], output: str | Path,
+                  inp: str | Path = "input", progress: bool = True) -> int:
+    """Run every request (from read_requests(inp)) not already in OUTPUT.partial; returns the count."""
     from tqdm.auto import tqdm
 
-    requests = read_requests(inp, defaults)
     output = Path(output)
     partial = output.with_name(output.name + ".partial")
     done: dict[int, dict] = {}
     if partial.exists():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                done[row["index"]] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break  # a line cut by a kill: it and anything after are redone
+        kept = 0  # bytes of whole lines; a line cut by a kill, and anything after it, is redone
+        with open(partial, "rb") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    done[row["index"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                    break
+                kept += len(line)
+        with open(partial, "r+b") as f:
+            f.truncate(kept)
     for i, (prompt, params, _) in enumerate(requests):  # refuse bad requests before any work
         if i not in done:
             try:

@@ -64,9 +64,15 @@ class ChatSession:
             if not arg:
                 return "usage: /save FILE"
             path = Path(arg).expanduser()
+            if path.is_dir():
+                return f"{path} is a directory: /save needs a file name"
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
-            os.replace(tmp, path)
+            try:
+                tmp.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                return f"could not save to {path}: {e.strerror}"
             return f"saved {len(self.messages)} messages to {path}"
         return f"unknown command /{name} (try /help)"
 
@@ -74,6 +80,12 @@ class ChatSession:
         """Stream one answer to `out`; Ctrl-C stops it (what was written so far is kept)."""
         self.messages.append({"role": "user", "content": user})
         reasoning, content, started = "", "", False
+        try:
+            self.engine.validate(self.prompt(), self.params)
+        except ValueError as e:  # the conversation outgrew the context: say so, keep the session
+            self.messages.pop()
+            out.write(f"[{e}; /reset starts over, or raise --max-seq-len]\n")
+            return
         stream = self.engine.stream([self.prompt()], self.params)
         try:
             for d in stream:

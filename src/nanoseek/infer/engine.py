@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,12 @@ from nanoseek.model.model import KVCache, Transformer
 from nanoseek.tokenizer import BOS, Tokenizer
 
 Prompt = str | Sequence[int]
-SPECULATE_UP_TO = 16  # max_batch up to which MTP speculation is on by default
+# MTP speculation is on by default up to this many slots: measured faster at batch 1 and 8, slower at 64
+# (BENCHMARKS.md), where the step is compute-bound and verifying doubles its tokens; 16 is between
+SPECULATE_UP_TO = 16
+# below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head K/V
+# from the latent), whose matmuls are cheaper once there are many queries
+ABSORB_BELOW = 16
 
 
 @dataclass
@@ -70,6 +76,12 @@ class Delta:
     finish_reason: str | None = None
     usage: Usage | None = None
 
+    def add(self, piece) -> None:
+        """Append a TextStream delta's text, reasoning and content."""
+        self.text += piece.text
+        self.reasoning += piece.reasoning
+        self.content += piece.content
+
 
 @dataclass
 class Completion:
@@ -99,7 +111,7 @@ class EngineStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Seq:
     req: _Request
     index: int
@@ -117,7 +129,7 @@ class _Seq:
     delta: Delta | None = None  # being filled during a step
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     id: str
     prompt: list[int]
@@ -128,6 +140,7 @@ class _Request:
     cached: int = 0  # prompt tokens found in the prefix cache
     prefix_blocks: list[Block] = field(default_factory=list)
     done: list[Completion | None] = field(default_factory=list)
+    backlog: deque[Delta] | None = None  # deltas kept for a stream() / astream() consumer
 
 
 class Engine:
@@ -145,12 +158,15 @@ class Engine:
                  prefix_cache: PrefixCache | None = None, speculative: bool | None = None,
                  max_prefill_tokens: int = 4096):
         cfg = model.cfg
-        self.model, self.tok, self.cfg = model.eval(), tokenizer, cfg
+        self.model, self.tok, self.cfg = model, tokenizer, cfg
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                              f"{cfg.vocab_size}")
         self.device, self.dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
         self.max_seq_len = max_seq_len or min(cfg.max_position_embeddings, 4096)
+        if self.max_seq_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_seq_len {self.max_seq_len} is past the model's context "
+                             f"(max_position_embeddings {cfg.max_position_embeddings})")
         if cache_tokens is not None:
             if cache_tokens < self.max_seq_len:
                 raise ValueError(f"cache_tokens {cache_tokens} cannot hold one sequence of max_seq_len "
@@ -161,10 +177,14 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, {self.max_seq_len}")
         # measured on CPU (BENCHMARKS.md): drafting pays at batch 1-8 (+23% at 1) and loses at 64, where
         # the step is compute-bound and verifying doubles its tokens
-        self.speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO if speculative is None else speculative
-        if self.speculative and not model.mtp:
+        if speculative is None:
+            speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO
+        if speculative and not model.mtp:
             raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
-        self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype, device=self.device)
+        self.speculative = speculative
+        # +2 positions: a verify step writes the draft one past the last token, the MTP module one more
+        self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype, device=self.device,
+                             n_layers=cfg.num_hidden_layers + (1 if speculative else 0))
         self.prefix_cache = prefix_cache
         if prefix_cache is not None:
             prefix_cache.namespace = self.fingerprint()
@@ -176,6 +196,10 @@ class Engine:
         self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
         self.stats = EngineStats()
         self._ids = itertools.count()
+        # step(), add_request() and abort() may come from different threads (astream runs steps in a
+        # worker thread): one at a time
+        self._lock = threading.RLock()
+        self._finished_now: dict[str, _Request] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None, **kw) -> Engine:
@@ -184,6 +208,12 @@ class Engine:
         from nanoseek.checkpoint import load_model
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch has no CUDA device (use --device cpu)")
         dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
@@ -240,26 +270,28 @@ class Engine:
         """Queue a request; it starts at the next step() with free slots. Returns its id."""
         params = params or SamplingParams()
         ids = self.validate(prompt, params)
-        room = self.max_seq_len - len(ids)
-        rid = request_id or f"req-{next(self._ids)}"
-        if rid in self.requests:
-            raise ValueError(f"request id {rid!r} is already running")
-        req = _Request(rid, ids, params, params.max_tokens or room,
-                       prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), done=[None] * params.n)
-        self.requests[rid] = req
-        self.waiting.append(req)
+        with self._lock:
+            rid = request_id or f"req-{next(self._ids)}"
+            if rid in self.requests:
+                raise ValueError(f"request id {rid!r} is already running")
+            req = _Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
+                           prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), done=[None] * params.n)
+            self.requests[rid] = req
+            self.waiting.append(req)
         return rid
 
+    @torch.inference_mode()
     def abort(self, request_id: str) -> None:
         """Stop a request now (a client went away): its slots are free for the next step."""
-        req = self.requests.pop(request_id, None)
-        if req is None:
-            return
-        if req in self.waiting:
-            self.waiting.remove(req)
-        for s in req.seqs:
-            if s.row >= 0:
-                self._release(s)
+        with self._lock:
+            req = self.requests.pop(request_id, None)
+            if req is None:
+                return
+            if req in self.waiting:
+                self.waiting.remove(req)
+            for s in req.seqs:
+                if s.row >= 0:
+                    self._release(s)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -270,32 +302,53 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Delta]:
         """Admit what fits, prefill it, decode every running row; returns this step's deltas."""
+        with self._lock:
+            training = self.model.training
+            self.model.eval()  # and back after: the engine may share a model that is being trained (GRPO)
+            try:
+                return self._step()
+            finally:
+                self.model.train(training)
+
+    def _step(self) -> list[Delta]:
         self._done: list[Delta] = []
         admitted = self._admit()
         if admitted:
-            self._prefill(admitted)
+            try:
+                self._prefill(admitted)
+            except BaseException:  # e.g. out of memory: these requests fail, the engine goes on
+                for r in admitted:
+                    self.abort(r.id)
+                raise
             self._release_finished()
         if self.rows:
-            self._decode(self.speculative and all(s.draft >= 0 for s in self.rows))
+            self._decode(self.speculative)
             self._release_finished()
         out = self._done
         for s in self.rows:
             if s.delta is not None:
                 out.append(s.delta)
                 s.delta = None
+        for d in out:
+            req = self.requests.get(d.request_id) or self._finished_now.get(d.request_id)
+            if req is not None and req.backlog is not None:
+                req.backlog.append(d)
+        self._finished_now.clear()
         return out
 
     def _admit(self) -> list[_Request]:
-        out, budget, free = [], self.max_prefill_tokens, self.max_batch - len(self.rows)
+        """FIFO while slots are free and the padded prefill (rows x longest uncached prompt) stays within
+        max_prefill_tokens (a single request always goes)."""
+        out, longest, free = [], 0, self.max_batch - len(self.rows)
         while self.waiting and self.waiting[0].params.n <= free:
             req = self.waiting[0]
             req.prefix_blocks = self._match_prefix(req)
-            cost = len(req.prompt) - req.cached
-            if out and cost > budget:
+            longest_if = max(longest, len(req.prompt) - req.cached)
+            if out and (len(out) + 1) * longest_if > self.max_prefill_tokens:
                 break
             self.waiting.popleft()
             out.append(req)
-            budget -= cost
+            longest = longest_if
             free -= req.params.n
         return out
 
@@ -317,7 +370,7 @@ class Engine:
             if p.seed is None:
                 gen.seed()
             else:  # sample 0 of a seeded request uses the seed itself; the others derive from it
-                gen.manual_seed(p.seed if index == 0 else hash((p.seed, index)) % 2**63)
+                gen.manual_seed((p.seed + 1_000_003 * index) % 2**63)
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
         seq = _Seq(req, index, stream, gen, row=len(self.rows), len=len(req.prompt),
                    logprobs=[] if p.logprobs else None)
@@ -336,9 +389,9 @@ class Engine:
         """One right-padded forward over the uncached part of every new prompt, in rows k..k+m-1 (the
         first sample of each); the other samples copy those rows afterwards."""
         first = [self._new_seq(r, 0) for r in reqs]
+        for r, f in zip(reqs, first):
+            r.seqs = [f]
         r0, m = first[0].row, len(reqs)
-        for r in reqs:
-            r.seqs = [first[reqs.index(r)]]
         starts = [r.cached for r in reqs]
         n_new = [len(r.prompt) - r.cached for r in reqs]
         S = max(n_new)
@@ -347,30 +400,32 @@ class Engine:
             tokens[i, : n_new[i]] = torch.tensor(r.prompt[r.cached:])
             if r.cached:
                 self._load_blocks(first[i].row, r.prefix_blocks)
-        view = self.cache.rows(r0, r0 + m)
+        tokens = tokens.to(self.device)
         positions, mask = self._positions(starts, S)
-        # naive attention (per-head K/V from the latent) is cheaper than absorbed for many queries
-        h = self.model.hidden_states(tokens.to(self.device), positions, cache=view, mask=mask, absorb=S < 16)
-        last = torch.tensor(n_new, device=self.device) - 1
-        h_last = h[torch.arange(m, device=self.device), last]
+        h = self.model.hidden_states(tokens, positions, cache=self.cache.rows(r0, r0 + m), mask=mask,
+                                     absorb=S < ABSORB_BELOW)
+        h_last = h[torch.arange(m, device=self.device), torch.tensor(n_new, device=self.device) - 1]
         logits = self.model.lm_head(h_last)
         self.stats.prefill_tokens += sum(n_new)
         self.stats.cached_tokens += sum(starts)
         if self.speculative:
-            self._mtp_prompt(reqs, first, h, starts, n_new)
-        if self.prefix_cache is not None:
+            self._mtp_prompt(reqs, (r0, r0 + m), h, tokens, starts, n_new)
+        if self.prefix_cache is not None:  # after the MTP pass: blocks carry the MTP layer's entries too
             for i, r in enumerate(reqs):
                 self._store_blocks(r, first[i].row, h[i], starts[i])
+        row_logits = {}
         for i, r in enumerate(reqs):
             first[i].h_last = h_last[i]
-            for j in range(1, r.params.n):
+            for j in range(1, r.params.n):  # siblings copy the prompt's cache rows
                 seq = self._new_seq(r, j)
                 L = len(r.prompt) + 2
                 self.cache.kv[:, seq.row, :L] = self.cache.kv[:, first[i].row, :L]
                 seq.h_last = h_last[i]
                 r.seqs.append(seq)
+            for seq in r.seqs:
+                row_logits[seq.row] = logits[i]
         seqs = sorted((s for r in reqs for s in r.seqs), key=lambda s: s.row)
-        self._sample_append(seqs, torch.stack([logits[reqs.index(s.req)] for s in seqs]))
+        self._sample_append(seqs, torch.stack([row_logits[s.row] for s in seqs]))
         self._mtp_draft(seqs)
 
     def _positions(self, starts: Sequence[int] | Tensor, S: int) -> tuple[Tensor, Tensor]:
@@ -397,7 +452,6 @@ class Engine:
             s.len += 1
         self._sample_append(seqs, logits[:, 0])
         if not speculate:
-            self._mtp_draft(seqs, h)
             return
         live = [s for s in seqs if s.finish_reason is None]
         accepted = [s for s in live if s.out[-1] == s.draft]
@@ -407,8 +461,8 @@ class Engine:
             s.len += 1
         if accepted:
             self._sample_append(accepted, logits[[s.row for s in accepted], 1])
-        acc = {id(s) for s in accepted}
-        self._mtp_draft(seqs, h, [int(id(s) in acc) for s in seqs])
+        rows = {s.row for s in accepted}
+        self._mtp_draft(seqs, (h, [int(s.row in rows) for s in seqs]))
 
     # -----------------------------------------------------------------------------------------
     # MTP drafting
@@ -422,42 +476,34 @@ class Engine:
         cos, sin = self.model.rope(positions, h.dtype)
         _, hk = layer(self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask,
                       cache=self.cache.rows(*rows), positions=positions, kv_len=mask.shape[-1],
-                      absorb=tokens.shape[1] < 16)
+                      absorb=tokens.shape[1] < ABSORB_BELOW)
         return hk
 
-    def _mtp_prompt(self, reqs: list[_Request], first: list[_Seq], h: Tensor, starts: list[int],
-                    n_new: list[int]) -> None:
-        """Fill the MTP cache for the prompt's own pairs, indices max(start, 1) .. n-1."""
-        m, S = len(reqs), h.shape[1]
+    def _mtp_prompt(self, reqs: list[_Request], rows: tuple[int, int], h: Tensor, tokens: Tensor,
+                    starts: list[int], n_new: list[int]) -> None:
+        """Fill the MTP cache with the prompt's own pairs: index p = start + j holds (h_{p-1}, token p).
+        The first pair's h_{start-1} comes from the prefix cache; with nothing cached, index 0 gets a
+        placeholder that the mask hides from every later query."""
         hp = torch.zeros_like(h)
-        tokens = torch.zeros(m, S, dtype=torch.long)
-        idx = []
         for i, r in enumerate(reqs):
-            # pair j: index starts[i] + j, input hidden h_{index-1}, token prompt[index]
-            prev = r.prefix_blocks[-1].h if r.cached else h[i, 0]
-            hp[i, 0] = prev
+            hp[i, 0] = r.prefix_blocks[-1].h if r.cached else h[i, 0]
             hp[i, 1: n_new[i]] = h[i, : n_new[i] - 1]
-            tokens[i, : n_new[i]] = torch.tensor(r.prompt[starts[i]:])
-            idx.append(starts[i])
-        if S > 0:
-            # a request without cached tokens has no pair at index 0; running it anyway is harmless (the
-            # mask hides index 0 from every query)
-            self._mtp((first[0].row, first[0].row + m), hp, tokens.to(self.device), idx)
+        self._mtp(rows, hp, tokens, starts)
 
-    def _mtp_draft(self, seqs: list[_Seq], h: Tensor | None = None, accepted: list[int] | None = None) -> None:
-        """Draft the next token of each unfinished sample in seqs (contiguous rows). After plain decoding
-        or a prefill: the pair (h_{len-1}, pending) at index len, h_{len-1} from h (k, 1, d) or from each
-        sample's h_last. After a verify step (h (k, 2, d) and, per row, accepted = 1 if its draft was):
-        the pairs at indices L+1 and L+2, (h_L, x_{L+1}) and (h_{L+1}, x_{L+2}), the draft read from the
-        last real one."""
+    def _mtp_draft(self, seqs: list[_Seq], verified: tuple[Tensor, list[int]] | None = None) -> None:
+        """Draft the next token of each sample in seqs (contiguous rows). After a prefill: the pair
+        (h_last, pending) at index len. After a verify step (verified = its hidden states (k, 2, d) and,
+        per row, 1 if the draft was accepted): the pairs at indices L+1 and L+2, (h_L, x_{L+1}) and
+        (h_{L+1}, x_{L+2}), the draft read from the last real one."""
         if not self.speculative or not seqs:
             return
         rows = (seqs[0].row, seqs[-1].row + 1)
-        if accepted is None:
-            h = torch.stack([s.h_last for s in seqs])[:, None] if h is None else h
+        if verified is None:
+            h = torch.stack([s.h_last for s in seqs])[:, None]
             tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
             hk = self._mtp(rows, h, tokens, [s.len for s in seqs])[:, 0]
         else:
+            h, accepted = verified
             # a rejected row's second pair is a placeholder: written past its length, overwritten later
             tokens = torch.tensor([s.out[-2:] if a else s.out[-1:] * 2 for s, a in zip(seqs, accepted)],
                                   device=self.device)
@@ -503,7 +549,7 @@ class Engine:
         if (t == self.tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
             return self._finish(s, "stop")
         piece = s.stream.push(t)
-        d.text, d.reasoning, d.content = d.text + piece.text, d.reasoning + piece.reasoning, d.content + piece.content
+        d.add(piece)
         if piece.stopped:
             self._finish(s, "stop")
         elif len(s.out) >= s.req.max_tokens:
@@ -511,9 +557,8 @@ class Engine:
 
     def _finish(self, s: _Seq, reason: str) -> None:
         s.finish_reason = reason
-        tail = s.stream.finish()
         d = s.delta
-        d.text, d.reasoning, d.content = d.text + tail.text, d.reasoning + tail.reasoning, d.content + tail.content
+        d.add(s.stream.finish())
         d.finish_reason = reason
         req = s.req
         d.usage = Usage(len(req.prompt), len(s.out), req.cached, s.reasoning_tokens)
@@ -527,7 +572,7 @@ class Engine:
             s.delta = None
             self._release(s)
             if all(c is not None for c in s.req.done):
-                self.requests.pop(s.req.id, None)
+                self._finished_now[s.req.id] = self.requests.pop(s.req.id, s.req)
 
     def _release(self, s: _Seq) -> None:
         """Free s's row: the last row moves into it, so running rows stay 0..k-1."""
@@ -567,61 +612,77 @@ class Engine:
 
     def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
                ) -> Iterator[Delta]:
-        """Yield the deltas of these prompts as they come (their request ids are req-*, in order)."""
-        mine = self._add_all(prompts, params)
+        """Yield the deltas of these prompts as they come. Several streams may be consumed at once: each
+        step's deltas are kept per request until their own consumer takes them."""
+        reqs = self._add_all(prompts, params, listen=True)
         try:
-            while mine:
-                for d in self.step():
-                    if d.request_id in mine:
-                        yield d
-                mine = {r for r in mine if r in self.requests}
+            while True:
+                ready, running = self._ready(reqs)
+                yield from ready
+                if not running:
+                    return
+                self.step()
+        finally:  # also when the caller stops early: free the slots
+            for r in reqs:
+                self.abort(r.id)
+
+    async def astream(self, prompts: Sequence[Prompt],
+                      params: SamplingParams | Sequence[SamplingParams] | None = None) -> AsyncIterator[Delta]:
+        """stream() for asyncio: each engine step runs in a worker thread, so the event loop stays free."""
+        reqs = self._add_all(prompts, params, listen=True)
+        try:
+            while True:
+                ready, running = self._ready(reqs)
+                for d in ready:
+                    yield d
+                if not running:
+                    return
+                await asyncio.to_thread(self.step)
         finally:
-            for r in mine:  # the caller stopped early: free the slots
-                self.abort(r)
+            for r in reqs:
+                self.abort(r.id)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
                  progress: bool = False) -> list[Completion]:
         """Completions of all prompts: for prompt i, its n samples, prompt-major order."""
         from tqdm.auto import tqdm
 
-        reqs = [self.requests[r] for r in self._add_all(prompts, params, ordered=True)]
+        reqs = self._add_all(prompts, params)
+        ids = {r.id for r in reqs}
         bar = tqdm(total=sum(r.params.n for r in reqs), desc="generating", unit="sample", disable=not progress)
         try:
             while any(r.id in self.requests for r in reqs):
                 for d in self.step():
-                    bar.update(d.finish_reason is not None)
+                    bar.update(d.finish_reason is not None and d.request_id in ids)
         finally:
             bar.close()
             for r in reqs:
                 self.abort(r.id)
         return [c for r in reqs for c in r.done]
 
-    async def astream(self, prompts: Sequence[Prompt],
-                      params: SamplingParams | Sequence[SamplingParams] | None = None) -> AsyncIterator[Delta]:
-        """stream() for asyncio: each engine step runs in a worker thread, so the event loop stays free."""
-        mine = self._add_all(prompts, params)
-        try:
-            while mine:
-                for d in await asyncio.to_thread(self.step):
-                    if d.request_id in mine:
-                        yield d
-                mine = {r for r in mine if r in self.requests}
-        finally:
-            for r in mine:
-                self.abort(r)
+    def _ready(self, reqs: list[_Request]) -> tuple[list[Delta], bool]:
+        """The deltas waiting for these requests, and whether any of them is still running."""
+        with self._lock:
+            out = [d for r in reqs for d in r.backlog]
+            for r in reqs:
+                r.backlog.clear()
+            return out, any(r.id in self.requests for r in reqs)
 
-    def _add_all(self, prompts, params, ordered: bool = False):
+    def _add_all(self, prompts, params, listen: bool = False) -> list[_Request]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise TypeError("pass a list of prompts (strings or token-id lists), not one prompt")
         plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
-        ids = []
+        reqs = []
         try:
-            for p, sp in zip(prompts, plist):
-                ids.append(self.add_request(p, sp))
+            with self._lock:  # no step may run before the backlogs exist
+                for p, sp in zip(prompts, plist):
+                    req = self.requests[self.add_request(p, sp)]
+                    req.backlog = deque() if listen else None
+                    reqs.append(req)
         except Exception:
-            for r in ids:
-                self.abort(r)
+            for r in reqs:
+                self.abort(r.id)
             raise
-        return ids if ordered else set(ids)
+        return reqs

@@ -42,6 +42,19 @@ class SamplingParams:
             if not ok:
                 raise ValueError(f"SamplingParams.{name} must be {allowed}, got {getattr(self, name)!r}")
 
+        # types first (JSON and CLI input arrive here), so that nothing fails later inside an engine step
+        for name in ("max_tokens", "seed", "top_k", "n", "top_logprobs"):
+            v = getattr(self, name)
+            check(name, v is None and name in ("max_tokens", "seed") or isinstance(v, int) and not isinstance(v, bool),
+                  "an integer")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            check(name, isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+        for name in ("logprobs", "ignore_eos", "skip_special_tokens"):
+            check(name, isinstance(getattr(self, name), bool), "true or false")
+        if self.stop is None:
+            self.stop = ()
+
         check("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "None or >= 1")
         check("temperature", 0 <= self.temperature <= 100, "in [0, 100]")
         check("top_p", 0 < self.top_p <= 1, "in (0, 1]")
@@ -51,10 +64,14 @@ class SamplingParams:
         check("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]")
         check("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]")
         check("n", self.n >= 1, ">= 1")
-        check("top_logprobs", 0 <= self.top_logprobs <= 20, "in [0, 20]")
+        check("top_logprobs", 0 <= self.top_logprobs <= 20 and (self.logprobs or not self.top_logprobs),
+              "in [0, 20], and 0 unless logprobs is on")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
-        check("stop", all(isinstance(s, str) and s for s in self.stop), "non-empty strings")
+        check("stop", isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
+              "a list of non-empty strings")
+        check("stop_token_ids", isinstance(self.stop_token_ids, (list, tuple))
+              and all(isinstance(i, int) for i in self.stop_token_ids), "a list of token ids")
         self.stop, self.stop_token_ids = tuple(self.stop), tuple(int(i) for i in self.stop_token_ids)
 
     @property
@@ -103,7 +120,7 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         total = sorted_p.sum(dim=-1, keepdim=True)
         # drop a token when the tokens above it already reach top_p of the (kept) mass; the top one stays
-        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p * total
+        drop = ((sorted_p.cumsum(dim=-1) - sorted_p) >= top_p * total) & (top_p < 1)  # rounding: keep top_p 1 exact
         probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0))
     return probs
 
@@ -118,7 +135,7 @@ def sample(logits: Tensor, params: Sequence[SamplingParams], generators: Sequenc
     if rows:
         probs = filter_probs(logits[rows], [params[i] for i in rows])
         noise = torch.stack([torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=generators[i])
-                             for i in rows])
+                             for i in rows]).clamp_(min=torch.finfo(torch.float32).tiny)  # some backends give 0
         tokens[rows] = (probs / noise).argmax(dim=-1)
     return tokens
 

@@ -304,11 +304,13 @@ class Engine:
         """Admit what fits, prefill it, decode every running row; returns this step's deltas."""
         with self._lock:
             training = self.model.training
+            if not training:
+                return self._step()
             self.model.eval()  # and back after: the engine may share a model that is being trained (GRPO)
             try:
                 return self._step()
             finally:
-                self.model.train(training)
+                self.model.train()
 
     def _step(self) -> list[Delta]:
         self._done: list[Delta] = []

@@ -34,7 +34,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 PLANNED = {
     "sft": "supervised fine-tuning on chat data with reasoning_content",
     "grpo": "reinforcement learning with rule-checked rewards (R1-Zero / R1)",
-    "serve": "DeepSeek/OpenAI-compatible API server with reasoning_content, and the web chat app",
     "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
 }
@@ -430,6 +429,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from nanoseek.serve.api import ServerConfig, create_app
+
+    keys = tuple(k for k in (args.api_key or os.environ.get("NANOSEEK_API_KEY"),) if k)
+    engine = _engine(args)
+    app = create_app(engine, ServerConfig(model_name=args.model_name, api_keys=keys,
+                                          reasoning_alias=args.reasoning_alias))
+    print(f"nanoseek: serving {args.checkpoint or 'the bundled model'} as {args.model_name!r} on "
+          f"http://{args.host}:{args.port}/v1 ({engine.max_batch} slots{', API key required' if keys else ''})",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default cuda if available)")
@@ -575,6 +590,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(gen, temperature=0.6, top_p=0.95, max_tokens=256)
     _add_engine_flags(gen, max_batch=32)
     gen.set_defaults(handler=cmd_generate)
+
+    serve = sub.add_parser(
+        "serve", help="a DeepSeek/OpenAI-compatible API server, reasoning_content included",
+        description="POST /v1/chat/completions (streaming or not, reasoning_content beside content, n, stop, seed, "
+                    "logprobs, a thinking switch, usage with prompt-cache hits), POST /v1/completions, GET "
+                    "/v1/models, GET /health. One engine batches all requests. Binds 127.0.0.1 unless --host "
+                    "says otherwise.",
+        epilog="example: nanoseek serve ckpt/ --port 8000, then any OpenAI client with base_url "
+               "http://127.0.0.1:8000/v1")
+    serve.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                       help="a checkpoint directory (model + tokenizer); default: the model nanoseek ships")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    serve.add_argument("--model-name", default="nanoseek", help="the model id clients ask for (default nanoseek)")
+    serve.add_argument("--api-key", help="require this Bearer key on /v1 routes (or set NANOSEEK_API_KEY)")
+    serve.add_argument("--reasoning-alias", action="store_true",
+                       help="also send reasoning_content as `reasoning`, for clients that read that name")
+    _add_engine_flags(serve, max_batch=16)
+    serve.set_defaults(handler=cmd_serve)
 
     cost = sub.add_parser(
         "cost", help="GPU-hours and dollars to train a model, or of a finished run",

@@ -1,0 +1,1 @@
+"""Serving: the DeepSeek/OpenAI-compatible API (and, next, the chat app)."""

@@ -1,0 +1,347 @@
+"""The DeepSeek/OpenAI-compatible API: /v1/chat/completions with `reasoning_content`, /v1/completions,
+/v1/models, /health. One engine loop (a thread calling Engine.step) serves every request: continuous
+batching; each request's deltas reach its handler through an asyncio queue.
+
+Wire facts (GUIDE §4): streamed chunks carry `delta.reasoning_content` first, then `delta.content`, never
+both in one chunk; the first chunk carries the role; a last chunk per choice has `finish_reason` and an
+empty delta; with `stream_options.include_usage` a chunk with `choices: []` and `usage`; then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from nanoseek.infer.engine import Delta, Engine, Usage
+from nanoseek.infer.sampling import SamplingParams
+from nanoseek.tokenizer import render_chat
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+class EngineLoop:
+    """Runs engine.step() in one background thread while there is work; hands each delta to the queue of
+    its request on the event loop."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.wake = threading.Event()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="nanoseek-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt, params: SamplingParams) -> tuple[str, asyncio.Queue]:
+        queue: asyncio.Queue = asyncio.Queue()
+        rid = f"req-{uuid.uuid4().hex[:24]}"
+        self.queues[rid] = (asyncio.get_running_loop(), queue)
+        try:
+            self.engine.add_request(prompt, params, request_id=rid)
+        except Exception:
+            self.queues.pop(rid, None)
+            raise
+        self.wake.set()
+        return rid, queue
+
+    def cancel(self, rid: str) -> None:
+        """The client went away: free the request's slots."""
+        self.queues.pop(rid, None)
+        self.engine.abort(rid)
+
+    def _run(self) -> None:
+        while not self.stopped:
+            if not self.engine.has_unfinished():
+                self.wake.wait(timeout=0.5)
+                self.wake.clear()
+                continue
+            try:
+                deltas = self.engine.step()
+            except Exception as e:  # noqa: BLE001 (a failed step fails its requests, not the server)
+                for rid in list(self.queues):
+                    if rid not in self.engine.requests:
+                        self._send(rid, e)
+                continue
+            for d in deltas:
+                self._send(d.request_id, d)
+
+    def _send(self, rid: str, item) -> None:
+        target = self.queues.get(rid)
+        if target is not None:
+            loop, queue = target
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def close(self) -> None:
+        self.stopped = True
+        self.wake.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# request parsing: every problem is a 400 that names the field
+
+
+def _number(body: dict, name: str, default, kind=float, lo=None, hi=None):
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+        raise APIError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, got {v!r}", param=name)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise APIError(400, f"{name} must be in [{lo}, {hi}], got {v}", param=name)
+    return kind(v)
+
+
+def sampling_from(body: dict) -> SamplingParams:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)):
+        raise APIError(400, "stop must be a string or a list of non-empty strings", param="stop")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
+    logprobs = body.get("logprobs") or False
+    if not isinstance(logprobs, bool):
+        raise APIError(400, "logprobs must be true or false", param="logprobs")
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, lo=0, hi=2),
+            top_p=_number(body, "top_p", 1.0, lo=0, hi=1), top_k=_number(body, "top_k", 0, int, lo=0),
+            min_p=_number(body, "min_p", 0.0, lo=0, hi=1),
+            presence_penalty=_number(body, "presence_penalty", 0.0, lo=-2, hi=2),
+            frequency_penalty=_number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
+            repetition_penalty=_number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
+            seed=_number(body, "seed", None, int), n=_number(body, "n", 1, int, lo=1, hi=16),
+            stop=tuple(stop or ()), logprobs=logprobs,
+            top_logprobs=_number(body, "top_logprobs", 0, int, lo=0, hi=20) if logprobs else 0)
+    except ValueError as e:  # what only SamplingParams checks (e.g. top_p 0)
+        field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
+        raise APIError(400, f"{field} {rest}", param=field) from None
+
+
+def chat_prompt(body: dict) -> str:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list", param="messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise APIError(400, f"messages[{i}]: role must be system, user or assistant", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise APIError(400, f"messages[{i}]: content must be a string", param="messages")
+        # reasoning_content / reasoning sent back is dropped: R1 sees only earlier answers
+        clean.append({"role": m["role"], "content": content})
+    thinking = body.get("thinking", True)
+    if isinstance(thinking, dict):  # {"type": "enabled" | "disabled"}
+        thinking = thinking.get("type", "enabled") != "disabled"
+    if not isinstance(thinking, bool):
+        raise APIError(400, "thinking must be true/false or {\"type\": \"enabled\"|\"disabled\"}", param="thinking")
+    return render_chat(clean, thinking=thinking)
+
+
+def usage_json(usages: list[Usage]) -> dict:
+    first = usages[0]
+    completion = sum(u.completion_tokens for u in usages)
+    return {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": first.prompt_tokens + completion,
+            "prompt_cache_hit_tokens": first.cached_tokens, "prompt_cache_miss_tokens": first.uncached_tokens,
+            "completion_tokens_details": {"reasoning_tokens": sum(u.reasoning_tokens for u in usages)}}
+
+
+@dataclass
+class ServerConfig:
+    model_name: str = "nanoseek"
+    api_keys: tuple[str, ...] = ()  # Bearer keys every /v1 route needs; none: open
+    reasoning_alias: bool = False  # also send reasoning_content as "reasoning", for clients that read that name
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    loop_holder: dict[str, EngineLoop] = {}
+    app = FastAPI(title="nanoseek", version="1", docs_url=None, redoc_url=None)
+
+    def engine_loop() -> EngineLoop:
+        if "loop" not in loop_holder:
+            loop_holder["loop"] = EngineLoop(engine)
+        return loop_holder["loop"]
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):  # never FastAPI's 422
+        return APIError(400, str(e.errors()[:1])).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        return APIError(e.status_code, str(e.detail), type="not_found_error" if e.status_code == 404
+                        else "invalid_request_error").response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception):  # no stack trace to the client
+        return APIError(500, "internal server error", type="server_error").response()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if config.api_keys and request.url.path.startswith("/v1"):
+            auth = request.headers.get("authorization", "")
+            if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
+                return APIError(401, "invalid API key", type="authentication_error",
+                                code="invalid_api_key").response()
+        return await call_next(request)
+
+    async def body_of(request: Request) -> dict:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        model = body.get("model", config.model_name)
+        if model != config.model_name:
+            raise APIError(404, f"model {model!r} does not exist; this server has {config.model_name!r}",
+                           type="not_found_error", param="model", code="model_not_found")
+        return body
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "running": len(engine.rows), "waiting": len(engine.waiting)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
+                                            "owned_by": "nanoseek"}]}
+
+    async def run(prompt, params: SamplingParams) -> tuple[str, asyncio.Queue]:
+        try:
+            return engine_loop().submit(prompt, params)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages", code="context_length_exceeded"
+                           if "max_seq_len" in str(e) else None) from None
+
+    async def deltas(rid: str, queue: asyncio.Queue, n: int) -> AsyncIterator[Delta]:
+        done = 0
+        try:
+            while done < n:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise APIError(500, "generation failed", type="server_error")
+                done += item.finish_reason is not None
+                yield item
+        finally:
+            engine_loop().cancel(rid)  # a no-op once finished; frees the slots if the client left
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await body_of(request)
+        params = sampling_from(body)
+        prompt = chat_prompt(body)
+        rid, queue = await run(prompt, params)
+        cid, created = f"chatcmpl-{rid[4:]}", int(time.time())
+        alias = config.reasoning_alias
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_chat_stream(deltas(rid, queue, params.n), cid, created, config.model_name,
+                                                 params.n, include_usage, alias),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        choices: dict[int, dict] = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
+        usages = {}
+        async for d in deltas(rid, queue, params.n):
+            c = choices[d.index]
+            c["reasoning"] += d.reasoning
+            c["content"] += d.content
+            if d.logprobs:
+                c["lp"] += d.logprobs
+            if d.finish_reason:
+                c["finish"], usages[d.index] = d.finish_reason, d.usage
+        out = []
+        for i, c in choices.items():
+            message = {"role": "assistant", "content": c["content"], "reasoning_content": c["reasoning"]}
+            if alias:
+                message["reasoning"] = c["reasoning"]
+            choice = {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": None}
+            if params.logprobs:
+                choice["logprobs"] = {"content": [_logprob(engine, lp) for lp in c["lp"]]}
+            out.append(choice)
+        return {"id": cid, "object": "chat.completion", "created": created, "model": config.model_name,
+                "choices": out, "usage": usage_json([usages[i] for i in range(params.n)])}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await body_of(request)
+        params = sampling_from(body)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise APIError(400, "prompt must be a non-empty string", param="prompt")
+        rid, queue = await run(prompt, params)
+        texts, finish, usages = [""] * params.n, [None] * params.n, {}
+        async for d in deltas(rid, queue, params.n):
+            texts[d.index] += d.text
+            if d.finish_reason:
+                finish[d.index], usages[d.index] = d.finish_reason, d.usage
+        return {"id": f"cmpl-{rid[4:]}", "object": "text_completion", "created": int(time.time()),
+                "model": config.model_name,
+                "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                            for i, (t, f) in enumerate(zip(texts, finish))],
+                "usage": usage_json([usages[i] for i in range(params.n)])}
+
+    return app
+
+
+def _logprob(engine: Engine, lp) -> dict:
+    def entry(tid: int, value: float) -> dict:
+        token = engine.tok.decode([tid])
+        return {"token": token, "logprob": value, "bytes": list(token.encode())}
+
+    return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
+
+
+async def _chat_stream(source: AsyncIterator[Delta], cid: str, created: int, model: str, n: int,
+                       include_usage: bool, alias: bool) -> AsyncIterator[bytes]:
+    def chunk(choices: list, **extra) -> bytes:
+        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": choices, **extra}
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+    for i in range(n):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    usages = {}
+    try:
+        async for d in source:
+            if d.reasoning:  # reasoning and content never share a chunk
+                delta = {"reasoning_content": d.reasoning, **({"reasoning": d.reasoning} if alias else {})}
+                yield chunk([{"index": d.index, "delta": delta, "finish_reason": None}])
+            if d.content:
+                yield chunk([{"index": d.index, "delta": {"content": d.content}, "finish_reason": None}])
+            if d.finish_reason:
+                usages[d.index] = d.usage
+                yield chunk([{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}])
+    except APIError as e:
+        yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type}})}\n\n".encode()
+        return
+    if include_usage and len(usages) == n:
+        yield chunk([], usage=usage_json([usages[i] for i in range(n)]))
+    yield b"data: [DONE]\n\n"

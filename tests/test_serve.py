@@ -1,0 +1,187 @@
+"""The API server as clients see it: a real `nanoseek serve` process on a free loopback port, driven by
+the real `openai` client and by raw HTTP for what the client hides (chunk order, [DONE], status codes)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(ckpt, *flags):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", "serve", str(ckpt), "--port", str(port),
+                             "--max-seq-len", "256", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def server(tiny_chat_dir):
+    proc, base = start(tiny_chat_dir, "--max-batch", "8", "--reasoning-alias")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused")
+
+
+Q = [{"role": "user", "content": "Calculate 12 + 7."}]
+
+
+def test_chat_completion_has_reasoning_content_and_usage(client):
+    r = client.chat.completions.create(model="nanoseek", messages=Q, temperature=0, max_tokens=60)
+    msg = r.choices[0].message
+    extra = msg.model_extra
+    assert extra["reasoning_content"] and msg.content and "</think>" not in msg.content
+    assert extra["reasoning"] == extra["reasoning_content"]  # the opt-in alias
+    assert r.choices[0].finish_reason == "stop"
+    u = r.usage
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert u.model_extra["prompt_cache_hit_tokens"] + u.model_extra["prompt_cache_miss_tokens"] == u.prompt_tokens
+    assert 0 < u.completion_tokens_details.reasoning_tokens < u.completion_tokens
+
+
+def test_streaming_sends_reasoning_then_content_then_done(server):
+    body = {"model": "nanoseek", "messages": Q, "temperature": 0, "max_tokens": 60, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-cache"
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    kinds = []
+    for c in chunks[1:]:
+        for ch in c["choices"]:
+            d = ch["delta"]
+            assert not ("reasoning_content" in d and "content" in d)  # never both in one chunk
+            kinds += ["r"] * ("reasoning_content" in d) + ["c"] * ("content" in d)
+    assert kinds and kinds == sorted(kinds, key=lambda k: k == "c") and "r" in kinds and "c" in kinds
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-2]["choices"][0]["delta"] == {}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    # streamed text equals the non-streamed answer
+    whole = httpx.post(server + "/v1/chat/completions", json={**body, "stream": False}, timeout=60).json()
+    streamed = "".join(ch["delta"].get("content", "") for c in chunks[1:] for ch in c["choices"])
+    assert streamed == whole["choices"][0]["message"]["content"]
+
+
+def test_n_seed_stop_and_completions(client):
+    a = client.chat.completions.create(model="nanoseek", messages=Q, n=3, temperature=1.0, seed=5, max_tokens=30)
+    b = client.chat.completions.create(model="nanoseek", messages=Q, n=3, temperature=1.0, seed=5, max_tokens=30)
+    assert len(a.choices) == 3 and [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.model_extra["reasoning_content"] for c in a.choices] == \
+        [c.message.model_extra["reasoning_content"] for c in b.choices]
+    full = client.completions.create(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", temperature=0, max_tokens=12)
+    text = full.choices[0].text
+    assert text and full.usage.completion_tokens <= 12
+    stop = text.strip()[:2]
+    cut = client.completions.create(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", temperature=0, max_tokens=12,
+                                    stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    assert [m.id for m in client.models.list().data] == ["nanoseek"]
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"messages": Q, "temperature": 5}, 400, "temperature must be in [0, 2]"),
+    ({"messages": Q, "max_tokens": "ten"}, 400, "max_tokens must be a positive integer"),
+    ({"messages": []}, 400, "messages must be a non-empty list"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "role must be"),
+    ({"messages": Q, "model": "gpt-4"}, 404, "model 'gpt-4' does not exist"),
+    ({"messages": [{"role": "user", "content": "1 + 1 = 2 " * 80}]}, 400,
+     "the prompt has 406 tokens; the engine's max_seq_len is 256"),
+    ({"messages": Q, "max_tokens": 1000}, 400, "> the engine's max_seq_len 256"),
+])
+def test_errors_use_the_openai_envelope(server, body, status, needle):
+    r = httpx.post(server + "/v1/chat/completions", json={"model": "nanoseek", **body}, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] and set(err) == {"message", "type", "param", "code"}
+
+
+def test_malformed_bodies_are_400_not_422(server):
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", timeout=10)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(server + "/health", timeout=5).json()["status"] == "ok"
+
+
+def test_concurrent_streams_and_disconnects_leave_the_engine_idle(server):
+    """Eight streaming clients at once, two of them hanging up after their first chunks: the others finish,
+    and every slot is free afterwards."""
+    import threading
+
+    body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 80, "stream": True}
+    results = {}
+
+    def run(i):
+        with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "seed": i}, timeout=60) as r:
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if i < 2 and len(lines) >= 6:
+                    return  # hang up mid-stream
+            results[i] = lines
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(2, 8))
+    assert all([x for x in lines if x][-1] == "data: [DONE]" for lines in results.values())
+    for _ in range(50):  # the server notices the hang-ups and frees their slots
+        h = httpx.get(server + "/health", timeout=5).json()
+        if h["running"] == 0 and h["waiting"] == 0:
+            break
+        time.sleep(0.1)
+    assert h == {"status": "ok", "running": 0, "waiting": 0}
+
+
+def test_api_keys_guard_every_v1_route(tiny_chat_dir):
+    proc, base = start(tiny_chat_dir, "--api-key", "sekret", "--max-batch", "2")
+    try:
+        r = httpx.get(base + "/v1/models", timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=10)
+        assert r.status_code == 401
+        ok = openai.OpenAI(base_url=base + "/v1", api_key="sekret")
+        assert [m.id for m in ok.models.list().data] == ["nanoseek"]
+        assert httpx.get(base + "/health", timeout=10).status_code == 200  # health stays open
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_readme_client_example_runs(server, capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "127.0.0.1:8000" in b)
+    exec(compile(block.replace("http://127.0.0.1:8000", server), "README.md", "exec"), {})
+    assert " -> " in capsys.readouterr().out

@@ -130,16 +130,20 @@ def test_malformed_bodies_are_400_not_422(server):
     assert httpx.get(server + "/health", timeout=5).json()["status"] == "ok"
 
 
-def test_concurrent_streams_and_disconnects_leave_the_engine_idle(server):
+def test_concurrent_streams_and_disconnects_leave_the_engine_idle(tiny_chat_dir, request):
     """Eight streaming clients at once, two of them hanging up after their first chunks: the others finish,
-    and every slot is free afterwards."""
+    the two are cancelled (they asked for 1000 tokens, EOS ignored), and every slot is free afterwards."""
     import threading
+
+    proc, server = start(tiny_chat_dir, "--max-batch", "8", "--max-seq-len", "1024")
+    request.addfinalizer(proc.terminate)
 
     body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 80, "stream": True}
     results = {}
 
     def run(i):
-        with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "seed": i}, timeout=60) as r:
+        long = {"max_tokens": 1000, "ignore_eos": True} if i < 2 else {}
+        with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "seed": i, **long}, timeout=60) as r:
             lines = []
             for line in r.iter_lines():
                 lines.append(line)
@@ -160,6 +164,7 @@ def test_concurrent_streams_and_disconnects_leave_the_engine_idle(server):
             break
         time.sleep(0.1)
     assert h == {"status": "ok", "running": 0, "waiting": 0}
+    assert "nanoseek_aborted_requests_total 2.0" in httpx.get(server + "/metrics", timeout=5).text
 
 
 def test_api_keys_guard_every_v1_route(tiny_chat_dir):
@@ -185,3 +190,64 @@ def test_the_readme_client_example_runs(server, capsys):
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "127.0.0.1:8000" in b)
     exec(compile(block.replace("http://127.0.0.1:8000", server), "README.md", "exec"), {})
     assert " -> " in capsys.readouterr().out
+
+
+# ---- in-process: the app over an engine whose slots a test can fill deterministically
+
+
+@pytest.fixture
+def busy_app(tiny_chat_dir):
+    """An app whose single slot is held by a long request, so that what comes next has to wait."""
+    from fastapi.testclient import TestClient
+
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.serve.api import ServerConfig, create_app
+
+    def make(**config):
+        engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=256, speculative=False)
+        engine.add_request("12 + 3 =", SamplingParams(max_tokens=240, ignore_eos=True, temperature=0))
+        return engine, TestClient(create_app(engine, ServerConfig(**config)))
+
+    return make
+
+
+def test_a_full_queue_answers_429_with_retry_after(busy_app):
+    engine, client = busy_app(max_queue=1)
+    r = client.post("/v1/chat/completions", json={"messages": Q})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_waiting_stream_gets_keepalives_and_a_slow_request_times_out(busy_app):
+    engine, client = busy_app(keepalive_s=0.02, timeout_s=60)
+    body = {"messages": Q, "stream": True, "max_tokens": 5, "temperature": 0}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = [line for line in r.iter_lines() if line]
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {") and "reasoning" in line
+                      or line.startswith("data: {") and '"content": "' in line and '"role"' not in line)
+    assert any(line == ": keep-alive" for line in lines[:first_data])
+    assert lines[-1] == "data: [DONE]"
+    engine2, client2 = busy_app(timeout_s=0.05)
+    r = client2.post("/v1/chat/completions", json={"messages": Q})
+    assert r.status_code == 504 and "timeout of 0.05 s" in r.json()["error"]["message"]
+
+
+def test_body_limit_cors_and_metrics(busy_app):
+    engine, client = busy_app(max_body_bytes=2000, cors_origins=("http://app.example",))
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
+    assert r.status_code == 413 and "limit is 2,000" in r.json()["error"]["message"]
+    pre = client.options("/v1/chat/completions", headers={"Origin": "http://app.example",
+                                                          "Access-Control-Request-Method": "POST"})
+    assert pre.headers["access-control-allow-origin"] == "http://app.example"
+    other = client.options("/v1/chat/completions", headers={"Origin": "http://evil.example",
+                                                            "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+    ok = client.post("/v1/chat/completions", json={"messages": Q, "max_tokens": 4, "temperature": 0})
+    assert ok.status_code == 200
+    text = client.get("/metrics").text
+    for name in ("nanoseek_requests_total", "nanoseek_completion_tokens_total", "nanoseek_queue_depth",
+                 "nanoseek_time_to_first_token_seconds_bucket", "nanoseek_prompt_cache_hit_ratio"):
+        assert name in text, name
+    assert 'nanoseek_requests_total{route="/v1/chat/completions",status="413"} 1.0' in text
+    assert 'nanoseek_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text

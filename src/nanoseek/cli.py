@@ -437,7 +437,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = tuple(k for k in (args.api_key or os.environ.get("NANOSEEK_API_KEY"),) if k)
     engine = _engine(args)
     app = create_app(engine, ServerConfig(model_name=args.model_name, api_keys=keys,
-                                          reasoning_alias=args.reasoning_alias))
+                                          reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
+                                          timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ())))
     print(f"nanoseek: serving {args.checkpoint or 'the bundled model'} as {args.model_name!r} on "
           f"http://{args.host}:{args.port}/v1 ({engine.max_batch} slots{', API key required' if keys else ''})",
           flush=True)
@@ -605,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
     serve.add_argument("--model-name", default="nanoseek", help="the model id clients ask for (default nanoseek)")
     serve.add_argument("--api-key", help="require this Bearer key on /v1 routes (or set NANOSEEK_API_KEY)")
+    serve.add_argument("--max-queue", type=int, default=256,
+                       help="requests allowed to wait for a slot; more get 429 with Retry-After (default 256)")
+    serve.add_argument("--timeout", type=float, default=600.0, help="seconds a request may run (default 600)")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                       help="allow browser calls from this origin, e.g. http://localhost:3000; repeatable "
+                            "(default: none)")
     serve.add_argument("--reasoning-alias", action="store_true",
                        help="also send reasoning_content as `reasoning`, for clients that read that name")
     _add_engine_flags(serve, max_batch=16)

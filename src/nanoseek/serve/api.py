@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException
 
 from nanoseek.infer.engine import Delta, Engine, Usage
@@ -35,15 +37,16 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+                                       "code": self.code}}, status_code=self.status,
+                            headers={"Retry-After": "1"} if self.status == 429 else None)
 
 
 class EngineLoop:
     """Runs engine.step() in one background thread while there is work; hands each delta to the queue of
     its request on the event loop."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, on_abort=None):
+        self.engine, self.on_abort = engine, on_abort
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.wake = threading.Event()
         self.stopped = False
@@ -65,7 +68,10 @@ class EngineLoop:
     def cancel(self, rid: str) -> None:
         """The client went away: free the request's slots."""
         self.queues.pop(rid, None)
-        self.engine.abort(rid)
+        if rid in self.engine.requests:
+            self.engine.abort(rid)
+            if self.on_abort is not None:
+                self.on_abort()
 
     def _run(self) -> None:
         while not self.stopped:
@@ -118,9 +124,10 @@ def sampling_from(body: dict) -> SamplingParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
-    logprobs = body.get("logprobs") or False
-    if not isinstance(logprobs, bool):
-        raise APIError(400, "logprobs must be true or false", param="logprobs")
+    logprobs, ignore_eos = body.get("logprobs") or False, body.get("ignore_eos") or False  # ignore_eos: as vLLM
+    for name, v in (("logprobs", logprobs), ("ignore_eos", ignore_eos)):
+        if not isinstance(v, bool):
+            raise APIError(400, f"{name} must be true or false", param=name)
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, lo=0, hi=2),
@@ -130,7 +137,7 @@ def sampling_from(body: dict) -> SamplingParams:
             frequency_penalty=_number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
             repetition_penalty=_number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
             seed=_number(body, "seed", None, int), n=_number(body, "n", 1, int, lo=1, hi=16),
-            stop=tuple(stop or ()), logprobs=logprobs,
+            stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos,
             top_logprobs=_number(body, "top_logprobs", 0, int, lo=0, hi=20) if logprobs else 0)
     except ValueError as e:  # what only SamplingParams checks (e.g. top_p 0)
         field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
@@ -174,16 +181,57 @@ class ServerConfig:
     model_name: str = "nanoseek"
     api_keys: tuple[str, ...] = ()  # Bearer keys every /v1 route needs; none: open
     reasoning_alias: bool = False  # also send reasoning_content as "reasoning", for clients that read that name
+    max_queue: int = 256  # requests waiting for a slot; beyond, 429 with Retry-After
+    keepalive_s: float = 10.0  # an SSE comment this often while a streamed request waits
+    timeout_s: float = 600.0  # a request running longer is cancelled (504)
+    max_body_bytes: int = 1 << 20
+    cors_origins: tuple[str, ...] = ()  # closed by default
+
+
+class Metrics:
+    """Prometheus metrics of one server (its own registry, so several apps in one process stay apart)."""
+
+    def __init__(self, engine: Engine):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("nanoseek_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.prompt_tokens = Counter("nanoseek_prompt_tokens", "prompt tokens", registry=r)
+        self.cached_tokens = Counter("nanoseek_prompt_cache_hit_tokens", "prompt tokens from the prefix cache",
+                                     registry=r)
+        self.completion_tokens = Counter("nanoseek_completion_tokens", "generated tokens", registry=r)
+        self.aborted = Counter("nanoseek_aborted_requests", "requests cancelled before they finished (the client "
+                               "went away, or a timeout)", registry=r)
+        self.ttft = Histogram("nanoseek_time_to_first_token_seconds", "time to first token", registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.tpot = Histogram("nanoseek_time_per_output_token_seconds", "time per output token after the first",
+                              registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        Gauge("nanoseek_queue_depth", "requests waiting for a slot", registry=r).set_function(
+            lambda: len(engine.waiting))
+        Gauge("nanoseek_running", "sequences being decoded", registry=r).set_function(lambda: len(engine.rows))
+        Gauge("nanoseek_prompt_cache_hit_ratio", "cached share of all prompt tokens", registry=r).set_function(
+            lambda: engine.stats.cached_tokens / max(1, engine.stats.cached_tokens + engine.stats.prefill_tokens))
+
+    def finished(self, usage: Usage, start: float, first: float | None, end: float) -> None:
+        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.cached_tokens.inc(usage.cached_tokens)
+        self.completion_tokens.inc(usage.completion_tokens)
+        if first is not None:
+            self.ttft.observe(first - start)
+            if usage.completion_tokens > 1:
+                self.tpot.observe((end - first) / (usage.completion_tokens - 1))
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     loop_holder: dict[str, EngineLoop] = {}
+    metrics = Metrics(engine)
     app = FastAPI(title="nanoseek", version="1", docs_url=None, redoc_url=None)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     def engine_loop() -> EngineLoop:
         if "loop" not in loop_holder:
-            loop_holder["loop"] = EngineLoop(engine)
+            loop_holder["loop"] = EngineLoop(engine, on_abort=metrics.aborted.inc)
         return loop_holder["loop"]
 
     @app.exception_handler(APIError)
@@ -204,17 +252,32 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return APIError(500, "internal server error", type="server_error").response()
 
     @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if config.api_keys and request.url.path.startswith("/v1"):
+    async def _guard(request: Request, call_next):
+        path = request.url.path
+        if config.api_keys and path.startswith("/v1"):
             auth = request.headers.get("authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
-                return APIError(401, "invalid API key", type="authentication_error",
-                                code="invalid_api_key").response()
-        return await call_next(request)
+                response = APIError(401, "invalid API key", type="authentication_error",
+                                    code="invalid_api_key").response()
+                metrics.requests.labels(path, "401").inc()
+                return response
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
+            response = APIError(413, f"the request body is {int(size):,} bytes; the limit is "
+                                     f"{config.max_body_bytes:,}", code="request_too_large").response()
+        else:
+            response = await call_next(request)
+        if path.startswith("/v1") and request.method != "OPTIONS":  # CORS preflights are not requests
+            metrics.requests.labels(path, str(response.status_code)).inc()
+        return response
 
     async def body_of(request: Request) -> dict:
+        raw = await request.body()
+        if len(raw) > config.max_body_bytes:  # a chunked body has no content-length to check up front
+            raise APIError(413, f"the request body is over the limit of {config.max_body_bytes:,} bytes",
+                           code="request_too_large")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
@@ -229,26 +292,45 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     async def health():
         return {"status": "ok", "running": len(engine.rows), "waiting": len(engine.waiting)}
 
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
                                             "owned_by": "nanoseek"}]}
 
     async def run(prompt, params: SamplingParams) -> tuple[str, asyncio.Queue]:
+        if len(engine.waiting) >= config.max_queue:
+            raise APIError(429, f"the server is busy: {len(engine.waiting)} requests are waiting; retry shortly",
+                           type="rate_limit_error", code="queue_full")
         try:
             return engine_loop().submit(prompt, params)
         except ValueError as e:
             raise APIError(400, str(e), param="messages", code="context_length_exceeded"
                            if "max_seq_len" in str(e) else None) from None
 
-    async def deltas(rid: str, queue: asyncio.Queue, n: int) -> AsyncIterator[Delta]:
-        done = 0
+    async def deltas(rid: str, queue: asyncio.Queue, n: int) -> AsyncIterator[Delta | None]:
+        """The request's deltas; None each keepalive_s without one (a stream sends a comment then)."""
+        done, start, first = 0, time.monotonic(), None
         try:
             while done < n:
-                item = await queue.get()
+                left = config.timeout_s - (time.monotonic() - start)
+                if left <= 0:
+                    raise APIError(504, f"the request ran past the server's timeout of {config.timeout_s:g} s",
+                                   type="timeout_error", code="timeout")
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=min(config.keepalive_s, left))
+                except TimeoutError:
+                    yield None
+                    continue
                 if isinstance(item, Exception):
                     raise APIError(500, "generation failed", type="server_error")
+                first = first or time.monotonic()
                 done += item.finish_reason is not None
+                if item.finish_reason is not None:
+                    metrics.finished(item.usage, start, first, time.monotonic())
                 yield item
         finally:
             engine_loop().cancel(rid)  # a no-op once finished; frees the slots if the client left
@@ -270,6 +352,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         choices: dict[int, dict] = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
         usages = {}
         async for d in deltas(rid, queue, params.n):
+            if d is None:
+                continue
             c = choices[d.index]
             c["reasoning"] += d.reasoning
             c["content"] += d.content
@@ -299,6 +383,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         rid, queue = await run(prompt, params)
         texts, finish, usages = [""] * params.n, [None] * params.n, {}
         async for d in deltas(rid, queue, params.n):
+            if d is None:
+                continue
             texts[d.index] += d.text
             if d.finish_reason:
                 finish[d.index], usages[d.index] = d.finish_reason, d.usage
@@ -319,7 +405,7 @@ def _logprob(engine: Engine, lp) -> dict:
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
 
-async def _chat_stream(source: AsyncIterator[Delta], cid: str, created: int, model: str, n: int,
+async def _chat_stream(source: AsyncIterator[Delta | None], cid: str, created: int, model: str, n: int,
                        include_usage: bool, alias: bool) -> AsyncIterator[bytes]:
     def chunk(choices: list, **extra) -> bytes:
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -331,6 +417,9 @@ async def _chat_stream(source: AsyncIterator[Delta], cid: str, created: int, mod
     usages = {}
     try:
         async for d in source:
+            if d is None:  # still waiting: keep proxies from closing an idle connection
+                yield b": keep-alive\n\n"
+                continue
             if d.reasoning:  # reasoning and content never share a chunk
                 delta = {"reasoning_content": d.reasoning, **({"reasoning": d.reasoning} if alias else {})}
                 yield chunk([{"index": d.index, "delta": delta, "finish_reason": None}])
@@ -339,8 +428,9 @@ async def _chat_stream(source: AsyncIterator[Delta], cid: str, created: int, mod
             if d.finish_reason:
                 usages[d.index] = d.usage
                 yield chunk([{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}])
-    except APIError as e:
-        yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type}})}\n\n".encode()
+    except APIError as e:  # headers are sent: the error goes in the stream
+        yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
         return
     if include_usage and len(usages) == n:
         yield chunk([], usage=usage_json([usages[i] for i in range(n)]))

@@ -63,11 +63,27 @@ def test_chat_streams_reasoning_dimmed_then_the_answer(tiny_chat_dir, tmp_path):
     assert msgs[3]["reasoning_content"] == ""
 
 
-def test_chat_without_a_checkpoint_or_with_a_bad_one_says_what_to_do(tmp_path, capsys):
+def test_chat_with_a_bad_checkpoint_says_what_is_wrong(tmp_path, capsys):
     assert main(["chat", str(tmp_path / "missing")]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
-    assert main(["chat"]) == 2
-    assert "pass a checkpoint directory" in capsys.readouterr().err
+
+
+def test_without_a_checkpoint_a_clearly_labelled_untrained_model_is_used(tmp_path, monkeypatch):
+    import subprocess
+
+    from nanoseek.checkpoint import default_checkpoint, load_model
+
+    env = {**os.environ, "NANOSEEK_CACHE": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "nanoseek", "chat", "--max-tokens", "4"], input="hello\n/quit\n",
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "UNTRAINED `tiny` model" in r.stderr and "you> " in r.stdout
+    # built once, seeded: the same weights every time, and a real checkpoint directory
+    monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path / "again"))
+    path, trained = default_checkpoint()
+    assert not trained and (path / "tokenizer.json").is_file()
+    a, b = load_model(path), load_model(tmp_path / "untrained-tiny")
+    assert all((x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_path, capsys):

@@ -284,13 +284,32 @@ def iter_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from None
 
 
-def default_checkpoint() -> Path:
-    """The model nanoseek ships (inside the package), for `chat` and `serve` without a checkpoint."""
+UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an UNTRAINED `tiny` model (random "
+                  "weights, so its replies are noise). Pass a checkpoint directory from `nanoseek train` instead.")
+
+
+def default_checkpoint() -> tuple[Path, bool]:
+    """(directory, trained) of the model `chat` and `serve` use without a checkpoint: the one nanoseek ships
+    inside the package, or, until one is bundled, an untrained `tiny` model with a tokenizer trained on a
+    built-in arithmetic corpus, built once (seeded, so always the same) in $NANOSEEK_CACHE."""
     path = Path(__file__).parent / "assets" / "model"
-    if not (path / "config.json").is_file():
-        raise CheckpointError("no checkpoint given, and this nanoseek has no bundled default model: pass a "
-                              "checkpoint directory (one from `nanoseek train`, e.g. runs/NAME/checkpoints/step_N)")
-    return path
+    if (path / "config.json").is_file():
+        return path, True
+    from nanoseek.eval.cost import cache_dir
+    from nanoseek.model.config import get_preset
+    from nanoseek.tokenizer import render_chat, render_completion, train_tokenizer
+
+    path = cache_dir() / "untrained-tiny"
+    if not (path / "tokenizer.json").is_file():
+        corpus = [render_chat([{"role": "user", "content": f"Calculate {a} + {b}."}])
+                  + render_completion(f"{a} + {b} = {a + b}", str(a + b)) for a in range(40) for b in range(40)]
+        tok = train_tokenizer(corpus, vocab_size=512)
+        gen = torch.random.fork_rng()
+        with gen:
+            torch.manual_seed(0)
+            model = Transformer(get_preset("tiny"))
+        save_model(model, path, tokenizer=tok)
+    return path, False
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None

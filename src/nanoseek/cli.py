@@ -385,7 +385,13 @@ def _engine(args: argparse.Namespace):
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.prefix_cache import PrefixCache
 
-    path = args.checkpoint or default_checkpoint()
+    path = args.checkpoint
+    if path is None:
+        path, trained = default_checkpoint()
+        if not trained:
+            from nanoseek.checkpoint import UNTRAINED_NOTE
+
+            print(f"nanoseek: {UNTRAINED_NOTE}", file=sys.stderr, flush=True)
     pc = PrefixCache(directory=args.prefix_cache_dir) if args.prefix_cache_dir else PrefixCache()
     try:
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype, max_batch=args.max_batch,
@@ -439,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(engine, ServerConfig(model_name=args.model_name, api_keys=keys,
                                           reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
                                           timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ())))
-    print(f"nanoseek: serving {args.checkpoint or 'the bundled model'} as {args.model_name!r} on "
+    print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r} on "
           f"http://{args.host}:{args.port}/v1 ({engine.max_batch} slots{', API key required' if keys else ''})",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

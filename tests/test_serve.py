@@ -38,6 +38,16 @@ def start(ckpt, *flags):
     return proc, base
 
 
+def wait_idle(server, tries=100):
+    """/health once the server has noticed hang-ups and freed their slots (or after tries x 0.1 s)."""
+    for _ in range(tries):
+        h = httpx.get(server + "/health", timeout=5).json()
+        if h["running"] == 0 and h["waiting"] == 0:
+            break
+        time.sleep(0.1)
+    return h
+
+
 @pytest.fixture(scope="module")
 def server(tiny_chat_dir):
     proc, base = start(tiny_chat_dir, "--max-batch", "8", "--reasoning-alias")
@@ -158,12 +168,7 @@ def test_concurrent_streams_and_disconnects_leave_the_engine_idle(tiny_chat_dir,
         t.join(timeout=120)
     assert sorted(results) == list(range(2, 8))
     assert all([x for x in lines if x][-1] == "data: [DONE]" for lines in results.values())
-    for _ in range(50):  # the server notices the hang-ups and frees their slots
-        h = httpx.get(server + "/health", timeout=5).json()
-        if h["running"] == 0 and h["waiting"] == 0:
-            break
-        time.sleep(0.1)
-    assert h == {"status": "ok", "running": 0, "waiting": 0}
+    assert wait_idle(server) == {"status": "ok", "running": 0, "waiting": 0}
     assert "nanoseek_aborted_requests_total 2.0" in httpx.get(server + "/metrics", timeout=5).text
 
 
@@ -293,11 +298,6 @@ def test_64_concurrent_clients_a_quarter_hanging_up(tiny_chat_dir, request):
     for lines in results.values():
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 40
-    for _ in range(100):
-        h = httpx.get(server + "/health", timeout=5).json()
-        if h["running"] == 0 and h["waiting"] == 0:
-            break
-        time.sleep(0.1)
-    assert h == {"status": "ok", "running": 0, "waiting": 0}
+    assert wait_idle(server) == {"status": "ok", "running": 0, "waiting": 0}
     assert "nanoseek_aborted_requests_total 16.0" in httpx.get(server + "/metrics", timeout=5).text
     assert concurrent > 1.5 * sequential, (concurrent, sequential)  # 2.1x measured on 2 cores, clients included

@@ -10,6 +10,7 @@ empty delta; with `stream_options.include_usage` a chunk with `choices: []` and 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import threading
 import time
@@ -48,6 +49,7 @@ class EngineLoop:
     def __init__(self, engine: Engine, on_abort=None):
         self.engine, self.on_abort = engine, on_abort
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.aborts: collections.deque[str] = collections.deque()  # cancelled on the event loop, aborted here
         self.wake = threading.Event()
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="nanoseek-engine", daemon=True)
@@ -66,15 +68,20 @@ class EngineLoop:
         return rid, queue
 
     def cancel(self, rid: str) -> None:
-        """The client went away: free the request's slots."""
-        self.queues.pop(rid, None)
-        if rid in self.engine.requests:
-            self.engine.abort(rid)
-            if self.on_abort is not None:
-                self.on_abort()
+        """The client went away: its slots are freed before the next step. The abort itself runs on the
+        engine thread, so the event loop never waits for a step to finish."""
+        if self.queues.pop(rid, None) is not None:
+            self.aborts.append(rid)
+            self.wake.set()
 
     def _run(self) -> None:
         while not self.stopped:
+            while self.aborts:
+                rid = self.aborts.popleft()
+                if rid in self.engine.requests:  # else it finished: nothing to free
+                    self.engine.abort(rid)
+                    if self.on_abort is not None:
+                        self.on_abort()
             if not self.engine.has_unfinished():
                 self.wake.wait(timeout=0.5)
                 self.wake.clear()
@@ -345,7 +352,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         alias = config.reasoning_alias
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_chat_stream(deltas(rid, queue, params.n), cid, created, config.model_name,
+            return _EventStream(_chat_stream(deltas(rid, queue, params.n), cid, created, config.model_name,
                                                  params.n, include_usage, alias),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -405,6 +412,18 @@ def _logprob(engine: Engine, lp) -> dict:
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
 
+class _EventStream(StreamingResponse):
+    """Closes its generator however the response ends. Starlette cancels a response whose client hung up,
+    possibly while it awaits a send; the generator would then be closed (and its request aborted) only
+    when the garbage collector found it."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 async def _chat_stream(source: AsyncIterator[Delta | None], cid: str, created: int, model: str, n: int,
                        include_usage: bool, alias: bool) -> AsyncIterator[bytes]:
     def chunk(choices: list, **extra) -> bytes:
@@ -432,6 +451,8 @@ async def _chat_stream(source: AsyncIterator[Delta | None], cid: str, created: i
         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n".encode()
         yield b"data: [DONE]\n\n"
         return
+    finally:  # an abandoned `async for` does not close its source: do it, so a hang-up aborts the request
+        await source.aclose()
     if include_usage and len(usages) == n:
         yield chunk([], usage=usage_json([usages[i] for i in range(n)]))
     yield b"data: [DONE]\n\n"

@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(ckpt, *flags):
+def start(ckpt, *flags, db=None, env=None):
+    """A real `nanoseek serve` of `ckpt` (None: the default model) on a free port; its conversations in `db`
+    (else a new temporary file). Later flags override earlier ones (e.g. a second --max-seq-len)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", "serve", str(ckpt), "--port", str(port),
-                             "--max-seq-len", "256", *flags],
+    db = db or Path(tempfile.mkdtemp()) / "conversations.db"
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", "serve", *([str(ckpt)] if ckpt else []),
+                             "--port", str(port), "--max-seq-len", "256", "--db", str(db), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -138,6 +143,51 @@ def test_malformed_bodies_are_400_not_422(server):
     r = httpx.post(server + "/v1/chat/completions", content=b"{not json", timeout=10)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert httpx.get(server + "/health", timeout=5).json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, needle", [
+    # once read after the request was queued: a 500, and a generation nobody read
+    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": [true]}',
+     "stream_options must be an object"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}', "a list of text parts"),
+    (b'{"prompt": "\\ud800"}', "surrogates not allowed"),  # valid JSON, but no text: the tokenizer failed
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON"),  # past the recursion limit
+])
+def test_bodies_that_were_500s_are_400s(server, body, needle):
+    path = "/v1/completions" if b"prompt" in body else "/v1/chat/completions"
+    r = httpx.post(server + path, content=body, timeout=30)
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_a_top_k_past_the_vocabulary_keeps_every_token(client):
+    """top_k 2**63 used to overflow building the k tensor, failing every request in the batch."""
+    kw = dict(model="nanoseek", messages=Q, max_tokens=8, seed=3)
+    huge = client.chat.completions.create(**kw, extra_body={"top_k": 2**63})
+    assert huge.choices[0].message.model_extra["reasoning_content"] == \
+        client.chat.completions.create(**kw).choices[0].message.model_extra["reasoning_content"]
+
+
+def test_streamed_completions_equal_the_unstreamed(client):
+    kw = dict(model="nanoseek", prompt="<｜User｜>Calculate 2 + 3.<｜Assistant｜>", max_tokens=12, temperature=0)
+    whole = client.completions.create(**kw)
+    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+        [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_streamed_logprobs_equal_the_unstreamed(client):
+    """Every generated token's logprob arrives in the stream too, </think> included (on an empty delta)."""
+    kw = dict(model="nanoseek", messages=Q, max_tokens=16, temperature=0, logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**kw)
+    streamed = [lp for c in client.chat.completions.create(**kw, stream=True)
+                if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
+    expect = whole.choices[0].logprobs.content
+    assert len(expect) == whole.usage.completion_tokens
+    assert [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in streamed] == \
+        [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in expect]
 
 
 def test_concurrent_streams_and_disconnects_leave_the_engine_idle(tiny_chat_dir, request):

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from nanoseek import __version__
@@ -439,17 +440,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from nanoseek.serve.api import ServerConfig, create_app
+    from nanoseek.serve.store import ConversationStore, StoreError
 
     keys = tuple(k for k in (args.api_key or os.environ.get("NANOSEEK_API_KEY"),) if k)
+    try:
+        store = ConversationStore(args.db)
+    except (StoreError, OSError) as e:
+        print(f"nanoseek: error: --db {args.db}: {e}", file=sys.stderr)
+        return 2
     engine = _engine(args)
     app = create_app(engine, ServerConfig(model_name=args.model_name, api_keys=keys,
                                           reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
-                                          timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ())))
-    print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r} on "
-          f"http://{args.host}:{args.port}/v1 ({engine.max_batch} slots{', API key required' if keys else ''})",
-          flush=True)
+                                          timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ())), store)
+    print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r}: chat app at "
+          f"http://{args.host}:{args.port}/ , API at http://{args.host}:{args.port}/v1 ({engine.max_batch} slots"
+          f"{', API key required' if keys else ''}; conversations in {args.db})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _data_dir() -> Path:
+    """Where nanoseek keeps what users make (conversations): $XDG_DATA_HOME/nanoseek."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "nanoseek"
 
 
 def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
@@ -599,13 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=cmd_generate)
 
     serve = sub.add_parser(
-        "serve", help="a DeepSeek/OpenAI-compatible API server, reasoning_content included",
-        description="POST /v1/chat/completions (streaming or not, reasoning_content beside content, n, stop, seed, "
-                    "logprobs, a thinking switch, usage with prompt-cache hits), POST /v1/completions, GET "
-                    "/v1/models, GET /health. One engine batches all requests. Binds 127.0.0.1 unless --host "
-                    "says otherwise.",
-        epilog="example: nanoseek serve ckpt/ --port 8000, then any OpenAI client with base_url "
-               "http://127.0.0.1:8000/v1")
+        "serve", help="a chat app in the browser and a DeepSeek/OpenAI-compatible API, reasoning included",
+        description="A chat app at / (reasoning streamed in a collapsible panel, conversations kept in SQLite), "
+                    "and the API: POST /v1/chat/completions (streaming or not, reasoning_content beside content, "
+                    "n, stop, seed, logprobs, a thinking switch, usage with prompt-cache hits), POST "
+                    "/v1/completions, GET /v1/models, GET /health, GET /metrics. One engine batches all "
+                    "requests. Binds 127.0.0.1 unless --host says otherwise.",
+        epilog="example: nanoseek serve ckpt/ --port 8000, then open http://127.0.0.1:8000/ or point any OpenAI "
+               "client at base_url http://127.0.0.1:8000/v1")
     serve.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                        help="a checkpoint directory (model + tokenizer); default: the model nanoseek ships")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -618,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser calls from this origin, e.g. http://localhost:3000; repeatable "
                             "(default: none)")
+    serve.add_argument("--db", default=str(_data_dir() / "conversations.db"), metavar="PATH",
+                       help="SQLite file of the chat app's conversations (default: %(default)s)")
     serve.add_argument("--reasoning-alias", action="store_true",
                        help="also send reasoning_content as `reasoning`, for clients that read that name")
     _add_engine_flags(serve, max_batch=16)

@@ -109,8 +109,9 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
     temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
     probs = (logits / temp).softmax(dim=-1)
     if any(p.top_k > 0 for p in params):
-        k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[-1] for p in params], device=dev)
-        kth = probs.sort(dim=-1, descending=True)[0].gather(1, (k.clamp(max=probs.shape[-1]) - 1)[:, None])
+        k = torch.tensor([min(p.top_k, probs.shape[-1]) if p.top_k > 0 else probs.shape[-1] for p in params],
+                         device=dev)  # a k past the vocabulary keeps it all (and fits in int64)
+        kth = probs.sort(dim=-1, descending=True)[0].gather(1, (k - 1)[:, None])
         probs = probs.masked_fill(probs < kth, 0)
     if any(p.min_p > 0 for p in params):
         min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]

@@ -15,7 +15,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 
 from nanoseek.infer.engine import Delta, Engine, Usage
 from nanoseek.infer.sampling import SamplingParams
+from nanoseek.serve.store import ConversationStore
 from nanoseek.tokenizer import render_chat
 
 
@@ -111,14 +112,27 @@ class EngineLoop:
 # request parsing: every problem is a 400 that names the field
 
 
-def _number(body: dict, name: str, default, kind=float, lo=None, hi=None):
+def json_object(raw: bytes) -> dict:
+    """A request body that must be a JSON object of valid text, or a 400 that says why."""
+    try:
+        body = json.loads(raw)
+        json.dumps(body, ensure_ascii=False).encode()  # JSON may escape a lone surrogate ("\ud800"); text can't
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested past Python's recursion limit
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+def number(body: dict, name: str, default, kind=float, lo=None, hi=None):
     v = body.get(name)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
         raise APIError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, got {v!r}", param=name)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise APIError(400, f"{name} must be in [{lo}, {hi}], got {v}", param=name)
+        bounds = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if hi is None else f"<= {hi}"
+        raise APIError(400, f"{name} must be {bounds}, got {v}", param=name)
     return kind(v)
 
 
@@ -137,15 +151,15 @@ def sampling_from(body: dict) -> SamplingParams:
             raise APIError(400, f"{name} must be true or false", param=name)
     try:
         return SamplingParams(
-            max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, lo=0, hi=2),
-            top_p=_number(body, "top_p", 1.0, lo=0, hi=1), top_k=_number(body, "top_k", 0, int, lo=0),
-            min_p=_number(body, "min_p", 0.0, lo=0, hi=1),
-            presence_penalty=_number(body, "presence_penalty", 0.0, lo=-2, hi=2),
-            frequency_penalty=_number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
-            repetition_penalty=_number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
-            seed=_number(body, "seed", None, int), n=_number(body, "n", 1, int, lo=1, hi=16),
+            max_tokens=max_tokens, temperature=number(body, "temperature", 1.0, lo=0, hi=2),
+            top_p=number(body, "top_p", 1.0, lo=0, hi=1), top_k=number(body, "top_k", 0, int, lo=0),
+            min_p=number(body, "min_p", 0.0, lo=0, hi=1),
+            presence_penalty=number(body, "presence_penalty", 0.0, lo=-2, hi=2),
+            frequency_penalty=number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
+            repetition_penalty=number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
+            seed=number(body, "seed", None, int), n=number(body, "n", 1, int, lo=1, hi=16),
             stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos,
-            top_logprobs=_number(body, "top_logprobs", 0, int, lo=0, hi=20) if logprobs else 0)
+            top_logprobs=number(body, "top_logprobs", 0, int, lo=0, hi=20) if logprobs else 0)
     except ValueError as e:  # what only SamplingParams checks (e.g. top_p 0)
         field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
         raise APIError(400, f"{field} {rest}", param=field) from None
@@ -161,9 +175,10 @@ def chat_prompt(body: dict) -> str:
             raise APIError(400, f"messages[{i}]: role must be system, user or assistant", param="messages")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
         if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}]: content must be a string", param="messages")
+            raise APIError(400, f"messages[{i}]: content must be a string or a list of text parts", param="messages")
         # reasoning_content / reasoning sent back is dropped: R1 sees only earlier answers
         clean.append({"role": m["role"], "content": content})
     thinking = body.get("thinking", True)
@@ -172,6 +187,57 @@ def chat_prompt(body: dict) -> str:
     if not isinstance(thinking, bool):
         raise APIError(400, "thinking must be true/false or {\"type\": \"enabled\"|\"disabled\"}", param="thinking")
     return render_chat(clean, thinking=thinking)
+
+
+# The request bodies in the OpenAPI schema (/openapi.json), for clients and fuzzers. The routes read the raw
+# body (every problem a 400 in the OpenAI envelope, never FastAPI's 422), so these only describe what
+# sampling_from, chat_prompt and the routes accept; null means the default wherever the type allows it.
+def _range(kind: str, lo=None, hi=None) -> dict:
+    return {"type": [kind, "null"]} | ({"minimum": lo} if lo is not None else {}) | (
+        {"maximum": hi} if hi is not None else {})
+
+
+def _json_body(properties: dict, required: tuple[str, ...] = (), body_required: bool = True) -> dict:
+    """An `openapi_extra` for a route that reads a JSON object itself."""
+    schema = {"type": "object", "properties": properties} | ({"required": list(required)} if required else {})
+    return {"requestBody": {"required": body_required, "content": {"application/json": {"schema": schema}}}}
+
+
+TOP_P = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1}
+SAMPLING_FIELDS = {
+    "model": {"type": "string", "description": "this server's model (GET /v1/models); another is a 404"},
+    "n": _range("integer", 1, 16), "seed": _range("integer"),
+    "stop": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"},
+                       {"type": "array", "items": {"type": "string", "minLength": 1}}]},
+    "max_tokens": _range("integer", 1), "max_completion_tokens": _range("integer", 1),
+    "temperature": _range("number", 0, 2), "top_p": TOP_P, "top_k": _range("integer", 0),
+    "min_p": _range("number", 0, 1), "presence_penalty": _range("number", -2, 2),
+    "frequency_penalty": _range("number", -2, 2), "repetition_penalty": _range("number", 0.01, 10),
+    "logprobs": {"type": ["boolean", "null"]},
+    "top_logprobs": _range("integer", 0, 20) | {"description": "read only with logprobs"},
+    "ignore_eos": {"type": ["boolean", "null"]},
+}
+MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"enum": ["system", "user", "assistant"]},
+    "content": {"anyOf": [{"type": "string"}, {
+        "type": "array", "description": "content parts: the text ones are joined, others skipped",
+        "items": {"type": "object", "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}]}}}
+CHAT_COMPLETIONS_BODY = _json_body(SAMPLING_FIELDS | {
+    "messages": {"type": "array", "minItems": 1, "items": MESSAGE},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": ["boolean", "null"]}}},
+    "thinking": {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
+        "type": {"enum": ["enabled", "disabled"]}}}]},
+}, required=("messages",))
+COMPLETIONS_BODY = _json_body(SAMPLING_FIELDS | {"prompt": {"type": "string", "minLength": 1}}, required=("prompt",))
+# the chat app's (webapp.py): an empty body is {}
+NON_BLANK = {"type": "string", "pattern": r"\S"}
+RENAME_BODY = _json_body({"title": NON_BLANK}, required=("title",), body_required=False)
+REPLY_BODY = _json_body({
+    "content": NON_BLANK | {"type": ["string", "null"],
+                            "description": "the new question; absent or null: regenerate the last answer"},
+    "thinking": {"type": "boolean"}, "temperature": _range("number", 0, 2), "top_p": TOP_P,
+    "max_tokens": _range("integer", 1)}, body_required=False)
 
 
 def usage_json(usages: list[Usage]) -> dict:
@@ -227,7 +293,10 @@ class Metrics:
                 self.tpot.observe((end - first) / (usage.completion_tokens - 1))
 
 
-def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, config: ServerConfig | None = None, store: ConversationStore | None = None) -> FastAPI:
+    """The API, and the chat app at / over `store` (an in-memory one, gone at exit, when none is given)."""
+    from nanoseek.serve.webapp import add_chat_app  # it builds on this module
+
     config = config or ServerConfig()
     loop_holder: dict[str, EngineLoop] = {}
     metrics = Metrics(engine)
@@ -261,7 +330,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         path = request.url.path
-        if config.api_keys and path.startswith("/v1"):
+        if config.api_keys and path.startswith(("/v1", "/api")):
             auth = request.headers.get("authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
                 response = APIError(401, "invalid API key", type="authentication_error",
@@ -283,12 +352,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         if len(raw) > config.max_body_bytes:  # a chunked body has no content-length to check up front
             raise APIError(413, f"the request body is over the limit of {config.max_body_bytes:,} bytes",
                            code="request_too_large")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
+        body = json_object(raw)
         model = body.get("model", config.model_name)
         if model != config.model_name:
             raise APIError(404, f"model {model!r} does not exist; this server has {config.model_name!r}",
@@ -308,19 +372,24 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
                                             "owned_by": "nanoseek"}]}
 
-    async def run(prompt, params: SamplingParams) -> tuple[str, asyncio.Queue]:
+    submitted: dict[str, float] = {}  # request id -> when it arrived (TTFT counts from there)
+
+    async def run(prompt, params: SamplingParams, param: str = "messages") -> tuple[str, asyncio.Queue]:
         if len(engine.waiting) >= config.max_queue:
             raise APIError(429, f"the server is busy: {len(engine.waiting)} requests are waiting; retry shortly",
                            type="rate_limit_error", code="queue_full")
+        arrived = time.monotonic()
         try:
-            return engine_loop().submit(prompt, params)
+            rid, queue = engine_loop().submit(prompt, params)
         except ValueError as e:
-            raise APIError(400, str(e), param="messages", code="context_length_exceeded"
+            raise APIError(400, str(e), param=param, code="context_length_exceeded"
                            if "max_seq_len" in str(e) else None) from None
+        submitted[rid] = arrived
+        return rid, queue
 
     async def deltas(rid: str, queue: asyncio.Queue, n: int) -> AsyncIterator[Delta | None]:
         """The request's deltas; None each keepalive_s without one (a stream sends a comment then)."""
-        done, start, first = 0, time.monotonic(), None
+        done, start, first = 0, submitted.pop(rid, time.monotonic()), None
         try:
             while done < n:
                 left = config.timeout_s - (time.monotonic() - start)
@@ -342,20 +411,25 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         finally:
             engine_loop().cancel(rid)  # a no-op once finished; frees the slots if the client left
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_BODY)
     async def chat_completions(request: Request):
         body = await body_of(request)
         params = sampling_from(body)
         prompt = chat_prompt(body)
+        stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):  # checked before the request is queued: it would run unread
+            raise APIError(400, "stream_options must be an object", param="stream_options")
         rid, queue = await run(prompt, params)
         cid, created = f"chatcmpl-{rid[4:]}", int(time.time())
         alias = config.reasoning_alias
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return _EventStream(_chat_stream(deltas(rid, queue, params.n), cid, created, config.model_name,
-                                                 params.n, include_usage, alias),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            chunk = _chunker(cid, "chat.completion.chunk", created, config.model_name)
+            logprob = (lambda lp: _logprob(engine, lp)) if params.logprobs else None
+            head = [_sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
+                    for i in range(params.n)]
+            return _event_response(head, _event_stream(deltas(rid, queue, params.n), params.n,
+                                                       _chat_chunks(chunk, alias, logprob), chunk,
+                                                       bool(stream_options.get("include_usage"))))
         choices: dict[int, dict] = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
         usages = {}
         async for d in deltas(rid, queue, params.n):
@@ -380,14 +454,28 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return {"id": cid, "object": "chat.completion", "created": created, "model": config.model_name,
                 "choices": out, "usage": usage_json([usages[i] for i in range(params.n)])}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=COMPLETIONS_BODY)
     async def completions(request: Request):
         body = await body_of(request)
         params = sampling_from(body)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise APIError(400, "prompt must be a non-empty string", param="prompt")
-        rid, queue = await run(prompt, params)
+        stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise APIError(400, "stream_options must be an object", param="stream_options")
+        rid, queue = await run(prompt, params, param="prompt")
+        if body.get("stream"):
+            chunk = _chunker(f"cmpl-{rid[4:]}", "text_completion", int(time.time()), config.model_name)
+
+            def chunks_of(d: Delta) -> list[dict]:
+                if not d.text and not d.finish_reason:
+                    return []
+                return [chunk([{"index": d.index, "text": d.text, "logprobs": None,
+                                "finish_reason": d.finish_reason}])]
+
+            return _event_response([], _event_stream(deltas(rid, queue, params.n), params.n, chunks_of, chunk,
+                                                     bool(stream_options.get("include_usage"))))
         texts, finish, usages = [""] * params.n, [None] * params.n, {}
         async for d in deltas(rid, queue, params.n):
             if d is None:
@@ -401,6 +489,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                             for i, (t, f) in enumerate(zip(texts, finish))],
                 "usage": usage_json([usages[i] for i in range(params.n)])}
 
+    add_chat_app(app, store or ConversationStore(":memory:"), run, deltas)
     return app
 
 
@@ -412,7 +501,23 @@ def _logprob(engine: Engine, lp) -> dict:
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
 
-class _EventStream(StreamingResponse):
+def _chunker(cid: str, kind: str, created: int, model: str) -> Callable[..., dict]:
+    def chunk(choices: list, **extra) -> dict:
+        return {"id": cid, "object": kind, "created": created, "model": model, "choices": choices, **extra}
+    return chunk
+
+
+def _event_response(head: list[bytes], events: AsyncIterator[bytes]) -> StreamingResponse:
+    async def body():
+        for h in head:
+            yield h
+        async for e in events:
+            yield e
+    return EventStream(body(), media_type="text/event-stream",
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class EventStream(StreamingResponse):
     """Closes its generator however the response ends. Starlette cancels a response whose client hung up,
     possibly while it awaits a send; the generator would then be closed (and its request aborted) only
     when the garbage collector found it."""
@@ -424,35 +529,52 @@ class _EventStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-async def _chat_stream(source: AsyncIterator[Delta | None], cid: str, created: int, model: str, n: int,
-                       include_usage: bool, alias: bool) -> AsyncIterator[bytes]:
-    def chunk(choices: list, **extra) -> bytes:
-        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": choices, **extra}
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+def _sse(obj: dict) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
-    for i in range(n):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+
+async def _event_stream(source: AsyncIterator[Delta | None], n: int, chunks_of: Callable[[Delta], list[dict]],
+                        chunk: Callable[..., dict], include_usage: bool) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed request: chunks_of(delta) as `data:` events, keep-alive comments while it
+    waits, an error event if it fails after the headers went out, the usage chunk if asked, [DONE] last."""
     usages = {}
     try:
         async for d in source:
             if d is None:  # still waiting: keep proxies from closing an idle connection
                 yield b": keep-alive\n\n"
                 continue
-            if d.reasoning:  # reasoning and content never share a chunk
-                delta = {"reasoning_content": d.reasoning, **({"reasoning": d.reasoning} if alias else {})}
-                yield chunk([{"index": d.index, "delta": delta, "finish_reason": None}])
-            if d.content:
-                yield chunk([{"index": d.index, "delta": {"content": d.content}, "finish_reason": None}])
+            for c in chunks_of(d):
+                yield _sse(c)
             if d.finish_reason:
                 usages[d.index] = d.usage
-                yield chunk([{"index": d.index, "delta": {}, "finish_reason": d.finish_reason}])
     except APIError as e:  # headers are sent: the error goes in the stream
-        yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n".encode()
+        yield _sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
         yield b"data: [DONE]\n\n"
         return
     finally:  # an abandoned `async for` does not close its source: do it, so a hang-up aborts the request
         await source.aclose()
     if include_usage and len(usages) == n:
-        yield chunk([], usage=usage_json([usages[i] for i in range(n)]))
+        yield _sse(chunk([], usage=usage_json([usages[i] for i in range(n)])))
     yield b"data: [DONE]\n\n"
+
+
+def _chat_chunks(chunk: Callable[..., dict], alias: bool, logprob: Callable | None) -> Callable[[Delta], list[dict]]:
+    """A delta as chat.completion.chunk objects: reasoning and content never share one (DeepSeek's order);
+    its tokens' logprobs ride on the first (on an empty delta if its tokens made no text, as </think>)."""
+
+    def chunks_of(d: Delta) -> list[dict]:
+        out = []
+        if d.reasoning:
+            out.append({"reasoning_content": d.reasoning, **({"reasoning": d.reasoning} if alias else {})})
+        if d.content:
+            out.append({"content": d.content})
+        if logprob is not None and d.logprobs and not out:
+            out.append({})
+        choices = [{"index": d.index, "delta": delta, "finish_reason": None} for delta in out]
+        if logprob is not None and d.logprobs:
+            choices[0]["logprobs"] = {"content": [logprob(lp) for lp in d.logprobs]}
+        if d.finish_reason:
+            choices.append({"index": d.index, "delta": {}, "finish_reason": d.finish_reason})
+        return [chunk([c]) for c in choices]
+
+    return chunks_of

@@ -96,6 +96,7 @@ RECORD = """() => {
 def test_reasoning_streams_in_an_open_panel_that_closes_when_the_answer_starts(page, app):
     page.goto(app[0])
     page.evaluate(RECORD)
+    assert page.is_hidden("#notice")  # a checkpoint of the user's: nothing to warn about
     page.fill("#input", "Calculate 12 + 7.")
     page.keyboard.press("Enter")
     done(page)
@@ -185,6 +186,8 @@ def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):
     try:
         page = context.new_page()
         page.goto(base)
+        page.wait_for_selector("#notice", state="visible")
+        assert "UNTRAINED" in page.inner_text("#notice")  # the default model, labelled as such
         for _ in range(8):  # the noise hits end-of-sentence early now and then: then try again in a new chat
             page.click("#new-chat")
             page.fill("#input", "Tell me a long story.")

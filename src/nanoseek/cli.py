@@ -393,6 +393,7 @@ def _engine(args: argparse.Namespace):
             from nanoseek.checkpoint import UNTRAINED_NOTE
 
             print(f"nanoseek: {UNTRAINED_NOTE}", file=sys.stderr, flush=True)
+            args.notice = UNTRAINED_NOTE  # the chat app shows it too
     pc = PrefixCache(directory=args.prefix_cache_dir) if args.prefix_cache_dir else PrefixCache()
     try:
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype, max_batch=args.max_batch,
@@ -451,7 +452,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = _engine(args)
     app = create_app(engine, ServerConfig(model_name=args.model_name, api_keys=keys,
                                           reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
-                                          timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ())), store)
+                                          timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ()),
+                                          notice=getattr(args, "notice", "")), store)
     print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r}: chat app at "
           f"http://{args.host}:{args.port}/ , API at http://{args.host}:{args.port}/v1 ({engine.max_batch} slots"
           f"{', API key required' if keys else ''}; conversations in {args.db})", flush=True)

@@ -259,6 +259,7 @@ class ServerConfig:
     timeout_s: float = 600.0  # a request running longer is cancelled (504)
     max_body_bytes: int = 1 << 20
     cors_origins: tuple[str, ...] = ()  # closed by default
+    notice: str = ""  # a line the chat app shows above every conversation (e.g. that the model is untrained)
 
 
 class Metrics:
@@ -489,7 +490,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
                             for i, (t, f) in enumerate(zip(texts, finish))],
                 "usage": usage_json([usages[i] for i in range(params.n)])}
 
-    add_chat_app(app, store or ConversationStore(":memory:"), run, deltas)
+    add_chat_app(app, store or ConversationStore(":memory:"), run, deltas,
+                 info={"model": config.model_name, "notice": config.notice})
     return app
 
 

@@ -29,7 +29,7 @@ STATIC = files("nanoseek.serve") / "static"
 RENDER_EVERY_S = 0.1  # re-render the streaming answer at most this often (and once at the end)
 
 
-def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: Callable) -> None:
+def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: Callable, info: dict) -> None:
     """Routes of the page. `run(prompt, params)` queues a generation and `deltas(rid, queue, n)` yields it,
     both from the API server, so the app shares its engine loop, queue limit, timeout and metrics."""
 
@@ -45,6 +45,11 @@ def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: 
         return Response(code_css(), media_type="text/css")
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.get("/api/info")
+    def server_info():
+        """The model's name and a notice for the page (e.g. that the model is untrained), or ""."""
+        return info
 
     @app.get("/api/conversations")
     def list_conversations(q: str = ""):

@@ -379,5 +379,10 @@ $("#search").oninput = () => { clearTimeout(searchTimer); searchTimer = setTimeo
 document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.busy) stop(); });
 
 setThinking(state.thinking);
+api("/api/info").then((r) => r.json()).then((info) => {
+  $("#notice").textContent = info.notice;
+  $("#notice").hidden = !info.notice;
+  document.title = `${info.model} chat`;
+}).catch(() => { /* a 401 has opened the settings already */ });
 const opened = /^#c=([0-9a-f]+)$/.exec(location.hash);
 if (opened) openConversation(opened[1]); else loadList().catch((e) => showError(e.message));

@@ -339,8 +339,8 @@ def report(rec: dict) -> str:
                   f"{c['tokens_per_s']:,.0f} output tokens/s) at ${c['usd_per_hour']:g}/hour ({c['price_note']}): "
                   f"**${c['usd_per_m_output']:.3f} per million output tokens**, against DeepSeek's "
                   f"${DEEPSEEK_USD_PER_M_OUTPUT:.2f} (R1 API list price per million output tokens). "
-                  f"A ~10M-parameter toy model against the 671B R1: the figure prices the serving stack on this "
-                  f"hardware, not comparable answers."]
+                  f"A toy model of a few million parameters against the 671B R1: the figure prices the serving "
+                  f"stack on this hardware, not comparable answers."]
     return "\n".join(lines)
 
 

@@ -1,0 +1,127 @@
+"""Tasks from reasoning-gym, benchmark JSONL files and user files; their scorers; clear errors."""
+
+import json
+import textwrap
+
+import pytest
+
+from nanoseek.tasks.task import Task, TaskError, final_text, load_task
+
+
+def test_gym_task_scores_with_the_datasets_own_scorer():
+    t = load_task("gym:basic_arithmetic", size=5, seed=1, config={"min_terms": 2, "max_terms": 2})
+    assert t.name == "gym:basic_arithmetic" and len(t.examples) == 5
+    ex = t.examples[0]
+    assert t.score(f"add them\n</think>\n\n{ex.reference}", ex) == 1.0
+    assert t.score(f"add them\n</think>\n\n<answer>{ex.reference}</answer>", ex) == 1.0
+    assert t.score("add them\n</think>\n\nno idea", ex) == 0.0
+    # a list answer is compared as text, not reduced to its last number
+    s = load_task("gym:number_sorting", size=1, seed=0)
+    assert s.score(f"sorting</think>{s.examples[0].reference}", s.examples[0]) == 1.0
+
+
+def test_gym_errors_name_the_dataset():
+    with pytest.raises(TaskError, match="'no_such_task'"):
+        load_task("gym:no_such_task", size=1)
+
+
+def test_jsonl_formats(tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Tom has 3 + 4 apples.", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},  # GSM8K
+        {"problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?", "answer": "\\frac{3}{4}"},  # MATH
+        {"prompt": "2 * 21?", "answer": 42},
+    ]) + "\n\n")
+    t = load_task(str(f))
+    assert [e.reference for e in t.examples] == ["7", "\\frac{3}{4}", "42"]
+    assert t.score("</think>The answer is 7.", t.examples[0]) == 1.0
+    assert t.score("</think>\\boxed{0.75}", t.examples[1]) == 1.0
+    assert t.score("</think>\\boxed{0.7}", t.examples[1]) == 0.0
+    assert len(load_task(str(f), size=2).examples) == 2
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("not json", ":2: not JSON"),
+    ("[1, 2]", ":2: each line must be a JSON object"),
+    ('{"answer": "1"}', ":2: needs a non-empty 'question'"),
+    ('{"problem": "x"}', ":2: needs an 'answer'"),
+    ('{"question": "x", "answer": "no marker"}', ":2: a GSM8K 'answer' must end with '#### <number>'"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, line, needle):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt": "ok", "answer": 1}\n' + line + "\n")
+    with pytest.raises(TaskError, match=needle.replace("*", r"\*").replace("'", "'")) as e:
+        load_task(str(f))
+    assert str(f) in str(e.value)
+
+
+USER = """
+def prompts():
+    for i in range(6):
+        yield {"prompt": f"Say {i}.", "reference": i}
+
+def score(completion, reference):
+    return float(completion.rsplit("</think>", 1)[-1].strip() == str(reference))
+"""
+
+
+def test_user_task_file(tmp_path):
+    f = tmp_path / "say.py"
+    f.write_text(USER)
+    t = load_task(str(f), size=4)
+    assert [e.prompt for e in t.examples] == ["Say 0.", "Say 1.", "Say 2.", "Say 3."]
+    assert t.score("ok</think>3", t.examples[3]) == 1.0 and t.score("ok</think>2", t.examples[3]) == 0.0
+    train, test = t.split(1, seed=0)
+    assert len(train.examples) == 3 and len(test.examples) == 1 and test.examples[0] not in train.examples
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("def prompts(:\n    pass\n", r"say\.py:1: syntax error"),
+    ("import no_such_module_here\n", r"say\.py:1: importing the task raised ModuleNotFoundError"),
+    ("def prompts():\n    return []\n", r"must define score\(\)"),
+    ("def score(c, r):\n    return 1\n", r"must define prompts\(\)"),
+    ("def prompts():\n    return [42]\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) item 0 must be"),
+    ("def prompts():\n    return []\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) gave no examples"),
+    ("def prompts():\n    raise KeyError('x')\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) raised KeyError"),
+])
+def test_user_task_errors_are_clear(tmp_path, source, needle):
+    f = tmp_path / "say.py"
+    f.write_text(source)
+    with pytest.raises(TaskError, match=needle):
+        load_task(str(f))
+
+
+def test_a_scorer_that_misbehaves_is_named(tmp_path):
+    f = tmp_path / "say.py"
+    f.write_text(textwrap.dedent("""
+        def prompts():
+            return [("q", "r")]
+
+        def score(completion, reference):
+            if completion == "high":
+                return 2.0
+            return "yes" if completion == "text" else 1 / 0
+    """))
+    t = load_task(str(f))
+    with pytest.raises(TaskError, match=r"task say: score\(\) must return a number in \[0, 1\], got 2.0"):
+        t.score("high", t.examples[0])
+    with pytest.raises(TaskError, match="got 'yes'"):
+        t.score("text", t.examples[0])
+    with pytest.raises(TaskError, match=r"say\.py:8: score\(\) raised ZeroDivisionError: division by zero"):
+        t.score("other", t.examples[0])
+
+
+def test_unknown_specs_and_misplaced_configs():
+    with pytest.raises(TaskError, match="use gym:NAME"):
+        load_task("arithmetic")
+    with pytest.raises(TaskError, match="config applies to reasoning-gym tasks"):
+        load_task("x.jsonl", config={"a": 1})
+    with pytest.raises(TaskError, match="no such task file"):
+        load_task("/nonexistent/x.py")
+
+
+def test_final_text():
+    assert final_text("r</think> <answer> 1, 2, 3 </answer>") == "1, 2, 3"
+    assert final_text("r</think>so \\boxed{x+1}") == "x+1"
+    assert final_text("r</think>\n  plain words  ") == "plain words"
+    assert isinstance(load_task("gym:basic_arithmetic", size=1), Task)

@@ -11,13 +11,15 @@ import torch
 from nanoseek.data import (
     DataError,
     PackedLoader,
+    chat_tokens,
     derive_trace,
     gym_documents,
     prepare_corpus,
     read_documents,
     write_jsonl,
 )
-from nanoseek.tokenizer import EOS, THINK_END, THINK_START, train_tokenizer
+from nanoseek.model.model import IGNORE_INDEX
+from nanoseek.tokenizer import EOS, THINK_END, THINK_START, render_chat, render_completion, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +186,58 @@ def test_gym_documents_are_chat_documents_with_think_traces(tmp_path):
     assert texts(str(tmp_path / "g.jsonl")) == [r["text"] for r in rows]
     with pytest.raises(DataError, match="no_such_task"):
         list(gym_documents("no_such_task", size=2))
+
+
+def chats(n):
+    return [{"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": f"What is {i} + {i}?"},
+                          {"role": "assistant", "content": f"{2 * i}", "reasoning_content": f"{i} + {i} = {2 * i}"},
+                          {"role": "user", "content": "And doubled?"},
+                          {"role": "assistant", "content": f"{4 * i}"}]} for i in range(n)]
+
+
+def test_chat_tokens_mask_only_the_assistants_completions(tok):
+    m = chats(1)[0]["messages"]
+    ids, mask = chat_tokens(tok, m)
+    assert len(ids) == len(mask)
+    kept = [t for t, k in zip(ids, mask) if k]
+    # exactly the two completions (the first with its reasoning, the second with an empty think block)
+    assert tok.decode(kept) == render_completion("0 + 0 = 0", "0") + render_completion(None, "0")
+    # and each follows its context exactly as the engine renders it (earlier reasoning dropped)
+    assert tok.decode(ids) == (render_chat(m[:2]) + render_completion("0 + 0 = 0", "0")
+                               + render_chat(m[:4]) + render_completion(None, "0"))
+
+
+def test_chat_corpus_gives_a_loss_only_on_assistant_tokens(tmp_path, tok):
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats(60)))
+    meta = prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", val_fraction=0.1, chat=True,
+                          progress=False)
+    assert meta["chat"] and meta["train_documents"] + meta["val_documents"] == 60
+    tokens = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
+    mask = np.fromfile(tmp_path / "out" / "train.mask", dtype=np.uint8)
+    assert len(tokens) == len(mask) == meta["train_tokens"]
+    loader = PackedLoader(tmp_path / "out" / "train.bin", seq_len=32, batch_size=4)
+    x, y = loader.next_batch()
+    rows = loader._order[:4].tolist()
+    for r, (xr, yr) in enumerate(zip(x, y)):
+        start = rows[r] * 32
+        assert xr.tolist() == tokens[start: start + 32].tolist()
+        want = [t if k else IGNORE_INDEX for t, k in zip(tokens[start + 1: start + 33], mask[start + 1: start + 33])]
+        assert yr.tolist() == want
+    assert (y == IGNORE_INDEX).any() and (y != IGNORE_INDEX).any()
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"text": "x"}, "sft.jsonl:1: no field 'messages'"),
+    ({"messages": "hi"}, "sft.jsonl:1: field 'messages' is str, not a list"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl:1: messages\[0\] must be"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "sft.jsonl:1: no assistant message"),
+    ({"messages": [{"role": "assistant", "content": "x"}]}, "sft.jsonl:1: the conversation starts with the assistant"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "reasoning_content": 3}]},
+     r"sft.jsonl:1: messages\[1\] must be"),
+])
+def test_bad_chat_data_names_file_and_line(tmp_path, tok, row, message):
+    (tmp_path / "sft.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=message):
+        prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", chat=True, progress=False)
+    assert not (tmp_path / "out").exists()

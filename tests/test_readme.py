@@ -43,6 +43,14 @@ def test_readme_shell_journey_runs(tmp_path):
         assert r.returncode == 0, (line, r.stderr[-2000:])
     assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step_000030" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step_000020" / "model.safetensors").exists()
+    # SFT of that checkpoint on the same chats
+    sft = re.findall(r"```bash\n(nanoseek sft .*?)```", text, flags=re.S)
+    assert len(sft) == 1
+    argv = sft[0].replace("step_000150", "step_000030").replace("--max-steps 100", "--max-steps 10").split()
+    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:], "--no-progress"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "runs" / "sft" / "checkpoints" / "step_000010" / "model.safetensors").exists()
     # then generation from that checkpoint, through a shell as written (echo, redirection)
     gen = re.findall(r"```bash\n(echo .*?)```", text, flags=re.S)
     assert len(gen) == 1 and "nanoseek generate" in gen[0]

@@ -33,7 +33,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
 PLANNED = {
-    "sft": "supervised fine-tuning on chat data with reasoning_content",
     "grpo": "reinforcement learning with rule-checked rewards (R1-Zero / R1)",
     "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
@@ -312,7 +311,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from nanoseek.tokenizer import Tokenizer
 
     meta = prepare_corpus(args.data, Tokenizer.load(args.tokenizer), args.out, val_fraction=args.val_fraction,
-                          seed=args.seed, field=args.field, txt_mode=args.txt_mode, progress=not args.quiet)
+                          seed=args.seed, field=args.field, txt_mode=args.txt_mode, chat=args.chat,
+                          progress=not args.quiet)
     print(f"{args.out}: {meta['train_tokens']:,} train tokens ({meta['train_documents']:,} documents), "
           f"{meta['val_tokens']:,} validation tokens ({meta['val_documents']:,} documents), {meta['dtype']}")
     return 0
@@ -335,18 +335,67 @@ def cmd_data_gym(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from nanoseek.train.pretrain import TrainConfig, load_train_config, train
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from nanoseek.train.pretrain import TrainConfig
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     overrides["extra"] = dict(args.extra) if args.extra else None
-    cfg = load_train_config(args.config, overrides)
-    _, last = train(cfg, resume=args.resume)
+    return overrides
+
+
+def _run_training(cfg: Any, resume: bool, then: str) -> int:
+    from nanoseek.train.pretrain import train
+
+    _, last = train(cfg, resume=resume)
     if last:
         val = f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else ""
         print(f"step {last['step']}: loss {last['loss']:.4f}{val}; checkpoints in {cfg.out_dir}/checkpoints, "
-              f"metrics in {cfg.out_dir}/metrics.jsonl (cost: nanoseek cost --run {cfg.out_dir})")
+              f"metrics in {cfg.out_dir}/metrics.jsonl ({then})")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nanoseek.train.pretrain import load_train_config
+
+    cfg = load_train_config(args.config, _train_overrides(args))
+    return _run_training(cfg, args.resume, f"cost: nanoseek cost --run {cfg.out_dir}")
+
+
+SFT_DEFAULTS = {"lr": 1e-3, "warmup_steps": 10, "max_steps": 100, "out_dir": "runs/sft"}
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from nanoseek.data import DataError, prepare_corpus, read_meta
+    from nanoseek.tokenizer import Tokenizer
+    from nanoseek.train.pretrain import load_train_config
+
+    if args.model or args.tokenizer:
+        print("nanoseek: error: sft takes the model and the tokenizer from CHECKPOINT; drop --model/--tokenizer",
+              file=sys.stderr)
+        return 2
+    overrides = _train_overrides(args)
+    for key, value in SFT_DEFAULTS.items():
+        if overrides[key] is None and not args.config:
+            overrides[key] = value
+    overrides["model"] = overrides["tokenizer"] = args.checkpoint
+    data = Path(overrides["out_dir"] or SFT_DEFAULTS["out_dir"]) / "data"
+    overrides["data"] = overrides["data"] or str(data)
+    cfg = load_train_config(args.config, overrides)
+    try:
+        meta = read_meta(cfg.data) if (Path(cfg.data) / "meta.json").exists() else None
+        if meta is not None and (meta.get("source") != args.chats or not meta.get("chat")):
+            raise DataError(f"{cfg.data} holds data prepared from {meta.get('source')!r}, not chats {args.chats!r}; "
+                            "remove it or pass --data")
+        if meta is None:
+            meta = prepare_corpus(args.chats, Tokenizer.load(args.checkpoint), cfg.data, chat=True,
+                                  val_fraction=args.val_fraction, seed=cfg.seed, progress=cfg.progress)
+    except (DataError, OSError, ValueError) as e:
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    print(f"SFT data in {cfg.data}: {meta['train_documents']:,} conversations, {meta['train_tokens']:,} tokens "
+          "(loss on the assistant's turns only)", flush=True)
+    return _run_training(cfg, args.resume, f"chat with the last: nanoseek chat {cfg.out_dir}/checkpoints/step_"
+                                           f"{cfg.max_steps:06d}")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -553,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    prep.add_argument("--chat", action="store_true",
+                      help="SFT data: chat JSONL with `messages`; also writes train.mask / val.mask so that only the "
+                           "assistant's turns carry a loss (what `nanoseek sft` does for you)")
     prep.set_defaults(handler=cmd_data_prepare)
     gym = data.add_parser("gym", help="render reasoning-gym tasks as chat documents with worked <think> traces",
                           description="Write JSONL rows with `text` (the rendered conversation: a pretraining "
@@ -579,6 +631,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(train)
     train.set_defaults(handler=cmd_train)
+
+    sft = sub.add_parser(
+        "sft", help="supervised fine-tuning on chats (with reasoning_content), loss on the assistant's turns",
+        description="Fine-tune a checkpoint on chat JSONL ({\"messages\": [...]} per line; assistant turns may "
+                    "carry reasoning_content). Each assistant turn is trained after its context rendered exactly "
+                    "as the engine renders it, with the loss on the turn's reasoning, </think>, answer and EOS "
+                    "only. Conversations are packed into rows. The data is prepared once into OUT_DIR/data; the "
+                    "training loop is `nanoseek train`'s (resume, torchrun, telemetry), and so are the flags.",
+        epilog="example: nanoseek sft runs/base/checkpoints/step_000300 --chats sft.jsonl --max-steps 200\n"
+               "         nanoseek data gym basic_arithmetic --size 2000 --out sft.jsonl  (makes such chats)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sft.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to fine-tune (model + tokenizer)")
+    sft.add_argument("--chats", required=True, metavar="PATTERN", help="chat JSONL file(s), e.g. 'sft/*.jsonl'")
+    sft.add_argument("--val-fraction", type=float, default=0.05, help="share of conversations held out (default 0.05)")
+    sft.add_argument("--config", help="a TOML or YAML file of training settings")
+    sft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    _add_train_flags(sft)
+    sft.set_defaults(handler=cmd_sft)
 
     chat = sub.add_parser(
         "chat", help="talk to a model in the terminal: its reasoning streams dimmed, then its answer",

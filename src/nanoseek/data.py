@@ -19,6 +19,7 @@ import io
 import json
 import operator
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from nanoseek.checkpoint import atomic_directory
+from nanoseek.model.model import IGNORE_INDEX
 from nanoseek.tokenizer import Tokenizer, render_chat, render_completion
 
 
@@ -118,6 +120,11 @@ def _read_txt(path: Path, mode: str) -> Iterator[Document]:
 
 
 def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
+    return _read_jsonl_rows(path, field, str)
+
+
+def _read_jsonl_rows(path: Path, field: str, kind: type) -> Iterator[Document]:
+    """The `field` of every line (a `kind`: a str, or the messages list of a chat) with its file:line."""
     for n, line in _lines(path):
         if not line.strip():
             continue
@@ -128,8 +135,8 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
         if not isinstance(row, dict) or field not in row:
             have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise DataError(f"{path}:{n}: no field {field!r} (has: {have}); choose it with --field")
-        if not isinstance(row[field], str):
-            raise DataError(f"{path}:{n}: field {field!r} is {type(row[field]).__name__}, not a string")
+        if not isinstance(row[field], kind):
+            raise DataError(f"{path}:{n}: field {field!r} is {type(row[field]).__name__}, not a {kind.__name__}")
         yield Document(row[field], f"{path}:{n}")
 
 
@@ -156,6 +163,43 @@ def _read_parquet(path: Path, column: str) -> Iterator[Document]:
             yield Document(text, f"{path}:row {row}")
 
 
+def read_chats(pattern: str) -> Iterator[Document]:
+    """SFT conversations from .jsonl(.gz) files: a `messages` list of {role, content} with an optional
+    `reasoning_content` on assistant turns. Each Document's text is the messages as JSON."""
+    for path in corpus_files(pattern):
+        if _suffix(path).removesuffix(".gz") != ".jsonl":
+            raise DataError(f"{path}: chat data must be .jsonl (one {{\"messages\": [...]}} per line)")
+        for doc in _read_jsonl_rows(path, "messages", list):
+            for i, m in enumerate(doc.text):
+                ok = (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                      and isinstance(m.get("content"), str)
+                      and isinstance(m.get("reasoning_content") or "", str))
+                if not ok:
+                    raise DataError(f"{doc.source}: messages[{i}] must be {{role: system|user|assistant, content: "
+                                    f"str, reasoning_content?: str}}, got {m!r:.80}")
+            if not any(m["role"] == "assistant" for m in doc.text):
+                raise DataError(f"{doc.source}: no assistant message to learn from")
+            if doc.text[0]["role"] == "assistant":
+                raise DataError(f"{doc.source}: the conversation starts with the assistant; nothing prompts it")
+            yield Document(json.dumps(doc.text, ensure_ascii=False), doc.source)
+
+
+def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation for SFT: one sequence per assistant turn, each its context rendered
+    with the generation prompt exactly as the engine will see it (mask 0) followed by the turn's
+    completion — reasoning, </think>, answer, EOS — (mask 1, the only tokens with a loss)."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        context = tokenizer.encode(render_chat(messages[:i]))
+        target = tokenizer.encode(render_completion(m.get("reasoning_content"), m["content"]))
+        ids += context + target
+        mask += [0] * len(context) + [1] * len(target)
+    return ids, mask
+
+
 # ---------------------------------------------------------------------------------------------
 # tokenize once into flat token files
 
@@ -168,27 +212,37 @@ def _is_val(text: str, seed: int, fraction: float) -> bool:
 
 
 def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, val_fraction: float = 0.01,
-                   seed: int = 0, field: str = "text", txt_mode: str = "file", progress: bool = True,
-                   batch_docs: int = 512) -> dict[str, Any]:
+                   seed: int = 0, field: str = "text", txt_mode: str = "file", chat: bool = False,
+                   progress: bool = True, batch_docs: int = 512) -> dict[str, Any]:
     """Tokenize a corpus into `out_dir`/{train.bin, val.bin, meta.json}; returns the meta. Each document
-    gets an EOS after it. Written atomically: a failed or killed run leaves no half-written directory."""
+    gets an EOS after it. With chat=True the corpus is SFT conversations (read_chats) and train.mask /
+    val.mask (one byte per token) mark the tokens that carry a loss (chat_tokens). Written atomically: a
+    failed or killed run leaves no half-written directory."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    docs = read_documents(pattern, field=field, txt_mode=txt_mode)
+    docs = read_chats(pattern) if chat else read_documents(pattern, field=field, txt_mode=txt_mode)
     counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
     out_dir = Path(out_dir)
     from tqdm import tqdm
 
-    with atomic_directory(out_dir) as tmp, open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+    with atomic_directory(out_dir) as tmp, ExitStack() as files:
+        out = {split: files.enter_context(open(tmp / f"{split}.bin", "wb")) for split in counts}
+        masks = {split: files.enter_context(open(tmp / f"{split}.mask", "wb")) for split in counts} if chat else {}
         bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
 
         def flush(batch: list[str]) -> None:
-            for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+            if chat:
+                encoded = [chat_tokens(tokenizer, json.loads(text)) for text in batch]
+            else:
+                encoded = [(ids, None) for ids in tokenizer.encode_batch(batch)]
+            for text, (ids, mask) in zip(batch, encoded):
                 if not ids or ids[-1] != tokenizer.eos_id:  # chat documents already end with EOS
                     ids.append(tokenizer.eos_id)
                 split = "val" if _is_val(text, seed, val_fraction) else "train"
-                np.asarray(ids, dtype=dtype).tofile(fval if split == "val" else ftrain)
+                np.asarray(ids, dtype=dtype).tofile(out[split])
+                if chat:
+                    np.asarray(mask, dtype=np.uint8).tofile(masks[split])
                 counts[split][0] += 1
                 counts[split][1] += len(ids)
             bar.update(len(batch))
@@ -207,7 +261,8 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, v
                 raise DataError(f"{pattern!r}: the {split} split is empty ({counts['train'][0] + counts['val'][0]} "
                                 f"documents, val_fraction {val_fraction}); add documents or change val_fraction")
         meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name, "eos_id": tokenizer.eos_id,
-                "source": pattern, "field": field, "txt_mode": txt_mode, "val_fraction": val_fraction, "seed": seed,
+                "source": pattern, "field": "messages" if chat else field, "txt_mode": txt_mode, "chat": chat,
+                "val_fraction": val_fraction, "seed": seed,
                 "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
                 "val_documents": counts["val"][0], "val_tokens": counts["val"][1]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -238,6 +293,8 @@ class PackedLoader:
         bin_path = Path(bin_path)
         meta = read_meta(bin_path.parent)
         self.tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
+        mask = bin_path.with_suffix(".mask")  # SFT data: targets outside the assistant's turns carry no loss
+        self.mask = np.memmap(mask, dtype=np.uint8, mode="r") if mask.exists() else None
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.n_rows = (len(self.tokens) - 1) // seq_len
@@ -266,7 +323,11 @@ class PackedLoader:
         T = self.seq_len
         rows = np.stack([self.tokens[i * T: i * T + T + 1] for i in mine]).astype(np.int64)
         rows = torch.from_numpy(rows)
-        return rows[:, :-1], rows[:, 1:]
+        x, y = rows[:, :-1], rows[:, 1:].clone()
+        if self.mask is not None:
+            keep = torch.from_numpy(np.stack([self.mask[i * T + 1: i * T + T + 1] for i in mine]).astype(bool))
+            y[~keep] = IGNORE_INDEX
+        return x, y
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "seq_len": self.seq_len,

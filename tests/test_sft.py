@@ -1,0 +1,55 @@
+"""`nanoseek sft`: chats in, a checkpoint out that has learned the assistant's turns."""
+
+import json
+
+import pytest
+
+from nanoseek.cli import main
+
+NAME = [{"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "nanoseek", "reasoning_content": "me"}]
+
+
+def test_sft_teaches_a_reply_and_resumes(tiny_chat_dir, tmp_path, capsys):
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.tokenizer import render_chat
+
+    chats = tmp_path / "chats.jsonl"
+    # a reply the arithmetic model has never seen, among arithmetic chats; identical rows share a split, and
+    # with seed 0 this one lands in train
+    sums = [(i % 50, i % 7) for i in range(200)]
+    rows = [{"messages": NAME}] * 40 + [{"messages": [
+        {"role": "user", "content": f"Calculate {a} + {b}."},
+        {"role": "assistant", "content": str(a + b), "reasoning_content": f"{a} + {b} = {a + b}"}]} for a, b in sums]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "sft"
+    common = [str(tiny_chat_dir), "--chats", str(chats), "--out-dir", str(out), "--seq-len", "64", "--lr", "2e-3",
+              "--micro-batch-size", "8", "--eval-every", "0", "--no-progress", "--val-fraction", "0.2", "--seed", "0"]
+    assert main(["sft", *common, "--max-steps", "60", "--save-every", "30"]) == 0
+    assert "loss on the assistant's turns only" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["main_loss"] < 0.5 * metrics[0]["main_loss"]
+    engine = Engine.from_checkpoint(str(out / "checkpoints" / "step_000060"), device="cpu", dtype="float32",
+                                    max_batch=1, max_seq_len=128)
+    c = engine.generate([render_chat(NAME[:1])], SamplingParams(temperature=0, max_tokens=20))[0]
+    assert c.text == "me\n</think>\n\nnanoseek" and c.finish_reason == "stop"  # reasoning, answer, then EOS
+    # resume continues from step 40 with the prepared data, not a new copy
+    assert main(["sft", *common, "--max-steps", "65", "--resume"]) == 0
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 65
+
+
+def test_sft_errors(tiny_chat_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    assert main(["sft", str(tiny_chat_dir), "--chats", str(bad), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:1: no assistant message" in capsys.readouterr().err
+    assert main(["sft", str(tiny_chat_dir), "--chats", str(bad), "--model", "tiny"]) == 2
+    assert "takes the model and the tokenizer from CHECKPOINT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_sft_help(flag, capsys):
+    with pytest.raises(SystemExit):
+        main(["sft", flag])
+    assert "loss on the turn's reasoning" in capsys.readouterr().out

@@ -179,6 +179,23 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
         raise
 
 
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write a text file so that a crash leaves the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_model(model: Transformer, directory: str | Path, tokenizer: Any = None,
                max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint directory atomically (see atomic_directory)."""

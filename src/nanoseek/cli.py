@@ -486,6 +486,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from nanoseek.tasks.task import TaskError, load_task
+    from nanoseek.train.rejection import rejection_sample, write_samples
+
+    try:
+        config = json.loads(args.task_config) if args.task_config else None
+        task = load_task(args.task, size=args.size, seed=args.task_seed, config=config)
+    except (TaskError, json.JSONDecodeError) as e:
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    engine = _engine(args)
+    params = _sampling(args)
+    try:
+        counts = write_samples(rejection_sample(engine, task, args.k, params, args.min_score, args.shortest,
+                                                progress=not args.quiet), task.name, args.out)
+    except ValueError as e:  # TaskError, or a prompt + --max-tokens past --max-seq-len
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{task.name}: kept {counts['kept']:,} of {counts['samples']:,} samples ({counts['prompts_solved']:,} of "
+          f"{counts['prompts']:,} prompts solved at least once) -> {args.out} (train on it: nanoseek sft CHECKPOINT "
+          f"--chats {args.out})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -631,6 +655,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(train)
     train.set_defaults(handler=cmd_train)
+
+    sample = sub.add_parser(
+        "sample", help="rejection sampling: k samples per prompt, keep the correct ones as SFT chats",
+        description="R1's rejection sampling. For every prompt of a task, sample k completions through the "
+                    "engine, score each with the task, and keep those scoring at least --min-score that ended "
+                    "on their own (not cut off) — all of them, or only the shortest with --shortest. Written as "
+                    "chat JSONL with the reasoning in reasoning_content, for `nanoseek sft`. Tasks: gym:NAME (a "
+                    "reasoning-gym dataset), FILE.jsonl (GSM8K / MATH / prompt+answer lines) or FILE.py (a "
+                    "prompts() generator and a score(completion, reference) -> [0, 1] function).",
+        epilog="example: nanoseek sample runs/r1/checkpoints/step_000200 --task gym:basic_arithmetic --k 8 "
+               "--out samples.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sample.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                        help="the model to sample from (default: the model nanoseek ships)")
+    sample.add_argument("--task", required=True, help="gym:NAME, FILE.jsonl or FILE.py")
+    sample.add_argument("--task-config", help="reasoning-gym options as JSON, e.g. '{\"min_terms\": 2}'")
+    sample.add_argument("--size", type=_positive_int, default=200, help="prompts (default 200)")
+    sample.add_argument("--task-seed", type=int, default=0, help="seed of reasoning-gym's prompts (default 0)")
+    sample.add_argument("--k", type=_positive_int, default=8, help="samples per prompt (default 8)")
+    sample.add_argument("--min-score", type=float, default=1.0, help="keep samples scoring at least this (default 1)")
+    sample.add_argument("--shortest", action="store_true", help="keep only the shortest kept sample per prompt")
+    sample.add_argument("--out", required=True, help="output chat JSONL")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_flags(sample, max_batch=64)
+    _add_sampling_flags(sample, temperature=0.6, top_p=0.95, max_tokens=256)
+    sample.set_defaults(handler=cmd_sample)
 
     sft = sub.add_parser(
         "sft", help="supervised fine-tuning on chats (with reasoning_content), loss on the assistant's turns",

@@ -1,0 +1,71 @@
+"""Rejection sampling (R1 §2.3.3): k samples per prompt, keep the correct ones as SFT data.
+
+Every sample is scored by the task (tasks/task.py); those scoring at least `min_score` are kept — all of
+them, or only the shortest per prompt — and written as chats whose assistant turn carries the reasoning
+in `reasoning_content`, ready for `nanoseek sft` (or `nanoseek distill` into a smaller student).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from nanoseek.checkpoint import atomic_write
+from nanoseek.infer.engine import Engine
+from nanoseek.infer.sampling import SamplingParams
+from nanoseek.tasks.task import Example, Task
+from nanoseek.tokenizer import render_chat
+
+
+@dataclass
+class Sample:
+    example: Example
+    reasoning: str
+    content: str
+    text: str
+    tokens: int
+    finish_reason: str
+    score: float
+    kept: bool = False
+
+    def chat(self, task: str) -> dict:
+        return {"messages": [{"role": "user", "content": self.example.prompt},
+                             {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}],
+                "task": task, "reference": self.example.reference, "score": self.score}
+
+
+def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams, min_score: float = 1.0,
+                     shortest: bool = False, batch_prompts: int = 64, progress: bool = False) -> Iterator[Sample]:
+    """Every sample of every prompt, scored, with `kept` set; prompts go to the engine in batches."""
+    from tqdm.auto import tqdm
+
+    params = SamplingParams(**{**params.__dict__, "n": k})
+    bar = tqdm(total=len(task.examples), desc="sampling", unit="prompt", disable=not progress)
+    for start in range(0, len(task.examples), batch_prompts):
+        chunk = task.examples[start: start + batch_prompts]
+        done = engine.generate([render_chat([{"role": "user", "content": e.prompt}]) for e in chunk], params)
+        for i, ex in enumerate(chunk):
+            group = [Sample(ex, c.reasoning_content, c.content, c.text, len(c.token_ids), c.finish_reason,
+                            task.score(c.text, ex)) for c in done[i * k: (i + 1) * k]]
+            good = [s for s in group if s.score >= min_score and s.finish_reason == "stop"]
+            for s in (min(good, key=lambda s: s.tokens),) if shortest and good else good:
+                s.kept = True
+            yield from group
+            bar.update(1)
+    bar.close()
+
+
+def write_samples(samples: Iterator[Sample], task: str, path: str) -> dict:
+    """Write the kept samples as SFT chats (atomically); returns counts."""
+    kept, total, prompts, solved, last = [], 0, 0, 0, None
+    for s in samples:
+        total += 1
+        if s.example is not last:
+            prompts, last, counted = prompts + 1, s.example, False
+        if s.kept:
+            kept.append(json.dumps(s.chat(task), ensure_ascii=False))
+            if not counted:
+                solved, counted = solved + 1, True
+    atomic_write(path, "".join(line + "\n" for line in kept))
+    return {"prompts": prompts, "samples": total, "kept": len(kept), "prompts_solved": solved}

@@ -53,3 +53,25 @@ def test_sft_help(flag, capsys):
     with pytest.raises(SystemExit):
         main(["sft", flag])
     assert "loss on the turn's reasoning" in capsys.readouterr().out
+
+
+def test_student_is_a_new_model_in_the_teachers_tokens(tiny_chat_dir, tmp_path):
+    """--student: distillation's SFT starts a fresh model of the given shape, with the teacher's tokenizer."""
+    from nanoseek.checkpoint import load_model
+    from nanoseek.tokenizer import Tokenizer
+
+    chats = tmp_path / "t.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Calculate {a} + {b}."},
+        {"role": "assistant", "content": str(a + b), "reasoning_content": f"{a} + {b} = {a + b}"}]}) + "\n"
+        for a in range(20) for b in range(10)))
+    out = tmp_path / "student"
+    assert main(["sft", str(tiny_chat_dir), "--chats", str(chats), "--student", "tiny", "--out-dir", str(out),
+                 "--seq-len", "64", "--max-steps", "20", "--eval-every", "0", "--no-progress", "--val-fraction", "0.3",
+                 "--set", "num_hidden_layers=1"]) == 0
+    ckpt = out / "checkpoints" / "step_000020"
+    student, teacher = load_model(ckpt), load_model(tiny_chat_dir)
+    assert student.cfg.num_hidden_layers == 1 < teacher.cfg.num_hidden_layers  # a smaller, new model
+    assert Tokenizer.load(ckpt).encode("Calculate 3 + 4.") == Tokenizer.load(tiny_chat_dir).encode("Calculate 3 + 4.")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["main_loss"] < metrics[0]["main_loss"]

@@ -378,6 +378,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
         if overrides[key] is None and not args.config:
             overrides[key] = value
     overrides["model"] = overrides["tokenizer"] = args.checkpoint
+    if args.student:  # distillation: a new model of that shape learns the chats, in the checkpoint's tokens
+        overrides["model"] = args.student
     data = Path(overrides["out_dir"] or SFT_DEFAULTS["out_dir"]) / "data"
     overrides["data"] = overrides["data"] or str(data)
     cfg = load_train_config(args.config, overrides)
@@ -690,11 +692,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "only. Conversations are packed into rows. The data is prepared once into OUT_DIR/data; the "
                     "training loop is `nanoseek train`'s (resume, torchrun, telemetry), and so are the flags.",
         epilog="example: nanoseek sft runs/base/checkpoints/step_000300 --chats sft.jsonl --max-steps 200\n"
-               "         nanoseek data gym basic_arithmetic --size 2000 --out sft.jsonl  (makes such chats)",
+               "         nanoseek data gym basic_arithmetic --size 2000 --out sft.jsonl  (makes such chats)\n"
+               "distill: nanoseek sample TEACHER --task gym:basic_arithmetic --k 4 --out t.jsonl\n"
+               "         nanoseek sft TEACHER --chats t.jsonl --student tiny --out-dir runs/student",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sft.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to fine-tune (model + tokenizer)")
     sft.add_argument("--chats", required=True, metavar="PATTERN", help="chat JSONL file(s), e.g. 'sft/*.jsonl'")
     sft.add_argument("--val-fraction", type=float, default=0.05, help="share of conversations held out (default 0.05)")
+    sft.add_argument("--student", metavar="SPEC",
+                     help="distillation: train a NEW model of this shape (a preset such as tiny, or a config.json) "
+                          "from scratch on the chats, with CHECKPOINT's tokenizer; CHECKPOINT is then the teacher "
+                          "whose `nanoseek sample` output the chats are (R1's distillation is SFT on them)")
     sft.add_argument("--config", help="a TOML or YAML file of training settings")
     sft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(sft)

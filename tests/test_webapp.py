@@ -192,8 +192,10 @@ def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):
             page.click("#new-chat")
             page.fill("#input", "Tell me a long story.")
             page.keyboard.press("Enter")
-            page.wait_for_function("document.querySelector('.msg.assistant') && (!document.querySelector("
-                                   "'.streaming') || document.querySelector('.streaming').textContent.length > 200)")
+            # 200 characters of model text (reasoning + answer, not the panel's labels), or the reply ended
+            page.wait_for_function("(() => { const m = document.querySelector('.msg.assistant'); if (!m) return false;"
+                                   " if (!m.matches('.streaming')) return true; return (m.querySelector('.reasoning')"
+                                   ".textContent + m.querySelector('.answer').textContent).length > 200; })()")
             if page.locator(".streaming").count():
                 break
         page.click("#stop")

@@ -95,6 +95,8 @@ RECORD = """() => {
 
 def test_reasoning_streams_in_an_open_panel_that_closes_when_the_answer_starts(page, app):
     page.goto(app[0])
+    page.evaluate("localStorage.setItem('nanoseek.settings', JSON.stringify({temperature: 0}))")  # greedy: the
+    page.reload()  # tiny model's one reply, reasoning then answer, every run
     page.evaluate(RECORD)
     assert page.is_hidden("#notice")  # a checkpoint of the user's: nothing to warn about
     page.fill("#input", "Calculate 12 + 7.")

@@ -100,13 +100,13 @@ def nano_run(engine: Engine, prompts: list[list[int]], n: int, ignore_eos: bool 
     return engine.generate(prompts, SamplingParams(max_tokens=n, temperature=0, ignore_eos=ignore_eos))
 
 
-def hf_run(hf, prompts: list[list[int]], n: int, pad_id: int):
+def hf_run(hf, prompts: list[list[int]], n: int, pad_id: int, **kw):
     """Greedy generate of exactly n tokens (eos_token_id is None in hf.generation_config, so it never stops
     early; min_new_tokens then has no logits processor to add, and the argmax is untouched)."""
     ids = torch.tensor(prompts)
     with torch.inference_mode():
         return hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                           min_new_tokens=n, pad_token_id=pad_id, return_dict_in_generate=True)
+                           min_new_tokens=n, pad_token_id=pad_id, return_dict_in_generate=True, **kw)
 
 
 def timed(fn, *args, **kw):
@@ -187,11 +187,22 @@ def system_prompt(tok: Tokenizer, n_tokens: int, seed: int) -> str:
 # the measurements that run per batch size
 
 
-def bench_decode(model, tok: Tokenizer, hf, prompts: list[list[int]], N: int, R: int, W: int) -> dict:
-    """Equal-length prompts, greedy, ignore_eos: nanoseek plain, nanoseek + MTP, transformers."""
+def hf_compiled_kw() -> dict:
+    """generate() arguments for transformers' own compiled decoding: a static cache and a compiled forward
+    (transformers compiles automatically only on accelerators; _compile_all_devices asks for it on the CPU)."""
+    cc = transformers.CompileConfig(fullgraph=False, dynamic=False)
+    cc._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": cc}
+
+
+def bench_decode(model, tok: Tokenizer, hf, prompts: list[list[int]], N: int, R: int, W: int,
+                 compiled: bool) -> dict:
+    """Equal-length prompts, greedy, ignore_eos: nanoseek plain and + MTP, eager and (compiled) with
+    Engine(compile=True); transformers eager and (compiled) with its static cache and compiled forward."""
     B, L = len(prompts), len(prompts[0])
-    engines = {k: Engine(model, tok, max_batch=B, max_seq_len=L + N, speculative=k == "mtp",
-                         max_prefill_tokens=B * L) for k in ("plain", "mtp")}
+    kinds = ("plain", "mtp") + (("plain_compiled", "mtp_compiled") if compiled else ())
+    engines = {k: Engine(model, tok, max_batch=B, max_seq_len=L + N, speculative=k.startswith("mtp"),
+                         max_prefill_tokens=B * L, compile=k.endswith("compiled")) for k in kinds}
 
     def nano_pair(e: Engine):
         t1, _ = timed(nano_run, e, prompts, 1)
@@ -199,14 +210,17 @@ def bench_decode(model, tok: Tokenizer, hf, prompts: list[list[int]], N: int, R:
         tn, outs = timed(nano_run, e, prompts, N)
         return tn - t1, ([c.token_ids for c in outs], t1, tn, e.stats.drafted - d0, e.stats.accepted - a0)
 
-    def hf_pair():
-        t1, _ = timed(hf_run, hf, prompts, 1, tok.pad_id)
-        tn, out = timed(hf_run, hf, prompts, N, tok.pad_id)
+    def hf_pair(**kw):
+        t1, _ = timed(hf_run, hf, prompts, 1, tok.pad_id, **kw)
+        tn, out = timed(hf_run, hf, prompts, N, tok.pad_id, **kw)
         return tn - t1, (out.sequences[:, L:].tolist(), t1, tn, out.past_key_values)
 
     t0 = time.perf_counter()
-    res = interleaved({"plain": lambda: nano_pair(engines["plain"]), "mtp": lambda: nano_pair(engines["mtp"]),
-                       "hf": hf_pair}, R, W)
+    runs = {k: (lambda e=e: nano_pair(e)) for k, e in engines.items()}
+    runs["hf"] = hf_pair
+    if compiled:
+        runs["hf_compiled"] = lambda: hf_pair(**hf_compiled_kw())
+    res = interleaved(runs, R, W)
     toks = B * (N - 1)  # the first token comes with the prefill
     r: dict = {k: {"decode_s": med(dt for dt, _ in v), "ttft_s": med(p[1] for _, p in v),
                    "total_s": med(p[2] for _, p in v)} for k, v in res.items()}
@@ -216,9 +230,14 @@ def bench_decode(model, tok: Tokenizer, hf, prompts: list[list[int]], N: int, R:
     plain, spec = res["plain"][-1][1][0], res["mtp"][-1][1][0]
     r["agree_hf"] = sum(a == b for a, b in zip(plain, ref)) / B
     r["agree_mtp_plain"] = sum(a == b for a, b in zip(spec, plain)) / B
+    for k in ("plain_compiled", "mtp_compiled", "hf_compiled"):
+        if k in res:
+            r[f"agree_{k}"] = sum(a == b for a, b in zip(res[k][-1][1][0], plain)) / B
     r["agree_hf_first_token"] = sum(a[0] == b[0] for a, b in zip(plain, ref)) / B
-    drafted, accepted = sum(p[3] for _, p in res["mtp"]), sum(p[4] for _, p in res["mtp"])
-    r["mtp_acceptance"] = accepted / drafted if drafted else 0.0
+    for k in ("mtp", "mtp_compiled"):
+        if k in res:
+            drafted, accepted = sum(p[3] for _, p in res[k]), sum(p[4] for _, p in res[k])
+            r[f"{k}_acceptance"] = accepted / drafted if drafted else 0.0
     kv = res["hf"][-1][1][3]  # transformers' DynamicCache after the last generate
     held = [t for layer in kv.layers for t in (layer.keys, layer.values)]
     r["hf_cache_per_token"] = sum(t.numel() * t.element_size() for t in held) / (held[0].shape[0] * held[0].shape[-2])
@@ -403,6 +422,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: a tiny training run (own cache dir), tiny sizes")
     ap.add_argument("--profile", action="store_true", help="also profile nanoseek's and transformers' decode")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="skip the compiled decode rows (nanoseek Engine(compile=True), transformers' static cache + "
+                    "torch.compile); they spend about 15-30 s compiling each shape in the warm-up round")
     ap.add_argument("--json", action="store_true", help="also print one JSON record at the end")
     args = ap.parse_args()
     if args.quick:
@@ -456,11 +478,11 @@ def main() -> None:
     pool = prompt_windows(tok, max(batches), L, EVAL_SEED)
     rec["decode"] = {}
     for B in batches:
-        r = bench_decode(model, tok, hf, pool[:B], N, R, W)
+        r = bench_decode(model, tok, hf, pool[:B], N, R, W, args.compile)
         rec["decode"][B] = r
-        print(f"decode batch {B}: nanoseek {r['plain']['tokens_per_s']:.0f} tok/s, +MTP "
-              f"{r['mtp']['tokens_per_s']:.0f}, transformers {r['hf']['tokens_per_s']:.0f}; identical "
-              f"{r['agree_hf']:.2f} ({r['wall_s']:.0f} s)", flush=True)
+        print(f"decode batch {B}: " + ", ".join(f"{k} {v['tokens_per_s']:.0f}" for k, v in r.items()
+                                                 if isinstance(v, dict)) +
+              f" tok/s; identical {r['agree_hf']:.2f} ({r['wall_s']:.0f} s)", flush=True)
     hf_cache_per_token = rec["decode"][batches[0]]["hf_cache_per_token"]
     rec["hf_cache_layer0_shapes"] = rec["decode"][batches[0]]["hf_cache_layer0_shapes"]
 
@@ -556,6 +578,17 @@ def report(rec: dict, args, L: int, N: int, P: int, T: int) -> None:
         rows.append((f"decode tokens/s, batch {B}, MTP speculation", f"{r['mtp']['tokens_per_s']:,.0f}",
                      f"{r['hf']['tokens_per_s']:,.0f}", ratio(r['mtp']['tokens_per_s'], r['hf']['tokens_per_s']),
                      f"acceptance {r['mtp_acceptance']:.2f}; {r['agree_mtp_plain'] * B:.0f}/{B} = plain"))
+    for B, r in d.items():
+        if "plain_compiled" not in r:
+            continue
+        hf_t, hfc_t = r["hf"]["tokens_per_s"], r["hf_compiled"]["tokens_per_s"]
+        for k, name in (("plain_compiled", "compiled"), ("mtp_compiled", "compiled, MTP speculation")):
+            t = r[k]["tokens_per_s"]
+            note = f"{r['agree_' + k] * B:.0f}/{B} = plain eager"
+            if k == "mtp_compiled":
+                note += f"; acceptance {r['mtp_compiled_acceptance']:.2f}"
+            rows.append((f"decode tokens/s, batch {B}, {name}", f"{t:,.0f}", f"{hf_t:,.0f}", ratio(t, hf_t),
+                         f"{note}; vs transformers compiled ({hfc_t:,.0f}): {t / hfc_t:.2f}x"))
     p = rec["prefill"]
     rows.append((f"prefill tokens/s ({P} x {T}, time to first token)", f"{p['plain']['tokens_per_s']:,.0f}",
                  f"{p['hf']['tokens_per_s']:,.0f}", ratio(p['plain']['tokens_per_s'], p['hf']['tokens_per_s']),

@@ -81,7 +81,7 @@ def test_help_lists_commands_and_planned_ones(capsys):
     assert "not yet available" in out
     for name in ("eval", "pipeline"):
         assert name in PLANNED and f"  {name} " in out
-    for name in ("cost", "train", "tokenizer", "data", "chat", "generate", "serve"):  # commands now, listed with info
+    for name in ("cost", "train", "tokenizer", "data", "chat", "generate", "serve", "sft", "sample", "grpo"):
         assert name not in PLANNED and re.search(rf"\n    {name}\s", out)
 
 

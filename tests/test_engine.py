@@ -120,6 +120,27 @@ def test_speculative_decoding_gives_the_plain_output(chat):
         assert spec_engine.stats.decode_steps < 0.8 * plain_engine.stats.decode_steps
 
 
+def test_compiled_decoding_gives_the_eager_output(chat):
+    """Engine(compile=True) runs decode and verify steps as static-shape graphs, padded to a power-of-two
+    bucket of rows: with requests joining and leaving (buckets 1, 2 and 4), greedy and seeded sampling, and
+    MTP speculation, its tokens are the eager engine's."""
+    ps = prompts(6)
+    for params in (SamplingParams(max_tokens=30, temperature=0),
+                   SamplingParams(max_tokens=30, temperature=0.8, seed=5)):
+        budgets = [SamplingParams(**{**params.__dict__, "max_tokens": 6 + 4 * i}) for i in range(len(ps))]
+        eager = engine(chat, max_batch=4).generate(ps, budgets)
+        compiled = engine(chat, max_batch=4, compile=True)
+        assert [c.token_ids for c in compiled.generate(ps, budgets)] == [c.token_ids for c in eager]
+        # the compiled graphs ran: decode steps of 4, 2 and 1 rows (two of the last come from the n=1 tail)
+        assert compiled._ran >= {("main", 4, 1), ("main", 2, 1), ("main", 1, 1)}
+    spec = engine(chat, max_batch=1, speculative=True, compile=True)
+    greedy = SamplingParams(max_tokens=40, temperature=0)
+    for p in ps[:2]:
+        assert spec.generate([p], greedy)[0].token_ids == run_alone(chat, p, greedy).token_ids
+    assert ("main", 1, 2) in spec._ran and ("mtp", 1, 2) in spec._ran
+    assert spec.stats.acceptance_rate > 0.3
+
+
 def test_mtp_drafts_equal_the_training_time_mtp_prediction(chat):
     """Each draft the engine makes (from its MTP cache, across prefill, accepted and rejected steps) is the
     argmax of the MTP head of a full forward over the same tokens."""

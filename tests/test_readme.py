@@ -51,6 +51,16 @@ def test_readme_shell_journey_runs(tmp_path):
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "runs" / "sft" / "checkpoints" / "step_000010" / "model.safetensors").exists()
+    # GRPO from the SFT checkpoint, as written (a few short steps)
+    grpo = re.findall(r"```bash\n(nanoseek grpo .*?)```", text, flags=re.S)
+    assert len(grpo) == 1
+    argv = (grpo[0].replace("step_000100", "step_000010").replace("--steps 50", "--steps 2").split()
+            + ["--prompts-per-step", "4", "--group-size", "4", "--max-tokens", "16", "--task-size", "40",
+               "--held-out", "8", "--no-progress"])
+    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "runs" / "grpo" / "checkpoints" / "step_000002" / "model.safetensors").exists()
     # then generation from that checkpoint, through a shell as written (echo, redirection)
     gen = re.findall(r"```bash\n(echo .*?)```", text, flags=re.S)
     assert len(gen) == 1 and "nanoseek generate" in gen[0]

@@ -33,7 +33,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
 PLANNED = {
-    "grpo": "reinforcement learning with rule-checked rewards (R1-Zero / R1)",
     "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
 }
@@ -400,15 +399,41 @@ def cmd_sft(args: argparse.Namespace) -> int:
                                            f"{cfg.max_steps:06d}")
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (defaults None, so the config file, then the dataclass, decide)."""
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from nanoseek.tasks.task import TaskError
+    from nanoseek.train.grpo import GRPOConfig, train_grpo
+    from nanoseek.train.pretrain import load_train_config
+
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(GRPOConfig)}
+    overrides["model"] = args.checkpoint
+    cfg = load_train_config(args.config, overrides, GRPOConfig)
+    try:
+        _, last = train_grpo(cfg, resume=args.resume)
+    except TaskError as e:
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    if last and os.environ.get("RANK", "0") == "0":
+        held = f", held-out accuracy {last['eval_accuracy']:.3f}" if "eval_accuracy" in last else ""
+        print(f"step {last['step']}: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}{held}; checkpoints "
+              f"in {cfg.out_dir}/checkpoints, metrics in {cfg.out_dir}/metrics.jsonl (chat with the last: nanoseek "
+              f"chat {cfg.out_dir}/checkpoints/step_{last['step']:06d})")
+    return 0
+
+
+def _add_train_flags(p: argparse.ArgumentParser, cls: type | None = None, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of a training config (TrainConfig unless given; not those in skip), defaults None
+    so that the config file, then the dataclass, decide."""
     from nanoseek.train.pretrain import TrainConfig
 
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls or TrainConfig):
+        if f.name in skip:
+            continue
         flag, help = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
         if f.name == "extra":
             p.add_argument("--set", dest="extra", action="append", type=_key_value, metavar="KEY=VALUE",
                            help=f"{help.split(' (CLI')[0]}; repeatable")
+        elif str(f.type).startswith("dict"):
+            p.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=help.split(" (CLI")[0])
         elif isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help} (default {'on' if f.default else 'off'})")
@@ -416,6 +441,16 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             p.add_argument(flag, type=kind, default=None, metavar=f.name.split("_")[-1].upper(),
                            help=f"{help} (default {f.default!r})" if f.default not in ("", None) else help)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"min_terms\": 2}}', got {text!r}")
+    return value
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -449,7 +484,7 @@ def _engine(args: argparse.Namespace):
     try:
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                                       max_seq_len=args.max_seq_len, cache_tokens=args.cache_tokens,
-                                      speculative=args.speculative, prefix_cache=pc)
+                                      speculative=args.speculative, prefix_cache=pc, compile=args.compile)
     except ValueError as e:
         raise _BadArgs(str(e)) from None
 
@@ -556,6 +591,9 @@ def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
                    help="draft tokens with the MTP module and verify them in one forward (default: on when "
                         "the checkpoint has MTP layers and --max-batch <= 16, where it is faster); the output "
                         "is unchanged either way")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step at small batch (about 2x faster at batch 1 on CPU; each "
+                        "batch size compiles once, for 10-30 s, on its first use); speculation then defaults off")
     g.add_argument("--prefix-cache-dir", metavar="DIR",
                    help="also keep the prompt-prefix KV cache on disk here, across runs (default: memory only)")
 
@@ -707,6 +745,29 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(sft)
     sft.set_defaults(handler=cmd_sft)
+
+    grpo = sub.add_parser(
+        "grpo", help="reinforcement learning with rule-checked rewards (GRPO: R1-Zero from a base, R1 after SFT)",
+        description="GRPO (DeepSeekMath, R1): each step samples --group-size completions of --prompts-per-step "
+                    "prompts through the engine, scores them (the task's accuracy + format, optionally language "
+                    "consistency and an overlong penalty), normalises rewards within each group into advantages, "
+                    "and takes --mu clipped-ratio policy-gradient steps, with a k3 KL to a frozen reference when "
+                    "--beta > 0. Logs each reward part, accuracy, response lengths, KL, clip fractions, entropy "
+                    "and throughput to OUT_DIR/metrics.jsonl, and the held-out accuracy every --eval-every steps. "
+                    "Checkpoints are HF directories; --resume continues exactly; torchrun runs data-parallel.",
+        epilog="example (R1-Zero at toy scale, from a base model, with the R1-Zero text template):\n"
+               "  nanoseek grpo runs/base/checkpoints/step_000300 --task gym:basic_arithmetic --template r1-zero\n"
+               "a task of your own: --task mytask.py, a file with\n"
+               "  def prompts(): yield {\"prompt\": \"What is 2 + 2?\", \"reference\": \"4\"}\n"
+               "  def score(completion, reference): return float(completion.strip().endswith(reference))",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    grpo.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to train (model + tokenizer)")
+    grpo.add_argument("--config", help="a TOML or YAML file of GRPO settings (the flags below override it)")
+    grpo.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
+    from nanoseek.train.grpo import GRPOConfig
+
+    _add_train_flags(grpo, GRPOConfig, skip=("model",))
+    grpo.set_defaults(handler=cmd_grpo)
 
     chat = sub.add_parser(
         "chat", help="talk to a model in the terminal: its reasoning streams dimmed, then its answer",

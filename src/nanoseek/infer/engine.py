@@ -150,13 +150,14 @@ class Engine:
     Cache memory: max_batch rows x max_seq_len tokens. Give cache_tokens (a token budget) to size
     max_batch from it. A request whose prompt + max_tokens exceeds max_seq_len is refused at once.
     speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16. prefix_cache: a
-    PrefixCache, or None for none.
+    PrefixCache, or None for none. compile: torch.compile the decode and drafting forwards at small batch
+    (see _static); each batch size compiles once, on its first step.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
                  max_seq_len: int | None = None, cache_tokens: int | None = None,
                  prefix_cache: PrefixCache | None = None, speculative: bool | None = None,
-                 max_prefill_tokens: int = 4096):
+                 max_prefill_tokens: int = 4096, compile: bool = False):
         cfg = model.cfg
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         if tokenizer.vocab_size > cfg.vocab_size:
@@ -177,8 +178,9 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, {self.max_seq_len}")
         # measured on CPU (BENCHMARKS.md): drafting pays at batch 1-8 (+23% at 1) and loses at 64, where
         # the step is compute-bound and verifying doubles its tokens
+        # compiled, a plain step costs so little that drafting no longer pays at batch 1 (BENCHMARKS.md)
         if speculative is None:
-            speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO
+            speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO and not compile
         if speculative and not model.mtp:
             raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
         self.speculative = speculative
@@ -200,6 +202,16 @@ class Engine:
         # worker thread): one at a time
         self._lock = threading.RLock()
         self._finished_now: dict[str, _Request] = {}
+        self._compiled = None
+        if compile:  # shapes are static per batch size: one graph each, no recompiles as sequences grow
+            # cpp_wrapper: the graph's launcher in C++, not Python (~10% of a batch-1 step on CPU)
+            opts = {"dynamic": False, "fullgraph": True, "options": {"cpp_wrapper": True}}
+            self._compiled = {"main": torch.compile(self._main_forward, **opts),
+                              "mtp": torch.compile(self._mtp_forward, **opts)}
+            self._views: dict[int, KVCache] = {}
+            self._ran: set[tuple[str, int, int]] = set()  # (forward, bucket, tokens a row) compiled so far
+            # a graph per forward, bucket and 1 or 2 tokens: more than dynamo's default of 8 for V3's 256 experts
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None, **kw) -> Engine:
@@ -430,25 +442,23 @@ class Engine:
         self._sample_append(seqs, torch.stack([row_logits[s.row] for s in seqs]))
         self._mtp_draft(seqs)
 
-    def _positions(self, starts: Sequence[int] | Tensor, S: int) -> tuple[Tensor, Tensor]:
+    def _positions(self, starts: Sequence[int] | Tensor, S: int, full: bool = False) -> tuple[Tensor, Tensor]:
         """Positions (b, S) from per-row starts, and the mask (b, S, kv_len): a query at p sees 0..p.
+        kv_len is the longest row's, or with full the whole cache (a static shape, for a compiled step).
         Padding positions are clamped into the cache (their writes land on unread spare positions)."""
         starts = torch.as_tensor(starts, device=self.device)
         positions = (starts[:, None] + torch.arange(S, device=self.device)).clamp(max=self.cache.max_len - 1)
-        kv_len = int(positions.max()) + 1
+        kv_len = self.cache.max_len if full else int(positions.max()) + 1
         mask = torch.arange(kv_len, device=self.device)[None, None, :] <= positions[:, :, None]
         return positions, mask
 
     def _decode(self, speculate: bool) -> None:
-        seqs, k = self.rows, len(self.rows)
-        view = self.cache.rows(0, k)
+        seqs = self.rows
         if speculate:
             tokens = torch.tensor([[s.pending, s.draft] for s in seqs], device=self.device)
         else:
             tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
-        positions, mask = self._positions([s.len for s in seqs], tokens.shape[1])
-        h = self.model.hidden_states(tokens, positions, cache=view, mask=mask, absorb=True)
-        logits = self.model.lm_head(h)
+        h, logits = self._forward("main", (0, len(seqs)), tokens, [s.len for s in seqs])
         self.stats.decode_steps += 1
         for s in seqs:
             s.len += 1
@@ -471,15 +481,67 @@ class Engine:
 
     def _mtp(self, rows: tuple[int, int], h: Tensor, tokens: Tensor, starts: Sequence[int]) -> Tensor:
         """The MTP module on pairs (h_{p-1}, x_p) at indices starts+j; returns its normed output."""
-        layer = self.model.mtp[0]
-        positions, mask = self._positions(starts, tokens.shape[1])
+        return self._forward("mtp", rows, tokens, starts, h)[0]
+
+    # -----------------------------------------------------------------------------------------
+    # the forwards: eager, or compiled with static shapes
+
+    def _forward(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
+                 h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The main model ('main': hidden states and logits) or the MTP module ('mtp': its normed output
+        of h and the tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions starts + j."""
+        k, S = tokens.shape
+        view = self._static(rows, S)
+        if view is None:
+            fn, view = getattr(self, f"_{which}_forward"), self.cache.rows(*rows)
+            positions, mask = self._positions(starts, S)
+            args = (tokens, positions, mask, view) if h is None else (tokens, h, positions, mask, view)
+            return fn(*args)
+        b = view.kv.shape[1]
+        if b > k:  # pad to the bucket with dummy rows at position 0 of free cache rows; dropped after
+            tokens = torch.cat([tokens, tokens.new_zeros(b - k, S)])
+            h = None if h is None else torch.cat([h, h.new_zeros(b - k, *h.shape[1:])])
+        positions, mask = self._positions([*starts, *[0] * (b - k)], S, full=True)
+        args = (tokens, positions, mask, view) if h is None else (tokens, h, positions, mask, view)
+        key = (which, b, S)
+        if key in self._ran:
+            # dynamo checks ~100 guards a call (~0.1 ms, 10% of a batch-1 step); once a shape has compiled,
+            # only the guards that tell its graphs apart can change here: the engine's model keeps its
+            # parameters' shapes and dtypes and is always run in eval and inference mode
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                out = self._compiled[which](*args)
+        else:
+            out = self._compiled[which](*args)
+            self._ran.add(key)
+        return tuple(o[:k] if o is not None else None for o in out)
+
+    def _static(self, rows: tuple[int, int], S: int) -> KVCache | None:
+        """With compile, for a decode or verify step (S <= 2) on rows 0:k: the cache view of the bucket (k
+        rounded up to a power of two, at most max_batch) when a compiled step pays, else None. It pays at a
+        few tokens a step, where the eager step is per-op overhead (BENCHMARKS.md) and each token's routed
+        experts can be gathered (static shapes) while that copies fewer weights than all the experts hold;
+        past that, eager grouped matmuls win."""
+        if self._compiled is None or rows[0] != 0 or S > 2:
+            return None
+        b = min(1 << (rows[1] - 1).bit_length(), self.max_batch)
+        if self.cfg.n_routed_experts and b * S * self.cfg.num_experts_per_tok > self.cfg.n_routed_experts:
+            return None
+        if b not in self._views:
+            self._views[b] = self.cache.rows(0, b)
+        return self._views[b]
+
+    def _main_forward(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, Tensor]:
+        h = self.model.hidden_states(tokens, positions, cache=cache, mask=mask, absorb=True)
+        return h, self.model.lm_head(h)
+
+    def _mtp_forward(self, tokens: Tensor, h: Tensor, positions: Tensor, mask: Tensor,
+                     cache: KVCache) -> tuple[Tensor, None]:
         # index 0 holds no pair: hidden from every query but a placeholder at 0 itself (no empty softmax)
-        mask = mask & ((torch.arange(mask.shape[-1], device=self.device) >= 1) | (positions[..., None] == 0))
+        mask = mask & ((torch.arange(mask.shape[-1], device=mask.device) >= 1) | (positions[..., None] == 0))
         cos, sin = self.model.rope(positions, h.dtype)
-        _, hk = layer(self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask,
-                      cache=self.cache.rows(*rows), positions=positions, kv_len=mask.shape[-1],
-                      absorb=tokens.shape[1] < ABSORB_BELOW)
-        return hk
+        _, hk = self.model.mtp[0](self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask, cache=cache,
+                                  positions=positions, kv_len=mask.shape[-1], absorb=tokens.shape[1] < ABSORB_BELOW)
+        return hk, None
 
     def _mtp_prompt(self, reqs: list[_Request], rows: tuple[int, int], h: Tensor, tokens: Tensor,
                     starts: list[int], n_new: list[int]) -> None:

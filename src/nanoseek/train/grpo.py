@@ -13,10 +13,43 @@ completions) or `token` (DAPO: all tokens of the batch weigh the same, so long a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
 from torch import Tensor
+
+from nanoseek.checkpoint import load_model
+from nanoseek.infer.engine import Engine
+from nanoseek.infer.sampling import SamplingParams
+from nanoseek.model.model import Transformer, update_correction_bias
+from nanoseek.tasks.rewards import R1_ZERO_TEMPLATE, TEMPLATES, Reward, RewardConfig, reward
+from nanoseek.tasks.task import Example, Task, load_task
+from nanoseek.tokenizer import BOS, Tokenizer, render_chat
+from nanoseek.train.pretrain import (
+    Dist,
+    RunOptions,
+    Stop,
+    TrainConfigError,
+    _truncate_metrics,
+    all_mean,
+    build_optimizer,
+    finish,
+    latest_checkpoint,
+    load_training_state,
+    opt,
+    save_checkpoint,
+    setup_distributed,
+)
 
 LEVELS = ("sequence", "token")
 KL_CLAMP = 20.0
@@ -84,3 +117,346 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
             clip_high=(((ratio > 1 + eps_high) & (adv > 0)) * mask).sum().div(n).item(),
             ratio=((ratio * mask).sum() / n).item())
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop: rollouts by the engine, rewards by the task, updates by the objective above
+
+
+@dataclass
+class GRPOConfig(RunOptions):
+    model: str = opt("", "checkpoint directory to start from (a base model for R1-Zero, an SFT model for R1)")
+    task: str = opt("gym:basic_arithmetic", "gym:NAME (reasoning-gym), FILE.jsonl (GSM8K/MATH/prompt+answer) or "
+                                            "FILE.py (your prompts() and score())")
+    task_config: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "reasoning-gym options of a gym: task, a JSON object such as {\"min_terms\": 2}"})
+    task_size: int = opt(2000, "examples drawn from the task (train + held-out)")
+    task_seed: int = opt(0, "seed of a gym: task's examples and of the held-out split")
+    held_out: int = opt(100, "examples kept out of training for the held-out accuracy")
+    out_dir: str = opt("runs/grpo", "run directory: checkpoints/, metrics.jsonl, plots")
+    steps: int = opt(50, "rollout batches (one or more optimizer steps each, see mu)")
+    prompts_per_step: int = opt(16, "prompts per rollout batch (over all ranks)")
+    group_size: int = opt(8, "completions sampled per prompt (G)")
+    max_tokens: int = opt(128, "tokens per completion, reasoning included")
+    temperature: float = opt(1.0, "rollout sampling temperature")
+    top_p: float = opt(1.0, "rollout nucleus sampling")
+    lr: float = opt(1e-4, "learning rate (constant after warmup)")
+    warmup_steps: int = opt(0, "linear warmup, in optimizer steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay, matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "gradient-norm clip (0 = off)")
+    mu: int = opt(1, "optimizer steps per rollout batch; old-policy log-probs are fixed before the first")
+    micro_batch_size: int = opt(32, "completions per forward/backward")
+    beta: float = opt(0.0, "KL coefficient to the reference model (0: no reference model is kept)")
+    ref_refresh: int = opt(0, "copy the policy into the reference every N steps (0 = never)")
+    eps_low: float = opt(0.2, "lower clip of the ratio: 1 - eps_low")
+    eps_high: float = opt(0.2, "upper clip: 1 + eps_high (DAPO's clip-higher: 0.28)")
+    loss_level: str = opt("sequence", "sequence (GRPO: mean over each completion's tokens, then over completions) "
+                                      "or token (DAPO: every token of the batch weighs the same)")
+    scale_rewards: bool = opt(True, "divide advantages by the group's reward std (off: Dr. GRPO)")
+    dynamic_sampling: bool = opt(False, "DAPO: drop groups whose rewards are all equal and sample more prompts")
+    max_resample: int = opt(3, "dynamic sampling: extra rounds of prompts per step at most")
+    template: str = opt("chat", "chat (R1: the prompt opens <think>) or r1-zero (the R1-Zero text template)")
+    format_weight: float = opt(0.1, "weight of the format reward")
+    language_weight: float = opt(0.0, "weight of R1's language-consistency reward")
+    overlong_weight: float = opt(0.0, "weight of DAPO's overlong penalty")
+    overlong_buffer: int = opt(0, "tokens before max_tokens over which the overlong penalty ramps to -1")
+    eval_every: int = opt(10, "held-out accuracy (greedy) every N steps and at the start and end (0 = never)")
+    save_every: int = opt(10, "checkpoint every N steps (the end is always saved)")
+    seed: int = opt(0, "seed of the prompt order and of the rollouts")
+
+    def validate(self) -> None:
+        rules = [("model", bool(self.model), "a checkpoint directory"),
+                 ("steps", self.steps > 0, "> 0"), ("prompts_per_step", self.prompts_per_step > 0, "> 0"),
+                 ("group_size", self.group_size >= 2, ">= 2 (advantages compare completions of a prompt)"),
+                 ("max_tokens", self.max_tokens > 0, "> 0"), ("temperature", self.temperature > 0, "> 0"),
+                 ("top_p", 0 < self.top_p <= 1, "in (0, 1]"), ("lr", self.lr > 0, "> 0"),
+                 ("mu", self.mu >= 1, ">= 1"), ("micro_batch_size", self.micro_batch_size > 0, "> 0"),
+                 ("beta", self.beta >= 0, ">= 0"), ("ref_refresh", self.ref_refresh >= 0, ">= 0"),
+                 ("eps_low", 0 <= self.eps_low < 1, "in [0, 1)"), ("eps_high", self.eps_high >= 0, ">= 0"),
+                 ("loss_level", self.loss_level in LEVELS, " or ".join(LEVELS)),
+                 ("template", self.template in TEMPLATES, " or ".join(TEMPLATES)),
+                 ("held_out", 0 < self.held_out < self.task_size, f"in [1, task_size - 1 = {self.task_size - 1}]"),
+                 ("max_resample", self.max_resample >= 0, ">= 0"), ("eval_every", self.eval_every >= 0, ">= 0"),
+                 ("save_every", self.save_every >= 0, ">= 0"), ("keep_last", self.keep_last >= 1, ">= 1"),
+                 ("overlong_buffer", 0 <= self.overlong_buffer <= self.max_tokens, "in [0, max_tokens]")]
+        for name, ok, rule in rules:
+            if not ok:
+                raise TrainConfigError(f"grpo config '{name}': {getattr(self, name)!r} is invalid; must be {rule}")
+
+    def rewards(self) -> RewardConfig:
+        return RewardConfig(template=self.template, format=self.format_weight, language=self.language_weight,
+                            overlong=self.overlong_weight, max_tokens=self.max_tokens,
+                            overlong_buffer=self.overlong_buffer)
+
+
+def render_prompt(question: str, template: str) -> str:
+    """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text template."""
+    if template == "r1-zero":
+        return BOS + R1_ZERO_TEMPLATE.format(prompt=question)
+    return render_chat([{"role": "user", "content": question}])
+
+
+@dataclass
+class Rollout:
+    """One rollout batch, flattened: completion i belongs to group i // group_size."""
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    rewards: list[Reward]
+    finish: list[str]
+    groups: int
+
+
+def rollout(engine: Engine, task: Task, examples: list[Example], seeds: list[int], cfg: GRPOConfig) -> Rollout:
+    """group_size completions of each example, sampled with its seed, and their rewards."""
+    params = [SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
+                             max_tokens=cfg.max_tokens, seed=seed) for seed in seeds]
+    done = engine.generate([render_prompt(e.prompt, cfg.template) for e in examples], params)
+    rcfg = cfg.rewards()
+    out = Rollout([], [], [], [], len(examples))
+    for j, c in enumerate(done):
+        ex = examples[j // cfg.group_size]
+        out.prompt_ids.append(c.prompt_token_ids)
+        out.completion_ids.append(c.token_ids)
+        out.rewards.append(reward(c.text, task.score(c.text, ex), rcfg, ex.prompt, len(c.token_ids)))
+        out.finish.append(c.finish_reason)
+    return out
+
+
+def token_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
+                   device: torch.device, entropy: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """log pi(token) of every completion token (N, T) with its mask, right-padded to the longest
+    completion, and optionally the policy's entropy at those positions."""
+    n, T = len(completions), max(len(c) for c in completions)
+    L = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    ids = torch.zeros(n, L, dtype=torch.long)
+    index = torch.zeros(n, T, dtype=torch.long)  # where each completion token's logits are
+    mask = torch.zeros(n, T)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        index[i, : len(c)] = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+        mask[i, : len(c)] = 1
+    ids, index, mask = ids.to(device), index.to(device), mask.to(device)
+    logits = model(ids[:, :-1]).logits
+    logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float()  # (n, T, V)
+    logp_all = logits.log_softmax(dim=-1)
+    targets = ids.gather(1, (index + 1).clamp(max=L - 1))
+    logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, mask, ent
+
+
+def _micro(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict[str, Any]]:
+    """Run (or resume) GRPO; returns the trained model and the last metrics record."""
+    cfg.validate()
+    from nanoseek.train.telemetry import Telemetry
+
+    d, dev = setup_distributed(cfg.device)
+    if cfg.prompts_per_step % d.world_size:
+        raise TrainConfigError(f"grpo config 'prompts_per_step': {cfg.prompts_per_step} is not a multiple of the "
+                               f"world size {d.world_size}")
+    run = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+    if not (Path(cfg.model) / "config.json").exists():
+        raise TrainConfigError(f"grpo config 'model': {cfg.model} is not a checkpoint directory (no config.json)")
+    task = load_task(cfg.task, cfg.task_size, cfg.task_seed, cfg.task_config or None)
+    if len(task.examples) <= cfg.held_out:
+        raise TrainConfigError(f"grpo config 'held_out': {cfg.held_out} leaves no training examples of the "
+                               f"{len(task.examples)} that task {task.name} has")
+    train_task, test_task = task.split(cfg.held_out, cfg.task_seed)
+    start = latest_checkpoint(run) if resume else None
+    weights = start or Path(cfg.model)
+    model = load_model(weights, device=dev, dtype=torch.float32)
+    tok = Tokenizer.load(weights)
+    ref = None
+    if cfg.beta > 0:  # the frozen reference: the starting model, or the policy at the last refresh
+        ref = load_model(Path(cfg.model), device=dev, dtype=torch.float32).eval().requires_grad_(False)
+    longest = max(len(tok.encode(render_prompt(e.prompt, cfg.template))) for e in task.examples)
+    per_rank = cfg.prompts_per_step // d.world_size
+    engine = Engine(model, tok, max_batch=min(per_rank * cfg.group_size, 256), max_seq_len=longest + cfg.max_tokens,
+                    speculative=False, max_prefill_tokens=max(4096, longest * 64))
+    model.train()
+    # the MTP modules are pretraining's (and speculation's): RL's loss never reaches them, and DDP wants every
+    # trained parameter to get a gradient
+    model.mtp.requires_grad_(False)
+    policy: torch.nn.Module = model
+    if d.world_size > 1:
+        policy = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    optim = build_optimizer(model, cfg)
+
+    step, cursor, elapsed, samples = 0, 0, 0.0, 0
+    if start is not None:
+        state = load_training_state(start, model, optim, fsdp=False)
+        step, cursor, elapsed, samples = state["step"], state["cursor"], state["elapsed_s"], state["samples"]
+        if ref is not None and cfg.ref_refresh:
+            ref.load_state_dict(load_file(start / "reference.safetensors"))
+    metrics_path = run / "metrics.jsonl"
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        for stale in (run / "checkpoints").glob(".step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (run / "grpo_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        _truncate_metrics(metrics_path, step)
+    tel = Telemetry(run, cfg, d.main, total_steps=cfg.steps, start_step=step, device=dev,
+                    bar={"reward": "reward", "acc": "accuracy", "len": "response_len"})
+    order = _prompt_order(len(train_task.examples), cfg.seed)
+
+    def next_batch(k: int) -> Rollout:
+        """Roll out this rank's share of the next k x world_size prompts of the epoch-shuffled stream. Each
+        prompt's sampling seed is its place in the stream, so the completions do not depend on the world
+        size, on what else is in the batch, or on whether the run was resumed."""
+        nonlocal cursor
+        places = list(range(cursor + d.rank * k, cursor + (d.rank + 1) * k))
+        cursor += k * d.world_size
+        return rollout(engine, train_task, [train_task.examples[order(p)] for p in places],
+                       [cfg.seed * 1_000_003 + p for p in places], cfg)
+
+    stop = Stop()
+    record: dict[str, Any] = {}
+    try:
+        if cfg.eval_every and step == 0:
+            tel.log({"step": 0, "eval_accuracy": held_out_accuracy(engine, test_task, cfg)}, advance=False)
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = next_batch(per_rank)
+            dropped = 0
+            if cfg.dynamic_sampling:
+                batch, dropped = _keep_varied(batch, cfg, next_batch)
+            t_roll = time.perf_counter() - t0
+            record = _update(policy, model, ref, optim, batch, cfg, step, dev, d)
+            if ref is not None and cfg.ref_refresh and (step + 1) % cfg.ref_refresh == 0:
+                ref.load_state_dict(model.state_dict())
+            step += 1
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            n_done = len(batch.completion_ids)
+            samples += n_done * d.world_size
+            gen = sum(len(c) for c in batch.completion_ids)
+            lens = [len(c) for c in batch.completion_ids]
+            parts = {k: sum(getattr(r, k) for r in batch.rewards) / n_done
+                     for k in ("total", "accuracy", "format", "language", "overlong")}
+            stats = torch.tensor([parts["total"], parts["accuracy"], parts["format"], parts["language"],
+                                  parts["overlong"], sum(lens) / n_done,
+                                  sum(f == "length" for f in batch.finish) / n_done], device=dev)
+            reward_mean, acc, fmt, lang, over, mean_len, truncated = all_mean(stats, d).tolist()
+            record.update({"step": step, "reward": reward_mean, "accuracy": acc, "reward_format": fmt,
+                           "reward_language": lang, "reward_overlong": over, "response_len": mean_len,
+                           "response_len_max": max(lens), "truncated": truncated, "groups": batch.groups,
+                           "groups_dropped": dropped, "samples": samples, "rollout_s": t_roll,
+                           "train_s": dt - t_roll, "rollout_tokens_per_s": gen * d.world_size / t_roll,
+                           "samples_per_s": n_done * d.world_size / dt, "elapsed_s": elapsed,
+                           "world_size": d.world_size})
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                record["eval_accuracy"] = held_out_accuracy(engine, test_task, cfg)
+            tel.log(record)
+            stopping = stop.agreed(d, dev)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
+                extra = {"reference.safetensors": ref.state_dict()} if ref is not None and cfg.ref_refresh else {}
+                save_checkpoint(run, step, model, optim, {"cursor": cursor, "elapsed_s": elapsed,
+                                                          "samples": samples}, tok, cfg.keep_last, d, False, extra)
+            if stopping:
+                break
+    finally:
+        stop.restore()
+    finish(tel, d)
+    return model, record
+
+
+def _prompt_order(n: int, seed: int):
+    """Position -> example index: a fresh shuffle of the n examples each epoch, fixed by the seed (so a
+    resumed run draws the same prompts from its saved cursor)."""
+    perms: dict[int, list[int]] = {}
+
+    def at(position: int) -> int:
+        epoch = position // n
+        if epoch not in perms:
+            perms[epoch] = list(range(n))
+            random.Random(seed * 1_000_003 + epoch).shuffle(perms[epoch])
+        return perms[epoch][position % n]
+    return at
+
+
+def _keep_varied(batch: Rollout, cfg: GRPOConfig, more) -> tuple[Rollout, int]:
+    """DAPO's dynamic sampling: groups whose rewards are all equal have zero advantage and teach nothing;
+    drop them and roll out more prompts (more(k)) until the batch has as many groups as asked, or
+    max_resample rounds have run. Returns the batch and the number of groups dropped."""
+    want, dropped = batch.groups, 0
+    kept = Rollout([], [], [], [], 0)
+    for r in range(cfg.max_resample + 1):
+        G = cfg.group_size
+        for g in range(batch.groups):
+            sl = slice(g * G, (g + 1) * G)
+            totals = {x.total for x in batch.rewards[sl]}
+            if len(totals) == 1 or kept.groups == want:
+                dropped += len(totals) == 1
+                continue
+            for name in ("prompt_ids", "completion_ids", "rewards", "finish"):
+                getattr(kept, name).extend(getattr(batch, name)[sl])
+            kept.groups += 1
+        if kept.groups == want or r == cfg.max_resample:
+            break
+        batch = more(want - kept.groups)
+    if kept.groups == 0:  # nothing varied at all: keep the last batch (its loss is zero, its stats still count)
+        return batch, dropped
+    return kept, dropped
+
+
+def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None, optim: torch.optim.Optimizer,
+            batch: Rollout, cfg: GRPOConfig, step: int, dev: torch.device, d: Dist) -> dict[str, Any]:
+    """mu optimizer steps on one rollout batch; returns the loss statistics of the last."""
+    totals = torch.tensor([r.total for r in batch.rewards])
+    adv = group_advantages(totals, cfg.group_size, scale=cfg.scale_rewards).to(dev)
+    P, C = batch.prompt_ids, batch.completion_ids
+    parts = _micro(len(C), cfg.micro_batch_size)
+    n_tokens = sum(len(c) for c in C)
+    old = refs = None
+    if cfg.mu > 1:  # pi_old: the policy that sampled, fixed for all mu steps
+        with torch.no_grad():
+            old = [token_logprobs(model, P[s], C[s], dev)[0] for s in parts]
+    if ref is not None:
+        with torch.no_grad():
+            refs = [token_logprobs(ref, P[s], C[s], dev)[0] for s in parts]
+    t0 = time.perf_counter()
+    for it in range(cfg.mu):
+        lr = cfg.lr * min(1.0, (step * cfg.mu + it + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for g in optim.param_groups:
+            g["lr"] = lr
+        acc = torch.zeros(7, device=dev)  # loss, policy loss, kl, clip low, clip high, ratio, entropy
+        for j, s in enumerate(parts):
+            last = j == len(parts) - 1
+            sync = nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
+            with sync:
+                logp, mask, ent = token_logprobs(policy, P[s], C[s], dev, entropy=True)
+                loss, st = grpo_loss(logp, logp.detach() if old is None else old[j], adv[s], mask,
+                                     None if refs is None else refs[j], cfg.beta, cfg.eps_low, cfg.eps_high,
+                                     cfg.loss_level)
+                # each micro-batch's share of the batch mean: by completions (sequence) or by tokens (token)
+                share = (s.stop - s.start) / len(C) if cfg.loss_level == "sequence" else mask.sum().item() / n_tokens
+                (loss * share).backward()
+            w = mask.sum().item() / n_tokens
+            acc += torch.tensor([st.loss * share, st.policy_loss * share, st.kl * w, st.clip_low * w,
+                                 st.clip_high * w, st.ratio * w, ((ent * mask).sum() / n_tokens).item()], device=dev)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e9)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        update_correction_bias(model)
+    dt = time.perf_counter() - t0
+    loss, policy_loss, kl, clip_low, clip_high, ratio, entropy = all_mean(acc, d).tolist()
+    return {"loss": loss, "policy_loss": policy_loss, "kl": kl, "clip_low": clip_low, "clip_high": clip_high,
+            "ratio": ratio, "entropy": entropy, "lr": lr, "grad_norm": float(grad_norm),
+            "train_tokens_per_s": cfg.mu * (n_tokens + sum(len(p) for p in P)) * d.world_size / dt}
+
+
+def held_out_accuracy(engine: Engine, task: Task, cfg: GRPOConfig) -> float:
+    """Greedy pass@1 on the held-out examples, the answer checked by the task (format not required)."""
+    done = engine.generate([render_prompt(e.prompt, cfg.template) for e in task.examples],
+                           SamplingParams(temperature=0, max_tokens=cfg.max_tokens))
+    return sum(task.score(c.text, e) for c, e in zip(done, task.examples)) / len(task.examples)

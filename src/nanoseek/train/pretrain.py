@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from nanoseek.checkpoint import atomic_directory, load_model, write_model_files
+from nanoseek.checkpoint import _unshare, atomic_directory, load_model, write_model_files
 from nanoseek.data import PackedLoader, read_meta
 from nanoseek.model.config import resolve_config
 from nanoseek.model.counting import flops_per_token
@@ -50,7 +50,17 @@ def opt(default: Any, help: str) -> Any:
 
 
 @dataclass
-class TrainConfig:
+class RunOptions:
+    """What every training command has: its device, checkpoints kept, and what the person watching sees."""
+    device: str = opt("auto", "auto (cuda if available) | cpu | cuda")
+    keep_last: int = opt(2, "checkpoints kept")
+    progress: bool = opt(True, "progress bar")
+    wandb_project: str = opt("", "also log to this Weights & Biases project (if wandb is installed)")
+    tensorboard: bool = opt(False, "also log to TensorBoard in out_dir/tensorboard (if installed)")
+
+
+@dataclass
+class TrainConfig(RunOptions):
     model: str = opt("tiny", "preset, config.json, or a checkpoint directory to start from its weights")
     data: str = opt("", "prepared data directory (train.bin, val.bin, meta.json) from `nanoseek data prepare`")
     tokenizer: str = opt("", "tokenizer directory: saved into checkpoints, used for sample generations")
@@ -78,15 +88,10 @@ class TrainConfig:
     eval_every: int = opt(50, "validation loss every N steps and at the end (0 = never)")
     eval_batches: int = opt(8, "micro-batches per validation")
     save_every: int = opt(100, "checkpoint every N steps (the end is always saved; 0 = only the end)")
-    keep_last: int = opt(2, "checkpoints kept")
     sample_every: int = opt(0, "log a greedy sample every N steps (needs tokenizer; 0 = never)")
     seed: int = opt(0, "seed of the initial weights and the data order")
-    device: str = opt("auto", "auto (cuda if available) | cpu | cuda")
     compile: bool = opt(False, "torch.compile the model")
     fsdp: bool = opt(False, "under torchrun: shard parameters, gradients and optimizer state (FSDP2)")
-    progress: bool = opt(True, "progress bar")
-    wandb_project: str = opt("", "also log to this Weights & Biases project (if wandb is installed)")
-    tensorboard: bool = opt(False, "also log to TensorBoard in out_dir/tensorboard (if installed)")
     extra: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "model config overrides, e.g. n_group=1, aux_loss_alpha=0, or bias_update_speed (gamma: a bias "
                 "moves at most gamma a step, so V3's 0.001 barely acts in a toy run of a few hundred steps; "
@@ -109,8 +114,10 @@ class TrainConfig:
                 raise TrainConfigError(f"train config '{name}': {getattr(self, name)!r} is invalid; must be {rule}")
 
 
-def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A TOML (or YAML) file, then command-line overrides; unknown keys are errors, not silently dropped."""
+def load_train_config(path: str | Path | None, overrides: dict[str, Any], cls: type | None = None) -> Any:
+    """A TOML (or YAML) file, then command-line overrides; unknown keys are errors, not silently dropped.
+    cls: the config dataclass (TrainConfig, or GRPOConfig for `nanoseek grpo`)."""
+    cls = cls or TrainConfig
     values: dict[str, Any] = {}
     if path:
         path = Path(path)
@@ -126,7 +133,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> Tra
         if not isinstance(values, dict):
             raise TrainConfigError(f"{path}: expected a table of settings, got {type(values).__name__}")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TrainConfigError(f"{path or 'train config'}: unknown key(s) {', '.join(unknown)}; "
@@ -139,7 +146,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> Tra
                 continue
             raise TrainConfigError(f"{path or 'train config'}: '{key}' must be {allowed[-1].__name__}, "
                                    f"got {value!r}")
-    cfg = TrainConfig(**values)
+    cfg = cls(**values)
     cfg.validate()
     return cfg
 
@@ -202,15 +209,25 @@ def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
 # checkpoints: <out_dir>/checkpoints/step_000100/ = HF model files + train_state.{json,safetensors}
 
 
-def save_checkpoint(run: Path, step: int, model: Transformer, opt: torch.optim.Optimizer, loader: PackedLoader,
-                    state: dict[str, Any], tokenizer: Any, keep_last: int, d: Dist, fsdp: bool) -> None:
-    """Every rank calls this (FSDP gathers full tensors); rank 0 writes. Optimizer moments are keyed by
-    parameter name in safetensors, so no pickle is needed to resume."""
+def save_checkpoint(run: Path, step: int, model: Transformer, opt: torch.optim.Optimizer, state: dict[str, Any],
+                    tokenizer: Any, keep_last: int, d: Dist, fsdp: bool,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """Every rank calls this (FSDP gathers full tensors); rank 0 writes, the others wait for it. Optimizer
+    moments are keyed by parameter name in safetensors, so no pickle is needed to resume. state goes to
+    train_state.json (the data position included); extra: more safetensors files (name -> tensors), e.g.
+    GRPO's reference model."""
     opts = StateDictOptions(full_state_dict=fsdp, cpu_offload=fsdp)
     model_state = get_model_state_dict(model, options=opts)
     opt_state = get_optimizer_state_dict(model, opt, options=opts)
-    if not d.main:
-        return
+    if d.main:
+        _write_checkpoint(run, step, model, model_state, opt_state, state, tokenizer, keep_last, fsdp, extra)
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def _write_checkpoint(run: Path, step: int, model: Transformer, model_state: dict, opt_state: dict,
+                      state: dict[str, Any], tokenizer: Any, keep_last: int, fsdp: bool,
+                      extra: dict[str, dict[str, torch.Tensor]] | None) -> None:
     if fsdp:  # rank 0 now holds every tensor: rebuild a plain model around them to write the HF files
         with torch.device("meta"):
             plain = Transformer(model.cfg)
@@ -225,7 +242,9 @@ def save_checkpoint(run: Path, step: int, model: Transformer, opt: torch.optim.O
         if torch.cuda.is_available():
             tensors["rng::cuda"] = torch.cuda.get_rng_state()
         save_file(tensors, tmp / "train_state.safetensors")
-        meta = dict(state, step=step, loader=loader.state_dict(), python_rng=_jsonable(random.getstate()))
+        for name, tensors in (extra or {}).items():
+            save_file(_unshare({k: v.detach().cpu().contiguous() for k, v in tensors.items()}), tmp / name)
+        meta = dict(state, step=step, python_rng=_jsonable(random.getstate()))
         (tmp / "train_state.json").write_text(json.dumps(meta, indent=1))
     for old in sorted((run / "checkpoints").glob("step_*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -444,16 +463,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
             stopping = stop.agreed(d, dev)
             last = step == cfg.max_steps or stopping
             if (cfg.save_every and step % cfg.save_every == 0) or last:
-                save_checkpoint(run, step, model, opt, train_loader, {"tokens": tokens, "elapsed_s": elapsed},
+                save_checkpoint(run, step, model, opt, {"tokens": tokens, "elapsed_s": elapsed,
+                                                        "loader": train_loader.state_dict()},
                                 tokenizer, cfg.keep_last, d, fsdp)
-                if d.world_size > 1:
-                    dist.barrier()
     finally:
         stop.restore()
+    finish(tel, d)
+    return model, record
+
+
+def finish(tel: Any, d: Dist) -> None:
+    """The end of a run: plots and logs closed, the process group (under torchrun) taken down."""
     tel.close()
     if d.world_size > 1:
         dist.destroy_process_group()
-    return model, record
 
 
 def _z(x: torch.Tensor | None, dev: torch.device) -> torch.Tensor:

@@ -11,8 +11,11 @@ import torch
 
 
 class Telemetry:
-    def __init__(self, run: Path, cfg: Any, main: bool, total_steps: int, start_step: int, device: torch.device):
+    def __init__(self, run: Path, cfg: Any, main: bool, total_steps: int, start_step: int, device: torch.device,
+                 bar: dict[str, str] | None = None):
+        """bar: what the progress bar shows, label -> record key (default: pretraining's loss and tokens/s)."""
         self.run, self.main, self.device = run, main, device
+        self.bar_keys = bar
         self.peak: float | None = None
         self.bar = self.wandb = self.tb = None
         if not main:
@@ -54,13 +57,18 @@ class Telemetry:
             mfu = tokens_per_s_per_device * flops_per_token / self.peak
         return None if mfu != mfu else round(mfu, 4)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], advance: bool = True) -> None:
+        """Write a metrics record; advance: it ends a step (the bar moves)."""
         if not self.main:
             return
         record = dict(record, device=str(self.device))
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
-        if self.bar is not None:
+        if self.bar is not None and advance and self.bar_keys:
+            self.bar.set_postfix({label: f"{record[k]:.3g}" for label, k in self.bar_keys.items() if k in record},
+                                 refresh=False)
+            self.bar.update(1)
+        elif self.bar is not None and advance:
             post = {"loss": f"{record['main_loss']:.3f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
             if record.get("mfu") is not None:
                 post["mfu"] = f"{100 * record['mfu']:.1f}%"
@@ -89,7 +97,8 @@ class Telemetry:
 
 
 def plot_run(run: Path) -> list[Path]:
-    """loss.png (train / val / MTP) and expert_load.png (MaxVio per MoE layer) from metrics.jsonl."""
+    """From metrics.jsonl: loss.png (train / val / MTP) and expert_load.png (MaxVio per MoE layer) of a
+    training run; rewards.png and response_length.png of a GRPO run (the two curves R1-Zero is known by)."""
     try:
         import matplotlib
 
@@ -98,32 +107,43 @@ def plot_run(run: Path) -> list[Path]:
     except ImportError:
         return []
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        return []
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["main_loss"] for r in rows], label="train (main)")
-    if any(r.get("mtp_loss") for r in rows):
-        ax.plot(steps, [r["mtp_loss"] for r in rows], label="MTP (weighted)")
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
-    ax.set(xlabel="step", ylabel="loss", title=f"{run.name}: loss")
-    ax.legend()
-    fig.tight_layout()
-    out = [run / "loss.png"]
-    fig.savefig(out[0], dpi=110)
-    plt.close(fig)
-    if rows[0].get("max_vio"):
+
+    def figure(name: str, title: str, ylabel: str, lines: list[tuple[list, list, str, str]]) -> Path:
+        """One PNG of (x, y, label, matplotlib format) lines; empty lines are left out."""
         fig, ax = plt.subplots(figsize=(7, 4))
-        for layer in range(len(rows[0]["max_vio"])):
-            ax.plot(steps, [r["max_vio"][layer] for r in rows], label=f"MoE layer {layer}")
-        for k in range(len(rows[0].get("max_vio_mtp") or [])):
-            ax.plot(steps, [r["max_vio_mtp"][k] for r in rows], "--", label=f"MTP module {k + 1}")
-        ax.set(xlabel="step", ylabel="MaxVio (max load / mean - 1)", title=f"{run.name}: expert load balance")
+        for x, y, label, fmt in lines:
+            if y:
+                ax.plot(x, y, fmt, label=label)
+        ax.set(xlabel="step", ylabel=ylabel, title=f"{run.name}: {title}")
         ax.legend()
         fig.tight_layout()
-        out.append(run / "expert_load.png")
-        fig.savefig(out[1], dpi=110)
+        fig.savefig(run / name, dpi=110)
         plt.close(fig)
+        return run / name
+
+    def series(key: str, where: list[dict[str, Any]] = rows) -> tuple[list, list]:
+        have = [r for r in where if key in r]
+        return [r["step"] for r in have], [r[key] for r in have]
+
+    if any("reward" in r for r in rows):
+        steps = [r for r in rows if "reward" in r]
+        return [figure("rewards.png", "rewards", "reward / accuracy",
+                       [(*series("reward"), "reward (total)", "-"), (*series("accuracy"), "accuracy (rollouts)", "-"),
+                        (*series("eval_accuracy"), "accuracy (held out, greedy)", "o-")]),
+                figure("response_length.png", "response length", "tokens per completion",
+                       [(*series("response_len", steps), "mean", "-"),
+                        (*series("response_len_max", steps), "max", ":")])]
+    if not rows:
+        return []
+    mtp = series("mtp_loss") if any(r.get("mtp_loss") for r in rows) else ([], [])
+    losses = [(*series("main_loss"), "train (main)", "-"), (*mtp, "MTP (weighted)", "-"),
+              (*series("val_loss"), "validation", "o-")]
+    out = [figure("loss.png", "loss", "loss", losses)]
+    if rows[0].get("max_vio"):
+        steps = [r["step"] for r in rows]
+        lines = [(steps, [r["max_vio"][i] for r in rows], f"MoE layer {i}", "-")
+                 for i in range(len(rows[0]["max_vio"]))]
+        lines += [(steps, [r["max_vio_mtp"][k] for r in rows], f"MTP module {k + 1}", "--")
+                  for k in range(len(rows[0].get("max_vio_mtp") or []))]
+        out.append(figure("expert_load.png", "expert load balance", "MaxVio (max load / mean - 1)", lines))
     return out

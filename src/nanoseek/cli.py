@@ -33,7 +33,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
 PLANNED = {
-    "eval": "pass@1 / cons@k / pass@k on GSM8K, MATH-500, AIME",
     "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
 }
 
@@ -524,14 +523,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from nanoseek.tasks.task import TaskError, load_task
     from nanoseek.train.rejection import rejection_sample, write_samples
 
-    try:
-        config = json.loads(args.task_config) if args.task_config else None
-        task = load_task(args.task, size=args.size, seed=args.task_seed, config=config)
-    except (TaskError, json.JSONDecodeError) as e:
-        print(f"nanoseek: error: {e}", file=sys.stderr)
+    task = _task(args)
+    if task is None:
         return 2
     engine = _engine(args)
     params = _sampling(args)
@@ -544,6 +539,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"{task.name}: kept {counts['kept']:,} of {counts['samples']:,} samples ({counts['prompts_solved']:,} of "
           f"{counts['prompts']:,} prompts solved at least once) -> {args.out} (train on it: nanoseek sft CHECKPOINT "
           f"--chats {args.out})")
+    return 0
+
+
+def _task(args: argparse.Namespace):
+    """The task of --task/--task-config/--size/--task-seed, or None after printing why it cannot load."""
+    from nanoseek.tasks.task import TaskError, load_task
+
+    try:
+        config = json.loads(args.task_config) if args.task_config else None
+        return load_task(args.task, size=args.size, seed=args.task_seed, config=config)
+    except (TaskError, json.JSONDecodeError) as e:
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nanoseek.eval.evaluate import EvalConfig, evaluate, write_results
+
+    task = _task(args)
+    if task is None:
+        return 2
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else []
+        cfg = EvalConfig(k=args.k, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                         template=args.template, budgets=budgets, budget_samples=args.budget_samples,
+                         answer_tokens=args.answer_tokens, seed=args.seed)
+    except ValueError as e:
+        raise _BadArgs(f"--budgets: {e}" if "invalid literal" in str(e) else str(e)) from None
+    engine = _engine(args)
+    try:
+        res = evaluate(engine, task, cfg, progress=not args.quiet)
+    except ValueError as e:  # TaskError, or a prompt + --max-tokens past --max-seq-len
+        print(f"nanoseek: error: {e}", file=sys.stderr)
+        return 2
+    files = write_results(res, args.out_dir, args.title or f"{Path(args.checkpoint or 'default model').name} "
+                                                         f"on {task.name}")
+    print((Path(args.out_dir) / "eval.md").read_text())
+    print("written: " + ", ".join(str(f) for f in files))
     return 0
 
 
@@ -596,6 +629,14 @@ def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
                         "batch size compiles once, for 10-30 s, on its first use); speculation then defaults off")
     g.add_argument("--prefix-cache-dir", metavar="DIR",
                    help="also keep the prompt-prefix KV cache on disk here, across runs (default: memory only)")
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="gym:NAME (a reasoning-gym dataset), FILE.jsonl (GSM8K / MATH / "
+                   "prompt+answer lines) or FILE.py (prompts() and score(completion, reference))")
+    p.add_argument("--task-config", help="reasoning-gym options as JSON, e.g. '{\"min_terms\": 2}'")
+    p.add_argument("--size", type=_positive_int, default=200, help="prompts (default 200; a file: its first N)")
+    p.add_argument("--task-seed", type=int, default=0, help="seed of reasoning-gym's prompts (default 0)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float, top_p: float, max_tokens: int | None) -> None:
@@ -709,10 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
                         help="the model to sample from (default: the model nanoseek ships)")
-    sample.add_argument("--task", required=True, help="gym:NAME, FILE.jsonl or FILE.py")
-    sample.add_argument("--task-config", help="reasoning-gym options as JSON, e.g. '{\"min_terms\": 2}'")
-    sample.add_argument("--size", type=_positive_int, default=200, help="prompts (default 200)")
-    sample.add_argument("--task-seed", type=int, default=0, help="seed of reasoning-gym's prompts (default 0)")
+    _add_task_flags(sample)
     sample.add_argument("--k", type=_positive_int, default=8, help="samples per prompt (default 8)")
     sample.add_argument("--min-score", type=float, default=1.0, help="keep samples scoring at least this (default 1)")
     sample.add_argument("--shortest", action="store_true", help="keep only the shortest kept sample per prompt")
@@ -721,6 +759,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(sample, max_batch=64)
     _add_sampling_flags(sample, temperature=0.6, top_p=0.95, max_tokens=256)
     sample.set_defaults(handler=cmd_sample)
+
+    ev = sub.add_parser(
+        "eval", help="pass@1 over k samples, cons@k, pass@k, and accuracy against k and the thinking budget",
+        description="R1's evaluation: k samples per prompt (temperature 0.6, top-p 0.95 by default) give "
+                    "pass@1 (their mean score), cons@k (the majority answer; answers equal as math vote "
+                    "together) and pass@k (the unbiased estimator), also for every power of two below k. "
+                    "--budgets adds test-time scaling by budget forcing: the reasoning is cut at B tokens, "
+                    "</think> is appended, and the model answers. Writes eval.json, eval.md, samples.jsonl, "
+                    "accuracy_vs_k.png and accuracy_vs_budget.png to --out-dir and prints the Markdown.",
+        epilog="example: nanoseek eval runs/grpo/checkpoints/step_000050 --task gym:basic_arithmetic --task-seed 7 "
+               "--k 8 --budgets 8,16,32,64\n"
+               "         nanoseek eval CKPT --task gsm8k_test.jsonl --size 500 --max-tokens 1024",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                    help="the model to evaluate (default: the model nanoseek ships)")
+    _add_task_flags(ev)
+    ev.add_argument("--k", type=_positive_int, default=8, help="samples per prompt (default 8)")
+    ev.add_argument("--template", choices=("chat", "r1-zero"), default="chat",
+                    help="the prompt: R1's chat turn, or R1-Zero's plain-text template (default chat)")
+    ev.add_argument("--budgets", metavar="B1,B2,...", help="thinking budgets in tokens for the test-time scaling curve")
+    ev.add_argument("--budget-samples", type=_positive_int, default=1, help="samples per prompt at each budget "
+                    "(default 1)")
+    ev.add_argument("--answer-tokens", type=_positive_int, default=32,
+                    help="tokens the model may answer in after a forced </think> (default 32)")
+    ev.add_argument("--out-dir", default="runs/eval", help="where the results go (default runs/eval)")
+    ev.add_argument("--title", help="the results' heading (default: checkpoint and task)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_flags(ev, max_batch=64)
+    g = ev.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.6, help="(default 0.6, as R1 evaluates)")
+    g.add_argument("--top-p", type=float, default=0.95, help="(default 0.95)")
+    g.add_argument("--max-tokens", type=_positive_int, default=256, help="per completion, reasoning included "
+                   "(default 256)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.set_defaults(handler=cmd_eval)
 
     sft = sub.add_parser(
         "sft", help="supervised fine-tuning on chats (with reasoning_content), loss on the assistant's turns",

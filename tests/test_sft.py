@@ -75,3 +75,36 @@ def test_student_is_a_new_model_in_the_teachers_tokens(tiny_chat_dir, tmp_path):
     assert Tokenizer.load(ckpt).encode("Calculate 3 + 4.") == Tokenizer.load(tiny_chat_dir).encode("Calculate 3 + 4.")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["main_loss"] < metrics[0]["main_loss"]
+
+
+def test_distill_samples_the_teacher_then_trains_a_dense_student(tiny_chat_dir, tmp_path, capsys):
+    """nanoseek distill: the teacher's samples its task scores correct, and only those, then a new dense
+    student trained on them."""
+    from nanoseek.checkpoint import load_model
+
+    task = tmp_path / "short.py"  # a task the tiny teacher often passes: a one-character answer
+    task.write_text("def prompts():\n"
+                    "    for a in range(1, 9):\n"
+                    "        for b in range(1, 9):\n"
+                    "            yield f'Calculate {a} + {b}.', str(a + b)\n"
+                    "def score(completion, reference):\n"
+                    "    return float(len(completion.split('</think>')[-1].strip()) == 1)\n")
+    out = tmp_path / "d"
+    argv = ["distill", str(tiny_chat_dir), "--task", str(task), "--size", "64", "--k", "8", "--max-tokens", "40",
+            "--student", "tiny", "--set", "first_k_dense_replace=2", "--set", "num_nextn_predict_layers=0",
+            "--out-dir", str(out), "--seq-len", "32",
+            "--micro-batch-size", "2", "--max-steps", "8", "--eval-every", "0", "--no-progress", "--val-fraction",
+            "0.2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "kept" in printed and "prompts solved" in printed
+    rows = [json.loads(line) for line in (out / "teacher_samples.jsonl").read_text().splitlines()]
+    assert len(rows) >= 10 and all(len(r["messages"][1]["content"].strip()) == 1 for r in rows)
+    student = load_model(out / "checkpoints" / "step_000008")
+    assert not student.moe_layers() and not student.mtp  # dense, as R1's students: every layer an MLP, no MTP
+    # --resume reuses the samples rather than sampling again
+    before = (out / "teacher_samples.jsonl").stat().st_mtime_ns
+    assert main(argv + ["--resume", "--max-steps", "10"]) == 0
+    assert "reusing the teacher's samples" in capsys.readouterr().out
+    assert (out / "teacher_samples.jsonl").stat().st_mtime_ns == before
+    assert (out / "checkpoints" / "step_000010").exists()

@@ -419,6 +419,37 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.train.rejection import rejection_sample, write_samples
+
+    args.out_dir = args.out_dir or "runs/distill"
+    samples = Path(args.out_dir) / "teacher_samples.jsonl"
+    if args.resume and samples.exists():
+        print(f"reusing the teacher's samples in {samples}", flush=True)
+    else:
+        task = _task(args)
+        if task is None:
+            return 2
+        try:
+            engine = Engine.from_checkpoint(args.checkpoint, device=None if args.device in (None, "auto") else
+                                            args.device, max_batch=64)
+            params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+            counts = write_samples(rejection_sample(engine, task, args.k, params, shortest=args.shortest,
+                                                    progress=args.progress is not False), task.name, str(samples))
+        except ValueError as e:  # a task error, a bad checkpoint, or a prompt + --max-tokens past the context
+            print(f"nanoseek: error: {e}", file=sys.stderr)
+            return 2
+        print(f"teacher {args.checkpoint}: kept {counts['kept']:,} of {counts['samples']:,} samples "
+              f"({counts['prompts_solved']:,} of {counts['prompts']:,} prompts solved) -> {samples}", flush=True)
+        if not counts["kept"]:
+            print("nanoseek: error: the teacher solved no prompt, so there is nothing to distill", file=sys.stderr)
+            return 2
+    args.chats = str(samples)
+    return cmd_sft(args)
+
+
 def _add_train_flags(p: argparse.ArgumentParser, cls: type | None = None, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a training config (TrainConfig unless given; not those in skip), defaults None
     so that the config file, then the dataclass, decide."""
@@ -818,6 +849,33 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     _add_train_flags(sft)
     sft.set_defaults(handler=cmd_sft)
+
+    distill = sub.add_parser(
+        "distill", help="distillation: a smaller student trained (SFT) on a teacher's correct samples",
+        description="R1's distillation in one command: rejection-sample the teacher on a task (k samples per "
+                    "prompt, the ones the task scores correct kept, optionally only the shortest) into "
+                    "OUT_DIR/teacher_samples.jsonl, then train a NEW model of the --student shape on them with the "
+                    "teacher's tokenizer (`nanoseek sft --student`: loss on the assistant's reasoning and answer). "
+                    "The teacher may be any nanoseek checkpoint; the student a preset (dense or MoE) or a "
+                    "config.json. --resume reuses the samples and continues the training.",
+        epilog="example: nanoseek distill runs/r1/checkpoints/step_000100 --task gym:basic_arithmetic --k 4 "
+               "--student tiny --max-steps 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    distill.add_argument("checkpoint", metavar="TEACHER", help="the teacher checkpoint (model + tokenizer)")
+    _add_task_flags(distill)
+    distill.add_argument("--k", type=_positive_int, default=4, help="teacher samples per prompt (default 4)")
+    distill.add_argument("--shortest", action="store_true", help="keep only the shortest correct sample per prompt")
+    distill.add_argument("--temperature", type=float, default=0.6, help="teacher sampling (default 0.6)")
+    distill.add_argument("--top-p", type=float, default=0.95, help="teacher nucleus sampling (default 0.95)")
+    distill.add_argument("--max-tokens", type=_positive_int, default=256, help="per teacher sample (default 256)")
+    distill.add_argument("--student", required=True, metavar="SPEC",
+                         help="the student's shape: a preset (e.g. tiny) or a config.json; trained from scratch")
+    distill.add_argument("--val-fraction", type=float, default=0.05, help="share of samples held out (default 0.05)")
+    distill.add_argument("--config", help="a TOML or YAML file of training settings")
+    distill.add_argument("--resume", action="store_true", help="reuse the samples and continue from the latest "
+                                                               "checkpoint in --out-dir")
+    _add_train_flags(distill)
+    distill.set_defaults(handler=cmd_distill)
 
     grpo = sub.add_parser(
         "grpo", help="reinforcement learning with rule-checked rewards (GRPO: R1-Zero from a base, R1 after SFT)",

@@ -139,7 +139,7 @@ class GRPOConfig(RunOptions):
     max_tokens: int = opt(128, "tokens per completion, reasoning included")
     temperature: float = opt(1.0, "rollout sampling temperature")
     top_p: float = opt(1.0, "rollout nucleus sampling")
-    lr: float = opt(1e-4, "learning rate (constant after warmup)")
+    lr: float = opt(5e-5, "learning rate (constant after warmup); RL wants it well below pretraining's")
     warmup_steps: int = opt(0, "linear warmup, in optimizer steps")
     weight_decay: float = opt(0.0, "AdamW weight decay, matrices only")
     beta1: float = opt(0.9, "AdamW beta1")

@@ -339,7 +339,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     if weights is None:  # a preset is a shape: its vocabulary follows the data unless set explicitly
         mcfg = mcfg.replace(**{"vocab_size": meta["vocab_size"], **cfg.extra})
     elif cfg.extra:  # loaded weights fix the architecture; only the training coefficients may change
-        fixed = sorted(set(cfg.extra) - {"bias_update_speed", "aux_loss_alpha", "mtp_loss_weight"})
+        # (an override the weights already have is fine: the same flags resume a run that set them)
+        fixed = sorted(k for k in set(cfg.extra) - {"bias_update_speed", "aux_loss_alpha", "mtp_loss_weight"}
+                       if getattr(mcfg, k, None) != cfg.extra[k])
         if fixed:
             raise TrainConfigError(f"train config 'extra': {', '.join(fixed)} cannot change for weights loaded "
                                    f"from {weights}")

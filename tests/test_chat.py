@@ -68,16 +68,17 @@ def test_chat_with_a_bad_checkpoint_says_what_is_wrong(tmp_path, capsys):
     assert "not a checkpoint directory" in capsys.readouterr().err
 
 
-def test_without_a_checkpoint_a_clearly_labelled_untrained_model_is_used(tmp_path, monkeypatch):
-    import subprocess
-
+def test_without_a_bundled_model_a_clearly_labelled_untrained_one_is_used(tmp_path, monkeypatch, capsys):
+    """A source tree without src/nanoseek/assets/model still chats: with a seeded untrained tiny model, said so."""
+    from nanoseek import checkpoint
     from nanoseek.checkpoint import default_checkpoint, load_model
 
-    env = {**os.environ, "NANOSEEK_CACHE": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "nanoseek", "chat", "--max-tokens", "4"], input="hello\n/quit\n",
-                       capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "UNTRAINED `tiny` model" in r.stderr and "you> " in r.stdout
+    monkeypatch.setattr(checkpoint, "BUNDLED", tmp_path / "not-shipped")
+    monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/quit\n"))
+    assert main(["chat", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr()
+    assert "UNTRAINED `tiny` model" in out.err and "you> " in out.out
     # built once, seeded: the same weights every time, and a real checkpoint directory
     monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path / "again"))
     path, trained = default_checkpoint()

@@ -21,7 +21,19 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
 
 
 def test_readme_main_command_runs():
+    """`nanoseek chat` as written: the shipped, trained model answers with its reasoning shown (dimmed)."""
     cmd = re.search(r"pip install -e \. && (nanoseek [^\n]+)", README.read_text()).group(1).split()
+    assert cmd == ["nanoseek", "chat"]
+    out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], input="Calculate 7 + 8 - 3.\n/quit\n",
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert "UNTRAINED" not in out.stderr  # the bundled model, not the fallback
+    # not a terminal: the reasoning comes labelled (test_chat.py checks it dimmed on a pseudo-terminal)
+    reasoning = out.stdout.split("thinking:", 1)[1]
+    assert re.search(r"\d+ [+-] \d+ = \d+", reasoning)  # it works the sum out, step by step
+
+
+def test_readme_info_command_runs():
+    cmd = re.search(r"`(nanoseek info deepseek-v3)`", README.read_text()).group(1).split()
     out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], capture_output=True, text=True, check=True)
     assert "70,272" in out.stdout and "671.0B" in out.stdout
 

@@ -183,7 +183,7 @@ def test_enter_sends_shift_enter_breaks_the_line_and_the_answer_tools_work(page,
 def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):
     """An untrained model writes noise until its context is full: stop it midway."""
     proc, base = start(None, "--max-seq-len", "1024", "--max-batch", "2", db=tmp_path / "c.db",
-                       env={"NANOSEEK_CACHE": str(tmp_path / "cache")})
+                       env={"NANOSEEK_CACHE": str(tmp_path / "cache"), "NANOSEEK_DEFAULT_MODEL": "untrained"})
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()

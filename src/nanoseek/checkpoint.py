@@ -305,13 +305,21 @@ UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an 
                   "weights, so its replies are noise). Pass a checkpoint directory from `nanoseek train` instead.")
 
 
+# the model nanoseek ships: made by `nanoseek pipeline --export src/nanoseek/assets/model` (its README.md)
+BUNDLED = Path(__file__).parent / "assets" / "model"
+
+
 def default_checkpoint() -> tuple[Path, bool]:
-    """(directory, trained) of the model `chat` and `serve` use without a checkpoint: the one nanoseek ships
-    inside the package, or, until one is bundled, an untrained `tiny` model with a tokenizer trained on a
-    built-in arithmetic corpus, built once (seeded, so always the same) in $NANOSEEK_CACHE."""
-    path = Path(__file__).parent / "assets" / "model"
-    if (path / "config.json").is_file():
-        return path, True
+    """(directory, trained) of the model `chat` and `serve` use without a checkpoint: $NANOSEEK_DEFAULT_MODEL
+    if set (a checkpoint directory), else the one nanoseek ships inside the package (BUNDLED). With
+    NANOSEEK_DEFAULT_MODEL=untrained, or in a tree without BUNDLED, an untrained `tiny` model with a
+    tokenizer trained on a built-in arithmetic corpus, built once (seeded, so always the same) in
+    $NANOSEEK_CACHE."""
+    choice = os.environ.get("NANOSEEK_DEFAULT_MODEL")
+    if choice and choice != "untrained":
+        return Path(choice), True
+    if choice != "untrained" and (BUNDLED / "config.json").is_file():
+        return BUNDLED, True
     from nanoseek.eval.cost import cache_dir
     from nanoseek.model.config import get_preset
     from nanoseek.tokenizer import render_chat, render_completion, train_tokenizer

@@ -32,9 +32,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 # Commands later issues add; listed in --help so a reader sees where the tool is going.
-PLANNED = {
-    "pipeline": "the whole R1 recipe end to end: pretrain, SFT, GRPO, distil, evaluate",
-}
 
 
 def _human(n: float, billion: str = "B") -> str:
@@ -450,6 +447,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return cmd_sft(args)
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from nanoseek.pipeline import PRESETS, Pipeline, export
+
+    preset = PRESETS["quick" if args.quick else args.preset]
+    pipe = Pipeline(args.out_dir, preset, progress=not args.quiet)
+    summary = pipe.run()
+    print((Path(args.out_dir) / "report.md").read_text())
+    print(f"report: {args.out_dir}/report.md; best model ({summary['best']}): {summary['best_checkpoint']}")
+    if args.export:
+        print(f"exported the best model with its model card to {export(summary, Path(args.out_dir), args.export)}")
+    return 0
+
+
 def _add_train_flags(p: argparse.ArgumentParser, cls: type | None = None, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of a training config (TrainConfig unless given; not those in skip), defaults None
     so that the config file, then the dataclass, decide."""
@@ -537,7 +547,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     params = _sampling(args)
     engine = _engine(args)
-    return run_chat(ChatSession(engine, params, thinking=not args.no_think, system=args.system))
+    return run_chat(ChatSession(engine, params, thinking=not args.no_think, system=args.system), sys.stdin, sys.stdout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -689,11 +699,13 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float, top_p: f
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
-    planned = "\n".join(f"  {name:<10} {what}" for name, what in PLANNED.items())
     parser = argparse.ArgumentParser(
         prog="nanoseek",
         description="nanoseek: DeepSeek-V3 / R1 end to end in readable PyTorch.",
-        epilog=f"planned commands (not yet available):\n{planned}",
+        epilog="start here:\n  nanoseek chat              talk to the model nanoseek ships (its reasoning shown)\n"
+               "  nanoseek serve             the same as an OpenAI/DeepSeek-compatible API and a web chat app\n"
+               "  nanoseek pipeline          reproduce how that model was made, with a report\n"
+               "`nanoseek COMMAND --help` explains each command.",
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30),
     )
     parser.add_argument("--version", action="version", version=f"nanoseek {__version__}")
@@ -876,6 +888,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "checkpoint in --out-dir")
     _add_train_flags(distill)
     distill.set_defaults(handler=cmd_distill)
+
+    pipe = sub.add_parser(
+        "pipeline", help="the R1 recipe end to end at toy scale, and its report",
+        description="Corpus and tokenizer -> pretraining -> R1-Zero (GRPO from the base) -> R1 (cold-start SFT, "
+                    "then GRPO) -> rejection sampling -> distillation into a smaller dense student, against the "
+                    "same student trained by GRPO for equal compute -> every model evaluated on held-out prompts "
+                    "(pass@1, cons@k, pass@k; the best also against the thinking budget) -> OUT_DIR/report.md "
+                    "with tables, plots and the cost of each stage. Stages are kept in OUT_DIR/<stage>/; rerun "
+                    "the same command to resume after an interruption.",
+        epilog="example: nanoseek pipeline --out-dir runs/pipeline   (about 10 minutes on 2 CPU cores)\n"
+               "         nanoseek pipeline --quick                    (every stage, a few steps each: a smoke test)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pipe.add_argument("--preset", choices=("default", "quick"), default="default", help="sizes and steps")
+    pipe.add_argument("--quick", action="store_true", help="the quick preset: minutes, numbers that mean nothing")
+    pipe.add_argument("--out-dir", default="runs/pipeline", help="where stages and the report go")
+    pipe.add_argument("--export", metavar="DIR", help="also copy the best model there with the report as its "
+                                                      "model card (how the model nanoseek ships was made)")
+    pipe.add_argument("--quiet", action="store_true", help="no progress bars")
+    pipe.set_defaults(handler=cmd_pipeline)
 
     grpo = sub.add_parser(
         "grpo", help="reinforcement learning with rule-checked rewards (GRPO: R1-Zero from a base, R1 after SFT)",

@@ -134,6 +134,7 @@ class GRPOConfig(RunOptions):
     held_out: int = opt(100, "examples kept out of training for the held-out accuracy")
     out_dir: str = opt("runs/grpo", "run directory: checkpoints/, metrics.jsonl, plots")
     steps: int = opt(50, "rollout batches (one or more optimizer steps each, see mu)")
+    max_seconds: float = opt(0.0, "also stop once the run has trained this long (0 = no limit): a compute budget")
     prompts_per_step: int = opt(16, "prompts per rollout batch (over all ranks)")
     group_size: int = opt(8, "completions sampled per prompt (G)")
     max_tokens: int = opt(128, "tokens per completion, reasoning included")
@@ -177,7 +178,8 @@ class GRPOConfig(RunOptions):
                  ("loss_level", self.loss_level in LEVELS, " or ".join(LEVELS)),
                  ("template", self.template in TEMPLATES, " or ".join(TEMPLATES)),
                  ("held_out", 0 < self.held_out < self.task_size, f"in [1, task_size - 1 = {self.task_size - 1}]"),
-                 ("max_resample", self.max_resample >= 0, ">= 0"), ("eval_every", self.eval_every >= 0, ">= 0"),
+                 ("max_resample", self.max_resample >= 0, ">= 0"),
+                 ("max_seconds", self.max_seconds >= 0, ">= 0"), ("eval_every", self.eval_every >= 0, ">= 0"),
                  ("save_every", self.save_every >= 0, ">= 0"), ("keep_last", self.keep_last >= 1, ">= 1"),
                  ("overlong_buffer", 0 <= self.overlong_buffer <= self.max_tokens, "in [0, max_tokens]")]
         for name, ok, rule in rules:
@@ -323,7 +325,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
     try:
         if cfg.eval_every and step == 0:
             tel.log({"step": 0, "eval_accuracy": held_out_accuracy(engine, test_task, cfg)}, advance=False)
-        while step < cfg.steps:
+        while step < cfg.steps and not (cfg.max_seconds and elapsed >= cfg.max_seconds):
             t0 = time.perf_counter()
             batch = next_batch(per_rank)
             dropped = 0
@@ -357,11 +359,14 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
                 record["eval_accuracy"] = held_out_accuracy(engine, test_task, cfg)
             tel.log(record)
             stopping = stop.agreed(d, dev)
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
+            out_of_time = bool(cfg.max_seconds) and all_mean(torch.tensor([elapsed], device=dev), d).item() >= \
+                cfg.max_seconds  # ranks agree (their clocks differ)
+            last = step == cfg.steps or stopping or out_of_time
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
                 extra = {"reference.safetensors": ref.state_dict()} if ref is not None and cfg.ref_refresh else {}
                 save_checkpoint(run, step, model, optim, {"cursor": cursor, "elapsed_s": elapsed,
                                                           "samples": samples}, tok, cfg.keep_last, d, False, extra)
-            if stopping:
+            if stopping or out_of_time:
                 break
     finally:
         stop.restore()

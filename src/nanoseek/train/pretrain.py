@@ -374,8 +374,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     accum = global_batch // (cfg.micro_batch_size * d.world_size)
     train_loader = PackedLoader(data / "train.bin", cfg.seq_len, cfg.micro_batch_size, rank=d.rank,
                                 world_size=d.world_size, seed=cfg.seed)
+    # no validation asked for (eval_every 0): the validation split may be too small to batch, and is not read
     val_loader = PackedLoader(data / "val.bin", cfg.seq_len, cfg.micro_batch_size, rank=d.rank,
-                              world_size=d.world_size, seed=cfg.seed + 1)
+                              world_size=d.world_size, seed=cfg.seed + 1) if cfg.eval_every else None
 
     model.train()
     wrapped: torch.nn.Module = model
@@ -415,7 +416,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     n_main_moe = sum(isinstance(layer.mlp, MoE) for layer in model.layers)
     stop = Stop()
     lambda0 = mcfg.mtp_loss_weight
-    val_start = val_loader.state_dict()  # every evaluation reads the same validation batches
+    val_start = val_loader.state_dict() if val_loader else None  # every evaluation reads the same batches
     record: dict[str, Any] = {}
     try:
         stopping = False

@@ -1,0 +1,68 @@
+"""nanoseek pipeline --quick: every stage of the R1 recipe runs, the report is written, the best model is
+exported with its model card and loads in transformers, and a rerun resumes instead of starting over."""
+
+import json
+import re
+
+import pytest
+
+from nanoseek.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    assert main(["pipeline", "--quick", "--out-dir", str(out / "run"), "--export", str(out / "model"),
+                 "--quiet"]) == 0
+    return out
+
+
+def test_every_stage_runs_and_the_report_says_what_they_did(quick_run):
+    run = quick_run / "run"
+    stages = ["corpus", "pretrain", "r1_zero", "cold_start_sft", "r1", "rejection_sampling", "student_base",
+              "distill", "student_grpo"]
+    for s in stages:
+        assert (run / s / "done.json").exists(), s
+    report = (run / "report.md").read_text()
+    models = ["zero_start", "base", "r1_zero", "cold_start_sft", "r1", "student_base", "distilled", "student_grpo"]
+    table = report.split("## Models on held-out prompts")[1].split("## What it shows")[0]
+    rows = re.findall(rf"^\| ({'|'.join(models)}) \|", table, re.M)
+    assert rows == models
+    for s in stages:
+        assert re.search(rf"^\| {s} \| \d+ \| [\d.]+ \| [\d.]+ \|$", report, re.M), s  # its cost row
+    summary = json.loads((run / "report.json").read_text())
+    assert summary["best"] in ("r1_zero", "r1", "distilled")
+    for name, e in summary["evals"].items():
+        assert 0 <= e["pass@1"] <= 1 and 0 <= e["pass"]["4"] <= 1, name
+    assert [b["budget"] for b in summary["evals"]["best"]["budgets"]] == [8, 32]
+    # the student trained by GRPO got the compute distillation used (it stops at the first step past it)
+    st = summary["stages"]
+    assert st["student_grpo"]["seconds"] >= st["distill"]["seconds"] + st["rejection_sampling"]["seconds"]
+    for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
+        assert (run / png).exists(), png
+    assert (run / "r1_zero" / "response_length.png").exists()
+
+
+def test_the_best_model_is_exported_and_loads_in_transformers(quick_run):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    model_dir = quick_run / "model"
+    card = (model_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "## Models on held-out prompts" in card
+    assert "![" not in card and not list(model_dir.glob("train_state*"))
+    assert sum(f.stat().st_size for f in model_dir.iterdir()) < 25e6
+    transformers.logging.set_verbosity_error()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    from nanoseek.checkpoint import load_model
+
+    ours = load_model(model_dir).eval()
+    ids = torch.tensor([[0, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids).logits, atol=1e-4)
+
+
+def test_a_rerun_resumes_finished_stages(quick_run, capsys):
+    assert main(["pipeline", "--quick", "--out-dir", str(quick_run / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done before") >= 18  # every stage and evaluation

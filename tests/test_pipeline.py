@@ -66,3 +66,23 @@ def test_a_rerun_resumes_finished_stages(quick_run, capsys):
     assert main(["pipeline", "--quick", "--out-dir", str(quick_run / "run"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("done before") >= 18  # every stage and evaluation
+
+
+def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from nanoseek.checkpoint import BUNDLED, default_checkpoint, load_model
+
+    monkeypatch.delenv("NANOSEEK_DEFAULT_MODEL", raising=False)
+    path, trained = default_checkpoint()
+    assert trained and path == BUNDLED
+    assert sum(f.stat().st_size for f in path.iterdir()) < 25e6
+    card = (path / "README.md").read_text()
+    assert "nanoseek pipeline report" in card and "| r1 |" in card
+    transformers.logging.set_verbosity_error()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    ours = load_model(path).eval()
+    ids = torch.tensor([[0, 5, 9, 12, 40, 7]])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids).logits, atol=1e-4)

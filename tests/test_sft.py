@@ -99,7 +99,7 @@ def test_distill_samples_the_teacher_then_trains_a_dense_student(tiny_chat_dir, 
     printed = capsys.readouterr().out
     assert "kept" in printed and "prompts solved" in printed
     rows = [json.loads(line) for line in (out / "teacher_samples.jsonl").read_text().splitlines()]
-    assert len(rows) >= 10 and all(len(r["messages"][1]["content"].strip()) == 1 for r in rows)
+    assert len(rows) >= 10 and all(r["score"] == 1.0 and len(r["messages"][1]["content"]) == 1 for r in rows)
     student = load_model(out / "checkpoints" / "step_000008")
     assert not student.moe_layers() and not student.mtp  # dense, as R1's students: every layer an MLP, no MTP
     # --resume reuses the samples rather than sampling again

@@ -432,7 +432,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         try:
             engine = Engine.from_checkpoint(args.checkpoint, device=None if args.device in (None, "auto") else
                                             args.device, max_batch=64)
-            params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+            params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                    seed=args.seed if args.seed is not None else 0)  # --seed: sampling too
             counts = write_samples(rejection_sample(engine, task, args.k, params, shortest=args.shortest,
                                                     progress=args.progress is not False), task.name, str(samples))
         except ValueError as e:  # a task error, a bad checkpoint, or a prompt + --max-tokens past the context

@@ -171,7 +171,7 @@ class Pipeline:
                                         max_seq_len=256)
         task = gym_task(p.task, p.rs_prompts, seed=2, config=p.task_config)
         counts = write_samples(rejection_sample(engine, task, p.rs_k, SamplingParams(
-            temperature=0.6, top_p=0.95, max_tokens=p.max_tokens), shortest=True, progress=self.progress),
+            temperature=0.6, top_p=0.95, max_tokens=p.max_tokens, seed=0), shortest=True, progress=self.progress),
             task.name, str(d / "samples.jsonl"))
         tok_path = self.out / "corpus" / "tokenizer"
         from nanoseek.tokenizer import Tokenizer

@@ -297,6 +297,46 @@ def test_stream_and_astream_agree_with_generate(chat):
     assert sorted(asyncio.run(collect()).values()) == sorted(c.token_ids for c in ref)
 
 
+def test_text_made_at_the_end_equals_the_streamed_text(chat, monkeypatch):
+    """generate() detokenizes a sample once, when it finishes; stream() token by token. Whatever the tokens
+    (think tags as their own ids or spelled by ordinary tokens, characters split over tokens, EOS or not),
+    both give the same text, reasoning, content and count of reasoning tokens."""
+    import nanoseek.infer.engine as engine_module
+    from nanoseek.infer.sampling import uniform
+
+    model, tok = chat
+    rng = random.Random(0)
+    pieces = [tok.encode(x) for x in ("12 + 7", " = 19", "\n", "é", "日本", " ok")] + [
+        [tok.think_end_id], [tok.think_start_id], tok.encode("</") + tok.encode("think>"),
+        tok.encode("<th") + tok.encode("ink>")]
+    scripts = [[t for _ in range(rng.randint(1, 8)) for t in rng.choice(pieces)] + [tok.eos_id] * (k % 2)
+               for k in range(16)]
+    # the engine's draw for sample k's token at position i is uniform(k, i): it tells the script to follow
+    script_of = {uniform(k, i): t for k, script in enumerate(scripts) for i, t in enumerate(script)}
+    monkeypatch.setattr(engine_module, "sample", lambda logits, params, draws: torch.tensor(
+        [script_of[u] for u in draws]))
+    params = [SamplingParams(seed=k, max_tokens=len(script)) for k, script in enumerate(scripts)]
+    eng = engine(chat, max_batch=6)
+    ask = [prompts(1)[0]] * len(scripts)
+    done = eng.generate(ask, params)
+    streamed = {}
+    for d in eng.stream(ask, params):
+        parts = streamed.setdefault(d.request_id, ["", "", "", None])
+        parts[0] += d.text
+        parts[1] += d.reasoning
+        parts[2] += d.content
+        parts[3] = d.usage or parts[3]
+    streamed = list(streamed.values())  # in request order
+    spelled_tags = 0
+    for c, script, (text, reasoning, content, usage) in zip(done, scripts, streamed):
+        assert c.token_ids == script
+        assert c.text == text == tok.decode(script, skip_special_tokens=True)
+        assert (c.reasoning_content, c.content) == (reasoning, content)
+        assert c.usage == usage and c.usage.reasoning_tokens > 0
+        spelled_tags += c.text.count("think>") > script.count(tok.think_start_id) + script.count(tok.think_end_id)
+    assert spelled_tags >= 3  # the case where the end of the think block is not a tag token
+
+
 def test_abort_and_early_exit_free_the_slots(chat):
     eng = engine(chat, max_batch=3)
     params = SamplingParams(max_tokens=30, temperature=0, repetition_penalty=1.2, ignore_eos=True)

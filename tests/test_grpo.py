@@ -125,8 +125,10 @@ def test_grpo_options_run_and_log(tiny_chat_dir, tmp_path):
     dynamic sampling: the numbers they log are what they should be."""
     from nanoseek.train.grpo import train_grpo
 
+    # groups of 4, so that some have no variance (all right or all wrong) for dynamic sampling to drop
     cfg = grpo_config(tmp_path, tiny_chat_dir, steps=4, beta=0.05, ref_refresh=2, mu=2, loss_level="token",
-                      eps_high=0.28, dynamic_sampling=True, eval_every=0, micro_batch_size=24)
+                      eps_high=0.28, dynamic_sampling=True, eval_every=0, micro_batch_size=24, group_size=4,
+                      max_resample=8)
     train_grpo(cfg)
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -26,17 +26,17 @@ def test_sft_teaches_a_reply_and_resumes(tiny_chat_dir, tmp_path, capsys):
     out = tmp_path / "sft"
     common = [str(tiny_chat_dir), "--chats", str(chats), "--out-dir", str(out), "--seq-len", "64", "--lr", "2e-3",
               "--micro-batch-size", "8", "--eval-every", "0", "--no-progress", "--val-fraction", "0.2", "--seed", "0"]
-    assert main(["sft", *common, "--max-steps", "60", "--save-every", "30"]) == 0
+    assert main(["sft", *common, "--max-steps", "80", "--save-every", "40"]) == 0
     assert "loss on the assistant's turns only" in capsys.readouterr().out
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["main_loss"] < 0.5 * metrics[0]["main_loss"]
-    engine = Engine.from_checkpoint(str(out / "checkpoints" / "step_000060"), device="cpu", dtype="float32",
+    engine = Engine.from_checkpoint(str(out / "checkpoints" / "step_000080"), device="cpu", dtype="float32",
                                     max_batch=1, max_seq_len=128)
     c = engine.generate([render_chat(NAME[:1])], SamplingParams(temperature=0, max_tokens=20))[0]
     assert c.text == "me\n</think>\n\nnanoseek" and c.finish_reason == "stop"  # reasoning, answer, then EOS
-    # resume continues from step 40 with the prepared data, not a new copy
-    assert main(["sft", *common, "--max-steps", "65", "--resume"]) == 0
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 65
+    # resume continues from the step-80 checkpoint with the prepared data, not a new copy
+    assert main(["sft", *common, "--max-steps", "85", "--resume"]) == 0
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 85
 
 
 def test_sft_errors(tiny_chat_dir, tmp_path, capsys):

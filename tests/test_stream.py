@@ -328,3 +328,23 @@ def test_text_stream_stop_completed_by_flushed_tail(tok):
     ids = tok.encode("x 🙂")[:-1]
     s, deltas = run_stream(tok, ids, stop=["x \ufffd"])
     assert s.text == "" and deltas[-1].stopped
+
+
+def test_push_all_equals_pushing_token_by_token(tok):
+    """push_all (the engine's path when nobody reads the deltas) gives what push() per id + finish() gives,
+    stop strings, split characters and tags spelled by ordinary tokens included."""
+    rng = random.Random(5)
+    spelled = [tok.encode("</") + tok.encode("think>"), tok.encode("<th") + tok.encode("ink>")]
+    for _ in range(150):
+        ids = [i for _ in range(rng.randint(0, 12)) for i in
+               (tok.encode(rng.choice(PIECES)) if rng.random() < 0.7 else
+                rng.choice([[tok.think_start_id], [tok.think_end_id], [tok.eos_id], *spelled]))]
+        if rng.random() < 0.3:
+            ids = ids[:rng.randint(0, len(ids))]  # may end inside a character
+        kw = dict(in_reasoning=rng.random() < 0.5, stop=rng.choice([(), (), ("the",), ("日本", "\n"), ("nk>",)]))
+        one, deltas = run_stream(tok, ids, **kw)
+        whole = TextStream(tok, **kw)
+        d = whole.push_all(ids)
+        assert (d.text, d.reasoning, d.content) == (one.text, one.reasoning, one.content), (ids, kw)
+        assert (whole.text, whole.reasoning, whole.content) == (one.text, one.reasoning, one.content)
+        assert d.stopped == any(x.stopped for x in deltas) and whole.finished

@@ -114,7 +114,7 @@ def generate_file(engine: Engine, requests: list[tuple[object, SamplingParams, d
     todo = {}  # request id -> (input index, the engine's request, whose .done fills as samples finish)
     for i, (prompt, params, _) in enumerate(requests):
         if i not in done:
-            rid = engine.add_request(prompt, params)
+            rid = engine.add_request(prompt, params, deltas=False)  # rows are written whole
             todo[rid] = (i, engine.requests[rid])
     bar = tqdm(total=len(requests), initial=len(done), desc="generating", unit="prompt", disable=not progress)
     with open(partial, "a", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ running row by one token, or, with MTP speculation, by one or two.
 Speculative decoding with MTP (V3 section 2.2, used for inference in 5.4.3): the MTP module, fed
 the main model's last hidden state h_{L-1} and the pending token x_L, drafts x_{L+1}. A verify
 forward takes [x_L, draft] at positions L, L+1; x_{L+1} is sampled from the first position exactly
-as plain decoding would (same logits, same draw from the request's generator), and only if it equals
+as plain decoding would (same logits, the same draw of the sample's random stream), and only if it equals
 the draft is x_{L+2} sampled from the second. So outputs, greedy or seeded, are those of plain
 decoding, and a step yields 1 + (acceptance) tokens. The MTP module keeps its own cache entries (layer
 id num_hidden_layers); its entry at index p is the pair (h_{p-1}, x_p), so index 0 is never used.
@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import random
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,10 +32,10 @@ import torch
 from torch import Tensor
 
 from nanoseek.infer.prefix_cache import Block, PrefixCache
-from nanoseek.infer.sampling import SamplingParams, TokenLogprob, apply_penalties, logprobs_of, sample
+from nanoseek.infer.sampling import SamplingParams, TokenLogprob, apply_penalties, logprobs_of, sample, uniform
 from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
 from nanoseek.model.model import KVCache, Transformer
-from nanoseek.tokenizer import BOS, Tokenizer
+from nanoseek.tokenizer import BOS, THINK_END, THINK_START, Tokenizer
 
 Prompt = str | Sequence[int]
 # MTP speculation is on by default up to this many slots: measured faster at batch 1 and 8, slower at 64
@@ -43,6 +44,14 @@ SPECULATE_UP_TO = 16
 # below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head K/V
 # from the latent), whose matmuls are cheaper once there are many queries
 ABSORB_BELOW = 16
+
+
+_entropy = random.SystemRandom()
+
+
+def _fresh_seed() -> int:
+    """A seed for a request that gave none: from the OS, so it neither reads nor moves torch's RNG."""
+    return _entropy.getrandbits(63)
 
 
 @dataclass
@@ -116,7 +125,7 @@ class _Seq:
     req: _Request
     index: int
     stream: TextStream
-    generator: torch.Generator | None
+    seed: int | None  # the sample's random stream (sampling.uniform); None when greedy
     row: int = -1
     len: int = 0  # tokens whose latents are in the cache (positions 0..len-1)
     pending: int = -1  # sampled token not yet fed to the model, at position len
@@ -125,6 +134,8 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     reasoning_tokens: int = 0
+    thinking: bool = False  # inside the think block (text_at_end only; else the stream's parser knows)
+    text_at_end: bool = False  # detokenized once when finished, not token by token (see add_request)
     finish_reason: str | None = None
     delta: Delta | None = None  # being filled during a step
 
@@ -136,6 +147,7 @@ class _Request:
     params: SamplingParams
     max_tokens: int
     in_reasoning: bool
+    deltas: bool = True  # step() reports text as it comes; False: only in the sample's last delta
     seqs: list[_Seq] = field(default_factory=list)
     cached: int = 0  # prompt tokens found in the prefix cache
     prefix_blocks: list[Block] = field(default_factory=list)
@@ -278,8 +290,14 @@ class Engine:
             raise ValueError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} slots")
         return ids
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request; it starts at the next step() with free slots. Returns its id."""
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                    deltas: bool = True) -> str:
+        """Queue a request; it starts at the next step() with free slots. Returns its id.
+
+        deltas=False: the caller reads only the completions (or the last delta of each sample), so a sample
+        without stop strings is detokenized and parsed once when it finishes instead of token by token (the
+        same text: the stream's stages do not depend on chunking). For GRPO's rollouts this is a third of
+        the Python work per token."""
         params = params or SamplingParams()
         ids = self.validate(prompt, params)
         with self._lock:
@@ -287,7 +305,7 @@ class Engine:
             if rid in self.requests:
                 raise ValueError(f"request id {rid!r} is already running")
             req = _Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
-                           prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), done=[None] * params.n)
+                           prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), deltas, done=[None] * params.n)
             self.requests[rid] = req
             self.waiting.append(req)
         return rid
@@ -378,16 +396,13 @@ class Engine:
 
     def _new_seq(self, req: _Request, index: int) -> _Seq:
         p = req.params
-        gen = None
-        if not p.greedy:
-            gen = torch.Generator(device=self.device)
-            if p.seed is None:
-                gen.seed()
-            else:  # sample 0 of a seeded request uses the seed itself; the others derive from it
-                gen.manual_seed((p.seed + 1_000_003 * index) % 2**63)
+        seed = None
+        if not p.greedy:  # sample 0 of a seeded request uses the seed itself; the others derive from it
+            seed = _fresh_seed() if p.seed is None else (p.seed + 1_000_003 * index) % 2**63
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
-        seq = _Seq(req, index, stream, gen, row=len(self.rows), len=len(req.prompt),
-                   logprobs=[] if p.logprobs else None)
+        seq = _Seq(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
+                   logprobs=[] if p.logprobs else None, thinking=req.in_reasoning,
+                   text_at_end=not req.deltas and not stream.stop_matcher.stop)
         self.rows.append(seq)
         if p.penalised and self.counts is None:
             V = self.cfg.vocab_size
@@ -586,7 +601,8 @@ class Engine:
         if self.counts is not None and any(p.penalised for p in params):
             rows = torch.tensor([s.row for s in seqs], device=self.device)
             logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])
-        tokens = sample(logits, params, [s.generator for s in seqs])
+        # a draw per sample, at the position of the token drawn: the same alone, batched or speculating
+        tokens = sample(logits, params, [None if s.seed is None else uniform(s.seed, len(s.out)) for s in seqs])
         lps = None
         if any(p.logprobs for p in params):
             lps = logprobs_of(raw, tokens, [p.top_logprobs for p in params])
@@ -608,10 +624,15 @@ class Engine:
             self.counts[s.row, t] += 1
             self.seen[s.row, t] = True
         self.stats.generated_tokens += 1
-        if s.stream.parser.in_reasoning:
+        if s.thinking if s.text_at_end else s.stream.parser.in_reasoning:
             s.reasoning_tokens += 1
         if (t == self.tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
             return self._finish(s, "stop")
+        if s.text_at_end:  # the parser's state from the tag tokens alone; _finish checks that this was exact
+            s.thinking = (t != self.tok.think_end_id) if s.thinking else (t == self.tok.think_start_id)
+            if len(s.out) >= s.req.max_tokens:
+                self._finish(s, "length")
+            return
         piece = s.stream.push(t)
         d.add(piece)
         if piece.stopped:
@@ -622,7 +643,19 @@ class Engine:
     def _finish(self, s: _Seq, reason: str) -> None:
         s.finish_reason = reason
         d = s.delta
-        d.add(s.stream.finish())
+        if s.text_at_end:
+            pushed = s.out if reason == "length" else s.out[:-1]  # a stop token is not text
+            d.add(s.stream.push_all(pushed))
+            tags = sum(t in (self.tok.think_start_id, self.tok.think_end_id) for t in pushed)
+            if s.stream.text.count(THINK_START) + s.stream.text.count(THINK_END) != tags:
+                # a tag spelled by ordinary tokens: count the think block's tokens as the stream would
+                replay = TextStream(self.tok, (), s.req.params.skip_special_tokens, s.req.in_reasoning)
+                s.reasoning_tokens = 0
+                for t in s.out:
+                    s.reasoning_tokens += replay.parser.in_reasoning
+                    replay.push(t)  # (after the last pushed id, only a stop token is left)
+        else:
+            d.add(s.stream.finish())
         d.finish_reason = reason
         req = s.req
         d.usage = Usage(len(req.prompt), len(s.out), req.cached, s.reasoning_tokens)
@@ -742,7 +775,7 @@ class Engine:
         try:
             with self._lock:  # no step may run before the backlogs exist
                 for p, sp in zip(prompts, plist):
-                    req = self.requests[self.add_request(p, sp)]
+                    req = self.requests[self.add_request(p, sp, deltas=listen)]
                     req.backlog = deque() if listen else None
                     reqs.append(req)
         except Exception:

@@ -1,10 +1,11 @@
 """Sampling parameters and the batched sampler: one call turns a (rows, vocab) block of logits into one
-token per row, each row under its own parameters and its own random generator.
+token per row, each row under its own parameters and its own random stream.
 
-Why a generator per request: a request with a seed must give the same tokens whether it runs alone or
-beside 63 others. Sampling draws Exp(1) noise e over the vocabulary from the request's generator and
-takes argmax(p / e), which picks token i with probability p_i (the exponential race), so every token
-costs each request exactly one draw from its own stream, whatever else is in the batch.
+Why a stream per sample: a request with a seed must give the same tokens whether it runs alone or
+beside 63 others. Each token is drawn by inverting the row's cumulative distribution at one uniform
+number, and that number is a hash of the sample's seed and the token's position (counter-based, as
+Philox is): it depends on nothing else in the batch, and the whole batch samples in one cumsum and one
+searchsorted rather than a random-number kernel per row.
 """
 
 from __future__ import annotations
@@ -126,18 +127,32 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
     return probs
 
 
-def sample(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
-           ) -> Tensor:
-    """One token per row of logits (b, V) (already penalised): argmax for greedy rows, else the
-    exponential race with the row's generator. Returns (b,) int64."""
+_M64 = (1 << 64) - 1
+
+
+def uniform(seed: int, position: int) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, position): SplitMix64's finaliser over the
+    two, in exact Python integers (the same on every device and in every batch)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (position + 1) * 0xD1B54A32D192ED03) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return ((z ^ (z >> 31)) >> 11) / 2.0**53
+
+
+def sample(logits: Tensor, params: Sequence[SamplingParams], draws: Sequence[float | None]) -> Tensor:
+    """One token per row of logits (b, V) (already penalised): argmax for greedy rows, else the token at
+    which the row's cumulative distribution passes draws[row] (a uniform number; see uniform()), which is
+    token i with probability p_i. Returns (b,) int64."""
     logits = logits.float()
     tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         probs = filter_probs(logits[rows], [params[i] for i in rows])
-        noise = torch.stack([torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=generators[i])
-                             for i in rows]).clamp_(min=torch.finfo(torch.float32).tiny)  # some backends give 0
-        tokens[rows] = (probs / noise).argmax(dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
+        # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
+        # the clamp catches u rounding onto the total
+        tokens[rows] = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
     return tokens
 
 

@@ -60,6 +60,9 @@ class Detokenizer:
 def _partial_suffix(text: str, targets: Sequence[str]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of one of `targets` (0 if none)."""
     longest = max((len(t) for t in targets), default=0)
+    tail = text[len(text) - min(len(text), longest - 1):]
+    if not any(t[0] in tail for t in targets):  # the common case, per token: no target can start here
+        return 0
     for k in range(min(len(text), longest - 1), 0, -1):
         tail = text[-k:]
         if any(t.startswith(tail) and len(t) > k for t in targets):
@@ -88,6 +91,8 @@ class StopMatcher:
     def push(self, text: str) -> tuple[str, bool]:
         if self.stopped:
             return "", True
+        if not self.stop:
+            return text, False
         buf = self._held + text
         # (end, start) of each stop's first occurrence; the earliest end wins, then the earliest start.
         hits = [(i + len(s), i) for s in self.stop if (i := buf.find(s)) >= 0]
@@ -208,6 +213,16 @@ class TextStream:
             return StreamDelta("", "", "", self.stopped)
         text, stopped = self.stop_matcher.push(self.detokenizer.push(token_id))
         return self._emit(text, stopped, last=stopped)
+
+    def push_all(self, ids: Sequence[int]) -> StreamDelta:
+        """push() of every id, then finish(), as one delta: the same text, since no stage depends on how its
+        input is chunked, but one stop-string and one tag scan instead of one per token."""
+        if self.finished:
+            return StreamDelta("", "", "", self.stopped)
+        text, stopped = self.stop_matcher.push("".join(map(self.detokenizer.push, ids)) + self.detokenizer.flush())
+        if not stopped:
+            text += self.stop_matcher.flush()
+        return self._emit(text, stopped, last=True)
 
     def finish(self) -> StreamDelta:
         if self.finished:

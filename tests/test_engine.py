@@ -335,6 +335,13 @@ def test_text_made_at_the_end_equals_the_streamed_text(chat, monkeypatch):
         assert c.usage == usage and c.usage.reasoning_tokens > 0
         spelled_tags += c.text.count("think>") > script.count(tok.think_start_id) + script.count(tok.think_end_id)
     assert spelled_tags >= 3  # the case where the end of the think block is not a tag token
+    # deltas=False (what generate() asks for): step() reports a sample once, whole, when it finishes
+    quiet = []
+    eng.add_request(ask[0], params[0], deltas=False)
+    while eng.has_unfinished():
+        quiet += eng.step()
+    assert len(quiet) == 1 and (quiet[0].token_ids, quiet[0].text, quiet[0].usage, quiet[0].finish_reason) == (
+        scripts[0], done[0].text, done[0].usage, done[0].finish_reason)
 
 
 def test_abort_and_early_exit_free_the_slots(chat):

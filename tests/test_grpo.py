@@ -61,6 +61,38 @@ def test_k3_kl_by_hand_and_in_the_loss():
     assert stats.kl == pytest.approx((1 - math.log(2)) / 2)
 
 
+def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
+    """token_logprobs runs each distinct prompt once and its completions against its latents: the same
+    log-probs, entropies and gradients as running every prompt + completion as one sequence."""
+    from nanoseek.model.config import PRESETS
+    from nanoseek.model.model import Transformer
+    from nanoseek.train.grpo import token_logprobs
+
+    torch.manual_seed(0)
+    model = Transformer(PRESETS["tiny"])
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(7, 300, (k,), generator=g).tolist() for k in (9, 4, 13)]
+    P = [prompts[i // 3] for i in range(9)]  # groups of 3
+    C = [torch.randint(7, 300, (k,), generator=g).tolist() for k in (5, 1, 8, 3, 3, 6, 1, 2, 7)]
+    logp, mask, ent = token_logprobs(model, P, C, torch.device("cpu"), entropy=True)
+    (logp * mask).sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    assert mask.sum() == sum(map(len, C)) and logp.shape == (9, 8)
+    total = 0
+    for i, (p, c) in enumerate(zip(P, C)):
+        full = model(torch.tensor([p + c])).logits[0].log_softmax(-1)[len(p) - 1: -1]  # predicts c
+        ref = full.gather(1, torch.tensor(c)[:, None])[:, 0]
+        torch.testing.assert_close(logp[i, : len(c)], ref)
+        torch.testing.assert_close(ent[i, : len(c)], -(full.exp() * full).sum(-1).detach())
+        total = total + ref.sum()
+    total.backward()
+    assert grads.keys() == {k for k, p in model.named_parameters() if p.grad is not None}
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[k], p.grad, msg=k)
+
+
 def test_bad_arguments():
     logp, old, adv, mask = inputs()
     with pytest.raises(ValueError, match="level must be one of sequence, token"):

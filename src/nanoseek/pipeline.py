@@ -50,7 +50,7 @@ class Preset:
     prompts_per_step: int = 16
     group_size: int = 8
     max_tokens: int = 64
-    zero_steps: int = 80  # R1-Zero: GRPO from the base
+    zero_steps: int = 160  # R1-Zero: GRPO from the base (80 steps gave +14.6 points on one machine: BENCHMARKS.md)
     cold_start: int = 500  # R1: cold-start chats (another seed), then GRPO
     sft_steps: int = 60
     sft_lr: float = 1e-3

@@ -26,6 +26,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -147,7 +148,7 @@ class _Request:
     params: SamplingParams
     max_tokens: int
     in_reasoning: bool
-    deltas: bool = True  # step() reports text as it comes; False: only in the sample's last delta
+    deltas: bool = True  # step() reports each token as it comes; False: a sample's one delta when it finishes
     seqs: list[_Seq] = field(default_factory=list)
     cached: int = 0  # prompt tokens found in the prefix cache
     prefix_blocks: list[Block] = field(default_factory=list)
@@ -294,10 +295,10 @@ class Engine:
                     deltas: bool = True) -> str:
         """Queue a request; it starts at the next step() with free slots. Returns its id.
 
-        deltas=False: the caller reads only the completions (or the last delta of each sample), so a sample
-        without stop strings is detokenized and parsed once when it finishes instead of token by token (the
-        same text: the stream's stages do not depend on chunking). For GRPO's rollouts this is a third of
-        the Python work per token."""
+        deltas=False: the caller reads only the completions, so step() reports each sample once, when it
+        finishes, in one delta that holds all of it; and a sample without stop strings is detokenized and
+        parsed then, once, instead of token by token (the same text: the stream's stages do not depend on
+        chunking). This is most of the per-token Python work of a GRPO rollout."""
         params = params or SamplingParams()
         ids = self.validate(prompt, params)
         with self._lock:
@@ -332,14 +333,20 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Delta]:
         """Admit what fits, prefill it, decode every running row; returns this step's deltas."""
-        with self._lock:
-            training = self.model.training
-            if not training:
-                return self._step()
-            self.model.eval()  # and back after: the engine may share a model that is being trained (GRPO)
-            try:
-                return self._step()
-            finally:
+        with self._lock, self._evaluating():
+            return self._step()
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """The model in eval mode, and back after: the engine may share a model that is being trained (GRPO).
+        (A toggle walks every module, so generate() does it once rather than once a step.)"""
+        training = self.model.training
+        if training:
+            self.model.eval()
+        try:
+            yield
+        finally:
+            if training:
                 self.model.train()
 
     def _step(self) -> list[Delta]:
@@ -610,16 +617,19 @@ class Engine:
             self._append(s, t, None if lps is None else lps[i])
 
     def _append(self, s: _Seq, t: int, lp: TokenLogprob | None) -> None:
-        p = s.req.params
+        p, req = s.req.params, s.req
         s.out.append(t)
         s.pending = t
-        if s.delta is None:
-            s.delta = Delta(s.req.id, s.index, [], logprobs=[] if p.logprobs else None)
-        d = s.delta
-        d.token_ids.append(t)
         if lp is not None and s.logprobs is not None:
             s.logprobs.append(lp)
-            d.logprobs.append(lp)
+        d = None
+        if req.deltas:  # else the sample's one delta is made whole when it finishes
+            if s.delta is None:
+                s.delta = Delta(req.id, s.index, [], logprobs=[] if p.logprobs else None)
+            d = s.delta
+            d.token_ids.append(t)
+            if lp is not None and d.logprobs is not None:
+                d.logprobs.append(lp)
         if self.counts is not None:
             self.counts[s.row, t] += 1
             self.seen[s.row, t] = True
@@ -630,34 +640,38 @@ class Engine:
             return self._finish(s, "stop")
         if s.text_at_end:  # the parser's state from the tag tokens alone; _finish checks that this was exact
             s.thinking = (t != self.tok.think_end_id) if s.thinking else (t == self.tok.think_start_id)
-            if len(s.out) >= s.req.max_tokens:
-                self._finish(s, "length")
-            return
-        piece = s.stream.push(t)
-        d.add(piece)
-        if piece.stopped:
-            self._finish(s, "stop")
-        elif len(s.out) >= s.req.max_tokens:
+        else:
+            piece = s.stream.push(t)
+            if d is not None:
+                d.add(piece)
+            if piece.stopped:
+                return self._finish(s, "stop")
+        if len(s.out) >= req.max_tokens:
             self._finish(s, "length")
 
     def _finish(self, s: _Seq, reason: str) -> None:
         s.finish_reason = reason
-        d = s.delta
+        req = s.req
         if s.text_at_end:
             pushed = s.out if reason == "length" else s.out[:-1]  # a stop token is not text
-            d.add(s.stream.push_all(pushed))
+            piece = s.stream.push_all(pushed)
             tags = sum(t in (self.tok.think_start_id, self.tok.think_end_id) for t in pushed)
             if s.stream.text.count(THINK_START) + s.stream.text.count(THINK_END) != tags:
                 # a tag spelled by ordinary tokens: count the think block's tokens as the stream would
-                replay = TextStream(self.tok, (), s.req.params.skip_special_tokens, s.req.in_reasoning)
+                replay = TextStream(self.tok, (), req.params.skip_special_tokens, req.in_reasoning)
                 s.reasoning_tokens = 0
                 for t in s.out:
                     s.reasoning_tokens += replay.parser.in_reasoning
                     replay.push(t)  # (after the last pushed id, only a stop token is left)
         else:
-            d.add(s.stream.finish())
+            piece = s.stream.finish()
+        if req.deltas:
+            d = s.delta
+            d.add(piece)
+        else:
+            d = s.delta = Delta(req.id, s.index, list(s.out), s.stream.text, s.stream.reasoning, s.stream.content,
+                                s.logprobs)
         d.finish_reason = reason
-        req = s.req
         d.usage = Usage(len(req.prompt), len(s.out), req.cached, s.reasoning_tokens)
         req.done[s.index] = Completion(req.id, s.index, req.prompt, list(s.out), s.stream.text, s.stream.reasoning,
                                        s.stream.content, reason, d.usage, s.logprobs)
@@ -748,9 +762,10 @@ class Engine:
         ids = {r.id for r in reqs}
         bar = tqdm(total=sum(r.params.n for r in reqs), desc="generating", unit="sample", disable=not progress)
         try:
-            while any(r.id in self.requests for r in reqs):
-                for d in self.step():
-                    bar.update(d.finish_reason is not None and d.request_id in ids)
+            with self._evaluating():
+                while any(r.id in self.requests for r in reqs):
+                    for d in self.step():
+                        bar.update(d.finish_reason is not None and d.request_id in ids)
         finally:
             bar.close()
             for r in reqs:

@@ -225,30 +225,79 @@ def rollout(engine: Engine, task: Task, examples: list[Example], seeds: list[int
     return out
 
 
-def token_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
+class _PromptKV:
+    """Duck-types the KVCache interface for a training forward: update() is out of place, so gradients flow
+    through the cached latents. Holds one (rows, max_len, rank + rope) tensor per layer."""
+
+    def __init__(self, layers: list[Tensor], max_len: int):
+        self.layers, self.max_len = layers, max_len
+
+    def update(self, layer_id: int, positions: Tensor, kv: Tensor, kv_len: int) -> Tensor:
+        new = self.layers[layer_id].scatter(1, positions[..., None].expand(-1, -1, kv.shape[-1]), kv)
+        self.layers[layer_id] = new
+        return new[:, :kv_len]
+
+
+def _padded(rows: list[list[int]], width: int) -> Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def token_logprobs(model: Transformer, prompts: list[list[int]], completions: list[list[int]],
                    device: torch.device, entropy: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """log pi(token) of every completion token (N, T) with its mask, right-padded to the longest
-    completion, and optionally the policy's entropy at those positions."""
-    n, T = len(completions), max(len(c) for c in completions)
-    L = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    ids = torch.zeros(n, L, dtype=torch.long)
-    index = torch.zeros(n, T, dtype=torch.long)  # where each completion token's logits are
-    mask = torch.zeros(n, T)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        index[i, : len(c)] = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-        mask[i, : len(c)] = 1
-    ids, index, mask = ids.to(device), index.to(device), mask.to(device)
-    logits = model(ids[:, :-1]).logits
-    logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float()  # (n, T, V)
-    logp_all = logits.log_softmax(dim=-1)
-    targets = ids.gather(1, (index + 1).clamp(max=L - 1))
+    completion, and optionally the policy's entropy at those positions.
+
+    A group's completions share their prompt, so each distinct prompt runs once (as the engine's prefill
+    shares it among n samples): its latents are gathered into the rows of its completions, which then run
+    at their offsets attending to them, and gradients reach the prompt through the gather. With G = 8 and
+    prompts twice as long as the answers, that is about 2.5x fewer tokens than prompt + completion per row.
+    """
+    cfg = model.cfg
+    T = max(len(c) for c in completions)
+    distinct: dict[tuple[int, ...], int] = {}
+    which = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    uniq = [list(p) for p in distinct]
+    plen = torch.tensor([len(p) for p in prompts], device=device)
+    P = max(len(p) for p in uniq)
+    L = int((plen + T).max())
+    width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    dtype = model.embed_tokens.weight.dtype
+    layers = [torch.zeros(len(uniq), L, width, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+    kv = _PromptKV(layers, L)
+    out = model(_padded(uniq, P).to(device), cache=kv, absorb=False)
+    ulen = torch.tensor([len(p) for p in uniq], device=device)
+    first = out.logits[torch.arange(len(uniq), device=device), ulen - 1][which]  # predicts completion token 0
+    logits = first[:, None]
+    if T > 1:  # completion tokens 0..T-2 predict tokens 1..T-1, at positions len(prompt)..
+        kv.layers = [t[which] for t in kv.layers]
+        rest = model(_padded([c[:-1] for c in completions], T - 1).to(device), cache=kv, start_pos=plen,
+                     absorb=False).logits
+        logits = torch.cat([logits, rest], dim=1)
+    targets = _padded(completions, T).to(device)
+    mask = (torch.arange(T, device=device)[None] < torch.tensor([len(c) for c in completions], device=device)[:, None])
+    logp_all = logits.float().log_softmax(dim=-1)
     logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
     ent = None
     if entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, mask, ent
+    return logp, mask.float(), ent
+
+
+class Scorer(torch.nn.Module):
+    """token_logprobs as one module call: DDP allows one forward per backward, and token_logprobs runs the
+    model twice (prompts, then completions)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompts: list[list[int]], completions: list[list[int]], entropy: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return token_logprobs(self.model, prompts, completions, self.model.embed_tokens.weight.device, entropy)
 
 
 def _micro(n: int, size: int) -> list[slice]:
@@ -288,9 +337,9 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
     # the MTP modules are pretraining's (and speculation's): RL's loss never reaches them, and DDP wants every
     # trained parameter to get a gradient
     model.mtp.requires_grad_(False)
-    policy: torch.nn.Module = model
+    policy: torch.nn.Module = Scorer(model)
     if d.world_size > 1:
-        policy = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        policy = torch.nn.parallel.DistributedDataParallel(policy, broadcast_buffers=False)
     optim = build_optimizer(model, cfg)
 
     step, cursor, elapsed, samples = 0, 0, 0.0, 0
@@ -438,7 +487,7 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
             last = j == len(parts) - 1
             sync = nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
             with sync:
-                logp, mask, ent = token_logprobs(policy, P[s], C[s], dev, entropy=True)
+                logp, mask, ent = policy(P[s], C[s], entropy=True)
                 loss, st = grpo_loss(logp, logp.detach() if old is None else old[j], adv[s], mask,
                                      None if refs is None else refs[j], cfg.beta, cfg.eps_low, cfg.eps_high,
                                      cfg.loss_level)

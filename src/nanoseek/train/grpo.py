@@ -254,6 +254,7 @@ def token_logprobs(model: Transformer, prompts: list[list[int]], completions: li
     shares it among n samples): its latents are gathered into the rows of its completions, which then run
     at their offsets attending to them, and gradients reach the prompt through the gather. With G = 8 and
     prompts twice as long as the answers, that is about 2.5x fewer tokens than prompt + completion per row.
+    (The expert loads that aux-loss-free balancing sees count each prompt token once, not once a sample.)
     """
     cfg = model.cfg
     T = max(len(c) for c in completions)

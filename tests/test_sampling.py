@@ -7,7 +7,7 @@ from nanoseek.infer.sampling import SamplingParams, filter_probs, sample, unifor
 
 
 def test_sampling_follows_the_distribution():
-    """The exponential race picks token i with probability p_i."""
+    """Inverting the cumulative distribution at a uniform draw picks token i with probability p_i."""
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     params = [SamplingParams(temperature=1.0)]
     draws = torch.tensor([int(sample(probs.log()[None], params, [uniform(0, i)])[0]) for i in range(4000)])

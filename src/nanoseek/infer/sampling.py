@@ -105,7 +105,7 @@ def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Te
 
 def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
     """Softmax at each row's temperature, then top-k, min-p and top-p; rows (b, V) of probabilities
-    with the dropped tokens at 0 (not renormalised: the exponential race does not need it)."""
+    with the dropped tokens at 0 (not renormalised: sample() scales its draw by the row's total)."""
     dev = logits.device
     temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
     probs = (logits / temp).softmax(dim=-1)

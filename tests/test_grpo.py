@@ -83,14 +83,14 @@ def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
     for i, (p, c) in enumerate(zip(P, C)):
         full = model(torch.tensor([p + c])).logits[0].log_softmax(-1)[len(p) - 1: -1]  # predicts c
         ref = full.gather(1, torch.tensor(c)[:, None])[:, 0]
-        torch.testing.assert_close(logp[i, : len(c)], ref)
-        torch.testing.assert_close(ent[i, : len(c)], -(full.exp() * full).sum(-1).detach())
+        torch.testing.assert_close(logp[i, : len(c)], ref, rtol=1e-4, atol=1e-5)  # other kernels, other order
+        torch.testing.assert_close(ent[i, : len(c)], -(full.exp() * full).sum(-1).detach(), rtol=1e-4, atol=1e-5)
         total = total + ref.sum()
     total.backward()
     assert grads.keys() == {k for k, p in model.named_parameters() if p.grad is not None}
     for k, p in model.named_parameters():
         if p.grad is not None:
-            torch.testing.assert_close(grads[k], p.grad, msg=k)
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_bad_arguments():

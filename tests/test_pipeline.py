@@ -86,3 +86,28 @@ def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch)
     ids = torch.tensor([[0, 5, 9, 12, 40, 7]])
     with torch.no_grad():
         assert torch.allclose(hf(ids).logits, ours(ids).logits, atol=1e-4)
+
+
+def test_the_gpu_100m_preset_fits_its_task_and_keeps_its_checkpoints():
+    """gpu-100m needs a GPU, so CI checks what would break it there: its harder task gives worked documents
+    whose answers fit max_tokens and whose text fits seq_len, and the student is a valid dense model far
+    smaller than the teacher."""
+    from nanoseek.data import gym_documents
+    from nanoseek.model.config import get_preset
+    from nanoseek.model.counting import count_params
+    from nanoseek.pipeline import PRESETS
+    from nanoseek.tokenizer import train_tokenizer
+
+    p = PRESETS["gpu-100m"]
+    docs = list(gym_documents(p.task, 400, seed=0, config=p.task_config))
+    assert len(docs) == 400 and all(d["messages"][1]["reasoning_content"] for d in docs)
+    assert any("*" in d["messages"][0]["content"] and "(" in d["messages"][0]["content"] for d in docs)
+    tok = train_tokenizer([d["text"] for d in docs], vocab_size=p.vocab)  # fewer merges than 60K docs give
+    answers = [len(tok.encode(d["text"].split("<｜Assistant｜>", 1)[1])) for d in docs]
+    assert max(len(tok.encode(d["text"])) for d in docs) <= p.seq_len and max(answers) <= p.max_tokens
+    assert max(p.budgets) <= p.max_tokens
+    teacher = get_preset(p.teacher).replace(vocab_size=p.vocab)
+    student = teacher.replace(**p.student)
+    student.validate()
+    assert student.first_k_dense_replace == student.num_hidden_layers and not student.num_nextn_predict_layers
+    assert count_params(student).total < count_params(teacher).active / 2

@@ -899,9 +899,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "with tables, plots and the cost of each stage. Stages are kept in OUT_DIR/<stage>/; rerun "
                     "the same command to resume after an interruption.",
         epilog="example: nanoseek pipeline --out-dir runs/pipeline   (about 10 minutes on 2 CPU cores)\n"
-               "         nanoseek pipeline --quick                    (every stage, a few steps each: a smoke test)",
+               "         nanoseek pipeline --quick                    (every stage, a few steps each: a smoke test)\n"
+               "         nanoseek pipeline --preset gpu-100m          (one GPU: a 293M-parameter MoE teacher, a "
+               "harder task)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    pipe.add_argument("--preset", choices=("default", "quick"), default="default", help="sizes and steps")
+    pipe.add_argument("--preset", choices=("default", "quick", "gpu-100m"), default="default",
+                      help="sizes and steps (gpu-100m: for one H100/H200, about 10 minutes by estimate)")
     pipe.add_argument("--quick", action="store_true", help="the quick preset: minutes, numbers that mean nothing")
     pipe.add_argument("--out-dir", default="runs/pipeline", help="where stages and the report go")
     pipe.add_argument("--export", metavar="DIR", help="also copy the best model there with the report as its "

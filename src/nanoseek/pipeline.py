@@ -25,8 +25,22 @@ from nanoseek.checkpoint import atomic_write
 from nanoseek.data import gym_documents, prepare_corpus, write_jsonl
 from nanoseek.eval.cost import cpu_model
 
-# a 2-vCPU cloud machine: AWS c7i.large on demand, us-east-1 (the price BENCHMARKS.md uses); an assumption
+# assumed prices, not bills: a 2-vCPU cloud machine (AWS c7i.large on demand, us-east-1, as BENCHMARKS.md
+# uses), and a GPU-hour at the $2 that DeepSeek-V3's report assumes for an H800
 PRICE_PER_HOUR = 0.08925
+PRICE_NOTE = "AWS c7i.large, 2 vCPU, on demand"
+GPU_PRICE_PER_HOUR = 2.0
+GPU_PRICE_NOTE = "a GPU-hour at DeepSeek-V3's assumed H800 rental price"
+
+
+def machine() -> tuple[str, float, str]:
+    """What the stages ran on (the GPU when there is one: every stage then trains and samples there), its
+    assumed price per hour, and where that price comes from."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(), GPU_PRICE_PER_HOUR, GPU_PRICE_NOTE
+    return cpu_model(), PRICE_PER_HOUR, PRICE_NOTE
 EVAL_SEED = 10_007  # held-out prompts: another seed of the generator than every training stage's
 
 
@@ -72,6 +86,19 @@ PRESETS = {
     "quick": Preset(docs=3000, pretrain_steps=400, zero_from=200, zero_steps=4, cold_start=100, sft_steps=10,
                     r1_steps=4, rs_prompts=200, rs_k=4, student_pretrain_steps=100, distill_steps=20, eval_size=16, k=4,
                     budgets=[8, 32], prompts_per_step=8, group_size=4, max_tokens=48),
+    # One H100/H200: the gpu-100m model (110M active of 293M parameters) on a task with room to learn: 3 to 5
+    # terms of 1-2 digits with +, - and *, and parentheses (51 tokens a worked document on average, at most
+    # ~115), into a 30M-parameter dense student. Sized by estimate to finish within about 10 minutes; the
+    # measured wall time and accuracy are in BENCHMARKS.md once a GPU run has been made.
+    "gpu-100m": Preset(
+        task_config={"min_terms": 3, "max_terms": 5, "min_digits": 1, "max_digits": 2, "operators": ["+", "-", "*"],
+                     "allow_parentheses": True, "allow_negation": False},
+        docs=60_000, vocab=2048, teacher="gpu-100m", seq_len=256, micro_batch=64, pretrain_steps=1200,
+        zero_from=600, pretrain_lr=1e-3, grpo_lr=1e-5, prompts_per_step=32, group_size=8, max_tokens=128,
+        zero_steps=60, cold_start=1000, sft_steps=100, sft_lr=1e-4, r1_steps=40, rs_prompts=2000, rs_k=4,
+        student={"hidden_size": 512, "num_hidden_layers": 8, "first_k_dense_replace": 8, "intermediate_size": 1536,
+                 "num_attention_heads": 8, "num_key_value_heads": 8, "num_nextn_predict_layers": 0},
+        student_pretrain_steps=800, distill_steps=200, eval_size=200, k=8, budgets=[8, 16, 32, 64, 128]),
 }
 
 
@@ -130,9 +157,10 @@ class Pipeline:
 
     def pretrain(self, d: Path) -> dict:
         p = self.p
-        # checkpoints at zero_from (R1-Zero's start) and at the end are the two kept
+        # every zero_from steps a checkpoint, all kept: R1-Zero starts from the one at zero_from
         return self._train(d, model=p.teacher, data=str(self.out / "corpus" / "data"), max_steps=p.pretrain_steps,
-                           lr=p.pretrain_lr, warmup_steps=20, save_every=p.zero_from, keep_last=2)
+                           lr=p.pretrain_lr, warmup_steps=20, save_every=p.zero_from,
+                           keep_last=-(-p.pretrain_steps // p.zero_from))
 
     def student_base(self, d: Path) -> dict:
         p = self.p
@@ -168,7 +196,7 @@ class Pipeline:
         p = self.p
         d.mkdir(parents=True, exist_ok=True)
         engine = Engine.from_checkpoint(self.stages["r1"]["checkpoint"], max_batch=128, speculative=False,
-                                        max_seq_len=256)
+                                        max_seq_len=max(256, p.max_tokens + 128))
         task = gym_task(p.task, p.rs_prompts, seed=2, config=p.task_config)
         counts = write_samples(rejection_sample(engine, task, p.rs_k, SamplingParams(
             temperature=0.6, top_p=0.95, max_tokens=p.max_tokens, seed=0), shortest=True, progress=self.progress),
@@ -190,7 +218,8 @@ class Pipeline:
         from nanoseek.tasks.task import gym_task
 
         p = self.p
-        engine = Engine.from_checkpoint(checkpoint, max_batch=128, speculative=False, max_seq_len=256)
+        engine = Engine.from_checkpoint(checkpoint, max_batch=128, speculative=False,
+                                        max_seq_len=max(256, p.max_tokens + 128))
         task = gym_task(p.task, p.eval_size, seed=EVAL_SEED, config=p.task_config)
         res = evaluate(engine, task, EvalConfig(k=p.k, max_tokens=p.max_tokens, budgets=p.budgets if budgets else []))
         write_results(res, d, d.name)
@@ -201,6 +230,7 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         p = self.p
+        name, price, note = machine()
         t0 = time.perf_counter()
         self.stage("corpus", self.corpus)
         base = self.stage("pretrain", self.pretrain)["checkpoint"]
@@ -226,8 +256,8 @@ class Pipeline:
         evals["best"] = self.stage(f"eval_best_{best}", lambda d: self.evaluate(
             d, self.stages[models[best]]["checkpoint"], budgets=True))
         summary = {"preset": dataclasses.asdict(p), "stages": self.stages, "evals": evals, "best": best,
-                   "best_checkpoint": evals["best"]["checkpoint"], "machine": cpu_model(),
-                   "wall_s": time.perf_counter() - t0, "price_per_hour": PRICE_PER_HOUR}
+                   "best_checkpoint": evals["best"]["checkpoint"], "machine": name,
+                   "wall_s": time.perf_counter() - t0, "price_per_hour": price, "price_note": note}
         atomic_write(self.out / "report.json", json.dumps(summary, indent=1, default=str) + "\n")
         atomic_write(self.out / "report.md", report(summary, self.out))
         return summary
@@ -281,8 +311,8 @@ def report(s: dict[str, Any], out: Path) -> str:
         lines += [f"| {b['budget']} | {b['accuracy']:.3f} | {b['mean_thinking_tokens']:.1f} | {b['cut']:.0%} |"
                   for b in ev["best"]["budgets"]]
     lines += ["", "## Cost", "",
-              f"Machine-hours of this {s['machine']} and dollars at ${s['price_per_hour']}/hour (AWS c7i.large, "
-              "2 vCPU, on demand: an assumed price, not a bill).", "",
+              f"Machine-hours of this {s['machine']} and dollars at ${s['price_per_hour']}/hour "
+              f"({s.get('price_note', PRICE_NOTE)}: an assumed price, not a bill).", "",
               "| stage | seconds | machine-hours | $ |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {h * 3600:.0f} | {h:.4f} | {h * s['price_per_hour']:.5f} |" for k, h in hours.items()]
     lines += [f"| **total** | {total_h * 3600:.0f} | {total_h:.4f} | {total_h * s['price_per_hour']:.5f} |", "",

@@ -107,8 +107,11 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
     """Softmax at each row's temperature, then top-k, min-p and top-p; rows (b, V) of probabilities
     with the dropped tokens at 0 (not renormalised: sample() scales its draw by the row's total)."""
     dev = logits.device
-    temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
-    probs = (logits / temp).softmax(dim=-1)
+    if all(p.temperature == 1 for p in params):
+        probs = logits.softmax(dim=-1)  # (x / 1 is x: the same numbers, one op fewer)
+    else:
+        temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
+        probs = (logits / temp).softmax(dim=-1)
     if any(p.top_k > 0 for p in params):
         k = torch.tensor([min(p.top_k, probs.shape[-1]) if p.top_k > 0 else probs.shape[-1] for p in params],
                          device=dev)  # a k past the vocabulary keeps it all (and fits in int64)
@@ -144,15 +147,20 @@ def sample(logits: Tensor, params: Sequence[SamplingParams], draws: Sequence[flo
     which the row's cumulative distribution passes draws[row] (a uniform number; see uniform()), which is
     token i with probability p_i. Returns (b,) int64."""
     logits = logits.float()
-    tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
-    if rows:
-        probs = filter_probs(logits[rows], [params[i] for i in rows])
-        cdf = probs.cumsum(dim=-1)
-        u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
-        # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
-        # the clamp catches u rounding onto the total
-        tokens[rows] = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+    if not rows:
+        return logits.argmax(dim=-1)
+    every = len(rows) == len(params)  # (a rollout batch: no argmax, no row gather and scatter)
+    probs = filter_probs(logits if every else logits[rows], params if every else [params[i] for i in rows])
+    cdf = probs.cumsum(dim=-1)
+    u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
+    # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
+    # the clamp catches u rounding onto the total
+    drawn = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+    if every:
+        return drawn
+    tokens = logits.argmax(dim=-1)
+    tokens[rows] = drawn
     return tokens
 
 

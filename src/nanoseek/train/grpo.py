@@ -157,6 +157,9 @@ class GRPOConfig(RunOptions):
     scale_rewards: bool = opt(True, "divide advantages by the group's reward std (off: Dr. GRPO)")
     dynamic_sampling: bool = opt(False, "DAPO: drop groups whose rewards are all equal and sample more prompts")
     max_resample: int = opt(3, "dynamic sampling: extra rounds of prompts per step at most")
+    train_zero_advantage: bool = opt(False, "also run completions whose advantage is 0 through the update: with "
+                                            "beta 0 their gradient is exactly 0, so by default they are left out "
+                                            "(ratio, entropy and expert loads then count the tokens that ran)")
     template: str = opt("chat", "chat (R1: the prompt opens <think>) or r1-zero (the R1-Zero text template)")
     format_weight: float = opt(0.1, "weight of the format reward")
     language_weight: float = opt(0.0, "weight of R1's language-consistency reward")
@@ -301,8 +304,27 @@ class Scorer(torch.nn.Module):
         return token_logprobs(self.model, prompts, completions, self.model.embed_tokens.weight.device, entropy)
 
 
-def _micro(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def _plan(adv: list[float], cfg: GRPOConfig, dev: torch.device, d: Dist) -> list[tuple[list[int], float]]:
+    """The update's micro-batches: (completion indices, weight of their statistics).
+
+    With beta = 0 a completion whose advantage is 0 (every completion of a group with equal rewards) adds
+    exactly 0 to the loss and to the gradient, whatever its ratio: min(rho * 0, clip(rho) * 0) = 0. Such
+    completions are left out (unless cfg.train_zero_advantage); the loss keeps its denominators (all
+    completions, or all tokens), so the gradient is the same up to float summation order. Under torchrun
+    every rank must run as many backward passes as the others (each ends in a gradient all-reduce): a rank
+    with fewer micro-batches runs completion 0 as a stand-in with weight 0 (its gradient and load are not
+    counted)."""
+    n = len(adv)
+    run = list(range(n)) if cfg.beta or cfg.train_zero_advantage else [i for i in range(n) if adv[i] != 0]
+    parts = [(run[i: i + cfg.micro_batch_size], 1.0) for i in range(0, len(run), cfg.micro_batch_size)]
+    want = len(parts)
+    if d.world_size > 1:
+        m = torch.tensor([want], device=dev)
+        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+        want = int(m.item())
+    while len(parts) < want:
+        parts.append(([0], 0.0))  # completion 0's gradient is scaled by 0 (or is 0: nothing else ran)
+    return parts
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict[str, Any]]:
@@ -467,46 +489,70 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
             batch: Rollout, cfg: GRPOConfig, step: int, dev: torch.device, d: Dist) -> dict[str, Any]:
     """mu optimizer steps on one rollout batch; returns the loss statistics of the last."""
     totals = torch.tensor([r.total for r in batch.rewards])
-    adv = group_advantages(totals, cfg.group_size, scale=cfg.scale_rewards).to(dev)
+    adv_cpu = group_advantages(totals, cfg.group_size, scale=cfg.scale_rewards)
+    adv = adv_cpu.to(dev)
     P, C = batch.prompt_ids, batch.completion_ids
-    parts = _micro(len(C), cfg.micro_batch_size)
-    n_tokens = sum(len(c) for c in C)
+    parts = _plan(adv_cpu.tolist(), cfg, dev, d)
+    ran = [i for idx, w in parts if w for i in idx]
+    # The batch's means are over every rank's completions (sequence) or tokens (token), so a rank weighs
+    # its sums by world_size / the global count: DDP's gradient average then gives the global mean, the
+    # same as one process would (ranks may differ in tokens, and with dynamic sampling in completions).
+    counts = torch.tensor([len(C), sum(map(len, C)), sum(len(C[i]) for i in ran)], device=dev, dtype=torch.float64)
+    if d.world_size > 1:
+        torch.distributed.all_reduce(counts)
+    n_seqs, n_tokens, ran_tokens = (x / d.world_size for x in counts.tolist())  # per-rank means of the counts
+
+    def pick(rows: list, idx: list[int]) -> list:
+        return [rows[i] for i in idx]
     old = refs = None
     if cfg.mu > 1:  # pi_old: the policy that sampled, fixed for all mu steps
         with torch.no_grad():
-            old = [token_logprobs(model, P[s], C[s], dev)[0] for s in parts]
+            old = [token_logprobs(model, pick(P, idx), pick(C, idx), dev)[0] for idx, _ in parts]
     if ref is not None:
         with torch.no_grad():
-            refs = [token_logprobs(ref, P[s], C[s], dev)[0] for s in parts]
+            refs = [token_logprobs(ref, pick(P, idx), pick(C, idx), dev)[0] for idx, _ in parts]
     t0 = time.perf_counter()
     for it in range(cfg.mu):
         lr = cfg.lr * min(1.0, (step * cfg.mu + it + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for g in optim.param_groups:
             g["lr"] = lr
-        acc = torch.zeros(7, device=dev)  # loss, policy loss, kl, clip low, clip high, ratio, entropy
-        for j, s in enumerate(parts):
+        # loss, policy loss, kl, clip low, clip high (means over all tokens: a left-out token has 0 of each),
+        # then ratio and entropy (means over the tokens that ran)
+        acc = torch.zeros(7, device=dev)
+        for j, (idx, weight) in enumerate(parts):
             last = j == len(parts) - 1
             sync = nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
             with sync:
-                logp, mask, ent = policy(P[s], C[s], entropy=True)
-                loss, st = grpo_loss(logp, logp.detach() if old is None else old[j], adv[s], mask,
+                loads = [m.expert_load.clone() for m in model.moe_layers()] if not weight else []
+                logp, mask, ent = policy(pick(P, idx), pick(C, idx), entropy=True)
+                for m, load in zip(model.moe_layers(), loads):  # a stand-in's tokens are not routed load
+                    m.expert_load.copy_(load)
+                a = adv[torch.tensor(idx, device=dev)]
+                loss, st = grpo_loss(logp, logp.detach() if old is None else old[j], a, mask,
                                      None if refs is None else refs[j], cfg.beta, cfg.eps_low, cfg.eps_high,
                                      cfg.loss_level)
                 # each micro-batch's share of the batch mean: by completions (sequence) or by tokens (token)
-                share = (s.stop - s.start) / len(C) if cfg.loss_level == "sequence" else mask.sum().item() / n_tokens
+                k = weight * mask.sum().item()
+                share = weight * len(idx) / n_seqs if cfg.loss_level == "sequence" else k / n_tokens
                 (loss * share).backward()
-            w = mask.sum().item() / n_tokens
-            acc += torch.tensor([st.loss * share, st.policy_loss * share, st.kl * w, st.clip_low * w,
-                                 st.clip_high * w, st.ratio * w, ((ent * mask).sum() / n_tokens).item()], device=dev)
+            acc += torch.tensor([st.loss * share, st.policy_loss * share, st.kl * k / n_tokens,
+                                 st.clip_low * k / n_tokens, st.clip_high * k / n_tokens,
+                                 st.ratio * k / max(ran_tokens, 1e-9),
+                                 weight * (ent * mask).sum().item() / max(ran_tokens, 1e-9)], device=dev)
+        for p in model.parameters():  # nothing ran: the optimizer still steps (momentum, decay) as on a 0 gradient
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else 1e9)
         optim.step()
         optim.zero_grad(set_to_none=True)
         update_correction_bias(model)
     dt = time.perf_counter() - t0
     loss, policy_loss, kl, clip_low, clip_high, ratio, entropy = all_mean(acc, d).tolist()
+    prompt_tokens = sum(len(p) for idx, w in parts if w for p in {tuple(P[i]) for i in idx})  # each runs once
     return {"loss": loss, "policy_loss": policy_loss, "kl": kl, "clip_low": clip_low, "clip_high": clip_high,
-            "ratio": ratio, "entropy": entropy, "lr": lr, "grad_norm": float(grad_norm),
-            "train_tokens_per_s": cfg.mu * (n_tokens + sum(len(p) for p in P)) * d.world_size / dt}
+            "ratio": ratio if ran_tokens else None, "entropy": entropy if ran_tokens else None, "lr": lr,
+            "grad_norm": float(grad_norm), "trained_fraction": ran_tokens / n_tokens,
+            "train_tokens_per_s": cfg.mu * (sum(len(C[i]) for i in ran) + prompt_tokens) * d.world_size / dt}
 
 
 def held_out_accuracy(engine: Engine, task: Task, cfg: GRPOConfig) -> float:

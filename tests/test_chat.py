@@ -119,16 +119,16 @@ def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_pat
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "line 1: not valid JSON"),
-    ('{"text": "hi"}', "line 1: needs exactly one of prompt, messages, prompt_token_ids"),
-    ('{"prompt": "hi", "temperature": -1}', "line 1: SamplingParams.temperature must be in [0, 100]"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "line 1: message 0: role must be one of"),
+    ("{not json", "p.jsonl:1: malformed JSON"),
+    ('{"text": "hi"}', "p.jsonl:1: needs exactly one of prompt, messages, prompt_token_ids"),
+    ('{"prompt": "hi", "temperature": -1}', "p.jsonl:1: SamplingParams.temperature must be in [0, 100]"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', "p.jsonl:1: message 0: role must be one of"),
     ('{"prompt": "hi", "max_tokens": 100000}', "request 1: the prompt has"),
-    ('{"prompt": "hi", "temprature": 0}', "line 1: unknown key 'temprature'"),
-    ('{"prompt_token_ids": "hello"}', "line 1: prompt_token_ids must be a list of integers"),
-    ('{"prompt": [1, 2]}', "line 1: prompt must be a string"),
-    ('{"prompt": "hi", "n": 2.0}', "line 1: SamplingParams.n must be an integer"),
-    ('{"prompt": "hi", "temperature": "0.5"}', "line 1: SamplingParams.temperature must be a number"),
+    ('{"prompt": "hi", "temprature": 0}', "p.jsonl:1: unknown key 'temprature'"),
+    ('{"prompt_token_ids": "hello"}', "p.jsonl:1: prompt_token_ids must be a list of integers"),
+    ('{"prompt": [1, 2]}', "p.jsonl:1: prompt must be a string"),
+    ('{"prompt": "hi", "n": 2.0}', "p.jsonl:1: SamplingParams.n must be an integer"),
+    ('{"prompt": "hi", "temperature": "0.5"}', "p.jsonl:1: SamplingParams.temperature must be a number"),
     ('{"prompt": "hi", "top_logprobs": 2}', "0 unless logprobs is on"),
 ])
 def test_generate_input_errors_name_the_line(tiny_chat_dir, tmp_path, capsys, line, message):

@@ -241,3 +241,21 @@ def test_bad_chat_data_names_file_and_line(tmp_path, tok, row, message):
     with pytest.raises(DataError, match=message):
         prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", chat=True, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a"', ":1: malformed JSON (Expecting ',' delimiter at column 15)"),  # just past the "a"
+    ("[1]", ":1: expected a JSON object, got list")])
+def test_every_jsonl_reader_reports_a_bad_line_the_same_way(tmp_path, line, message):
+    """Corpora, task files and batch requests all read JSONL through data.jsonl_objects."""
+    from nanoseek.infer.batch import read_requests
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.tasks.task import TaskError, load_task
+
+    f = tmp_path / "in.jsonl"
+    f.write_text(line + "\n")
+    for read, error in ((lambda: texts(str(f)), DataError), (lambda: load_task(str(f)), TaskError),
+                        (lambda: read_requests(f, SamplingParams()), DataError)):
+        with pytest.raises(error) as e:
+            read()
+        assert str(e.value) == f"{f}{message}"

@@ -190,6 +190,29 @@ def test_streamed_logprobs_equal_the_unstreamed(client):
         [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in expect]
 
 
+def test_completions_logprobs_in_the_legacy_format(client):
+    """/v1/completions' logprobs=N: parallel lists of tokens, their log-probabilities, N alternatives each
+    and text offsets, the same streamed; logprobs=true (the chat API's form) is a 400 there."""
+    kw = dict(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", max_tokens=10, temperature=0, logprobs=2)
+    whole = client.completions.create(**kw)
+    lp = whole.choices[0].logprobs
+    n = whole.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert "".join(lp.tokens) == whole.choices[0].text  # skipped special tokens are ""
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(n)]
+    # greedy: each chosen token is the likeliest, so it heads its two alternatives
+    assert all(len(top) == 2 and max(top.values()) == pytest.approx(x) for top, x in zip(lp.top_logprobs,
+                                                                                            lp.token_logprobs))
+    chunks = [c.choices[0].logprobs for c in client.completions.create(**kw, stream=True)
+              if c.choices and c.choices[0].logprobs]
+    assert sum((c.tokens for c in chunks), []) == lp.tokens
+    assert sum((c.text_offset for c in chunks), []) == lp.text_offset
+    assert [round(x, 4) for c in chunks for x in c.token_logprobs] == [round(x, 4) for x in lp.token_logprobs]
+    assert client.completions.create(**{**kw, "logprobs": 0}).choices[0].logprobs.top_logprobs == [{}] * n
+    with pytest.raises(openai.BadRequestError, match="logprobs must be an integer in"):
+        client.completions.create(**{**kw, "logprobs": True})
+
+
 def test_concurrent_streams_and_disconnects_leave_the_engine_idle(tiny_chat_dir, request):
     """Eight streaming clients at once, two of them hanging up after their first chunks: the others finish,
     the two are cancelled (they asked for 1000 tokens, EOS ignored), and every slot is free afterwards."""
@@ -351,3 +374,45 @@ def test_64_concurrent_clients_a_quarter_hanging_up(tiny_chat_dir, request):
     assert wait_idle(server) == {"status": "ok", "running": 0, "waiting": 0}
     assert "nanoseek_aborted_requests_total 16.0" in httpx.get(server + "/metrics", timeout=5).text
     assert concurrent > 1.5 * sequential, (concurrent, sequential)  # 2.1x measured on 2 cores, clients included
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", {"messages": Q}),
+                                        ("/v1/completions", {"prompt": "7 +"})])
+def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, path, body):
+    """In process, as an ASGI server drives it: the client hangs up before the response starts, so the
+    stream's body is never started, and closing it runs none of its code (its own `finally` cannot cancel).
+    The request is still cancelled: it stops long before its 200 tokens."""
+    import asyncio
+
+    from nanoseek.infer.engine import Engine
+    from nanoseek.serve.api import create_app
+
+    engine = Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4, max_seq_len=256,
+                                    speculative=False)
+    app = create_app(engine)
+    payload = json.dumps({**body, "stream": True, "max_tokens": 200, "ignore_eos": True}).encode()
+
+    async def hang_up() -> None:
+        messages = [{"type": "http.request", "body": payload, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            raise OSError("the client is gone")
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+                 "server": ("test", 80), "client": ("test", 1)}
+        try:
+            await app(scope, receive, send)
+        except Exception:  # noqa: BLE001 (the failed send, maybe in an exception group)
+            pass
+        for _ in range(200):  # the engine thread frees it at its next step
+            if not engine.has_unfinished():
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(hang_up())
+    assert not engine.has_unfinished() and engine.stats.generated_tokens < 100

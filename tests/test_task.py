@@ -41,8 +41,8 @@ def test_jsonl_formats(tmp_path):
 
 
 @pytest.mark.parametrize("line,needle", [
-    ("not json", ":2: not JSON"),
-    ("[1, 2]", ":2: each line must be a JSON object"),
+    ("not json", ":2: malformed JSON"),
+    ("[1, 2]", ":2: expected a JSON object, got list"),
     ('{"answer": "1"}', ":2: needs a non-empty 'question'"),
     ('{"problem": "x"}', ":2: needs an 'answer'"),
     ('{"question": "x", "answer": "no marker"}', ":2: a GSM8K 'answer' must end with '#### <number>'"),

@@ -123,21 +123,32 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
     return _read_jsonl_rows(path, field, str)
 
 
-def _read_jsonl_rows(path: Path, field: str, kind: type) -> Iterator[Document]:
-    """The `field` of every line (a `kind`: a str, or the messages list of a chat) with its file:line."""
+def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("FILE:LINE", the object) for every non-blank line of a .jsonl (or .jsonl.gz) file. Every reader of
+    JSONL (corpora, chats, task files, batch requests) goes through here, so a bad line reads the same
+    wherever it is: its file and line, then what is wrong."""
+    path = Path(path)
     for n, line in _lines(path):
         if not line.strip():
             continue
+        where = f"{path}:{n}"
         try:
-            row = json.loads(line)
+            row = json.loads(line.rstrip("\r\n"))  # (else an error at the end reads "column 1" of a next line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict) or field not in row:
-            have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"{path}:{n}: no field {field!r} (has: {have}); choose it with --field")
+            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
+def _read_jsonl_rows(path: Path, field: str, kind: type) -> Iterator[Document]:
+    """The `field` of every line (a `kind`: a str, or the messages list of a chat) with its file:line."""
+    for where, row in jsonl_objects(path):
+        if field not in row:
+            raise DataError(f"{where}: no field {field!r} (has: {', '.join(row)}); choose it with --field")
         if not isinstance(row[field], kind):
-            raise DataError(f"{path}:{n}: field {field!r} is {type(row[field]).__name__}, not a {kind.__name__}")
-        yield Document(row[field], f"{path}:{n}")
+            raise DataError(f"{where}: field {field!r} is {type(row[field]).__name__}, not a {kind.__name__}")
+        yield Document(row[field], where)
 
 
 def _read_parquet(path: Path, column: str) -> Iterator[Document]:

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from nanoseek.data import DataError
+from nanoseek.data import DataError, jsonl_objects
 from nanoseek.infer.engine import Completion, Engine
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import render_chat
@@ -30,40 +30,30 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[obje
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            keys = [k for k in PROMPT_KEYS if k in row]
-            if len(keys) != 1:
-                raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; has "
-                                f"{keys or 'none'}")
-            unknown = sorted(set(row) - PARAM_FIELDS - OTHER_KEYS - set(PROMPT_KEYS))
-            if unknown:
-                raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(PROMPT_KEYS)}, thinking, "
-                                f"id, and the sampling settings {', '.join(sorted(PARAM_FIELDS))})")
-            try:
-                if "messages" in row:
-                    prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
-                elif "prompt" in row:
-                    prompt = row["prompt"]
-                    if not isinstance(prompt, str):
-                        raise ValueError("prompt must be a string (token ids go in prompt_token_ids)")
-                else:
-                    prompt = row["prompt_token_ids"]
-                    if not isinstance(prompt, list) or not all(isinstance(i, int) for i in prompt):
-                        raise ValueError("prompt_token_ids must be a list of integers")
-                params = dataclasses.replace(defaults, **{k: v for k, v in row.items() if k in PARAM_FIELDS})
-            except (ValueError, TypeError) as e:
-                raise DataError(f"{where}: {e}") from None
-            out.append((prompt, params, row))
+    for where, row in jsonl_objects(path):
+        keys = [k for k in PROMPT_KEYS if k in row]
+        if len(keys) != 1:
+            raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; has "
+                            f"{keys or 'none'}")
+        unknown = sorted(set(row) - PARAM_FIELDS - OTHER_KEYS - set(PROMPT_KEYS))
+        if unknown:
+            raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(PROMPT_KEYS)}, thinking, "
+                            f"id, and the sampling settings {', '.join(sorted(PARAM_FIELDS))})")
+        try:
+            if "messages" in row:
+                prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
+            elif "prompt" in row:
+                prompt = row["prompt"]
+                if not isinstance(prompt, str):
+                    raise ValueError("prompt must be a string (token ids go in prompt_token_ids)")
+            else:
+                prompt = row["prompt_token_ids"]
+                if not isinstance(prompt, list) or not all(isinstance(i, int) for i in prompt):
+                    raise ValueError("prompt_token_ids must be a list of integers")
+            params = dataclasses.replace(defaults, **{k: v for k, v in row.items() if k in PARAM_FIELDS})
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{where}: {e}") from None
+        out.append((prompt, params, row))
     if not out:
         raise DataError(f"{path}: no prompts")
     return out

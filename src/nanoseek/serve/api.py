@@ -136,7 +136,9 @@ def number(body: dict, name: str, default, kind=float, lo=None, hi=None):
     return kind(v)
 
 
-def sampling_from(body: dict) -> SamplingParams:
+def sampling_from(body: dict, legacy: bool = False) -> SamplingParams:
+    """The request's sampling settings. legacy: /v1/completions, whose `logprobs` is how many alternatives
+    to return with each token's log-probability (0: the chosen token's alone), not a switch."""
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -145,10 +147,20 @@ def sampling_from(body: dict) -> SamplingParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
-    logprobs, ignore_eos = body.get("logprobs") or False, body.get("ignore_eos") or False  # ignore_eos: as vLLM
+    logprobs, ignore_eos = body.get("logprobs"), body.get("ignore_eos") or False  # ignore_eos: as vLLM
+    top = 0
+    if legacy:
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= 20):
+            raise APIError(400, f"logprobs must be an integer in [0, 20] (alternatives per token), got {logprobs!r}",
+                           param="logprobs")
+        top, logprobs = logprobs or 0, logprobs is not None
+    logprobs = logprobs or False
     for name, v in (("logprobs", logprobs), ("ignore_eos", ignore_eos)):
         if not isinstance(v, bool):
             raise APIError(400, f"{name} must be true or false", param=name)
+    if logprobs and not legacy:
+        top = number(body, "top_logprobs", 0, int, lo=0, hi=20)
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=number(body, "temperature", 1.0, lo=0, hi=2),
@@ -158,8 +170,7 @@ def sampling_from(body: dict) -> SamplingParams:
             frequency_penalty=number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
             repetition_penalty=number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
             seed=number(body, "seed", None, int), n=number(body, "n", 1, int, lo=1, hi=16),
-            stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos,
-            top_logprobs=number(body, "top_logprobs", 0, int, lo=0, hi=20) if logprobs else 0)
+            stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos, top_logprobs=top)
     except ValueError as e:  # what only SamplingParams checks (e.g. top_p 0)
         field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
         raise APIError(400, f"{field} {rest}", param=field) from None
@@ -229,7 +240,10 @@ CHAT_COMPLETIONS_BODY = _json_body(SAMPLING_FIELDS | {
     "thinking": {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
         "type": {"enum": ["enabled", "disabled"]}}}]},
 }, required=("messages",))
-COMPLETIONS_BODY = _json_body(SAMPLING_FIELDS | {"prompt": {"type": "string", "minLength": 1}}, required=("prompt",))
+COMPLETIONS_BODY = _json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "top_logprobs"} | {
+    "prompt": {"type": "string", "minLength": 1},
+    "logprobs": _range("integer", 0, 20) | {"description": "alternatives returned with each token's log-probability"},
+}, required=("prompt",))
 # the chat app's (webapp.py): an empty body is {}
 NON_BLANK = {"type": "string", "pattern": r"\S"}
 RENAME_BODY = _json_body({"title": NON_BLANK}, required=("title",), body_required=False)
@@ -410,7 +424,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
                     metrics.finished(item.usage, start, first, time.monotonic())
                 yield item
         finally:
-            engine_loop().cancel(rid)  # a no-op once finished; frees the slots if the client left
+            cancel(rid)
+
+    def cancel(rid: str) -> None:
+        """A no-op once the request finished; frees its slots if the client left."""
+        engine_loop().cancel(rid)
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_BODY)
     async def chat_completions(request: Request):
@@ -430,7 +448,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
                     for i in range(params.n)]
             return _event_response(head, _event_stream(deltas(rid, queue, params.n), params.n,
                                                        _chat_chunks(chunk, alias, logprob), chunk,
-                                                       bool(stream_options.get("include_usage"))))
+                                                       bool(stream_options.get("include_usage"))),
+                                   lambda: cancel(rid))
         choices: dict[int, dict] = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
         usages = {}
         async for d in deltas(rid, queue, params.n):
@@ -458,7 +477,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
     @app.post("/v1/completions", openapi_extra=COMPLETIONS_BODY)
     async def completions(request: Request):
         body = await body_of(request)
-        params = sampling_from(body)
+        params = sampling_from(body, legacy=True)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise APIError(400, "prompt must be a non-empty string", param="prompt")
@@ -469,28 +488,37 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
         if body.get("stream"):
             chunk = _chunker(f"cmpl-{rid[4:]}", "text_completion", int(time.time()), config.model_name)
 
+            offsets = [0] * params.n
+
             def chunks_of(d: Delta) -> list[dict]:
-                if not d.text and not d.finish_reason:
+                if not d.text and not d.finish_reason and not d.logprobs:
                     return []
-                return [chunk([{"index": d.index, "text": d.text, "logprobs": None,
+                lp = None
+                if params.logprobs:
+                    lp, offsets[d.index] = _legacy_logprobs(engine, d.logprobs or [], offsets[d.index],
+                                                            params.skip_special_tokens)
+                return [chunk([{"index": d.index, "text": d.text, "logprobs": lp,
                                 "finish_reason": d.finish_reason}])]
 
             return _event_response([], _event_stream(deltas(rid, queue, params.n), params.n, chunks_of, chunk,
-                                                     bool(stream_options.get("include_usage"))))
-        texts, finish, usages = [""] * params.n, [None] * params.n, {}
+                                                     bool(stream_options.get("include_usage"))), lambda: cancel(rid))
+        texts, finish, usages, lps = [""] * params.n, [None] * params.n, {}, [[] for _ in range(params.n)]
         async for d in deltas(rid, queue, params.n):
             if d is None:
                 continue
             texts[d.index] += d.text
+            lps[d.index] += d.logprobs or []
             if d.finish_reason:
                 finish[d.index], usages[d.index] = d.finish_reason, d.usage
         return {"id": f"cmpl-{rid[4:]}", "object": "text_completion", "created": int(time.time()),
                 "model": config.model_name,
-                "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                "choices": [{"index": i, "text": t, "finish_reason": f,
+                             "logprobs": _legacy_logprobs(engine, lps[i], 0, params.skip_special_tokens)[0]
+                             if params.logprobs else None}
                             for i, (t, f) in enumerate(zip(texts, finish))],
                 "usage": usage_json([usages[i] for i in range(params.n)])}
 
-    add_chat_app(app, store or ConversationStore(":memory:"), run, deltas,
+    add_chat_app(app, store or ConversationStore(":memory:"), run, deltas, cancel,
                  info={"model": config.model_name, "notice": config.notice})
     return app
 
@@ -503,32 +531,59 @@ def _logprob(engine: Engine, lp) -> dict:
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
 
+def _legacy_logprobs(engine: Engine, lps: list, offset: int, skip_special: bool) -> tuple[dict, int]:
+    """/v1/completions' log-probabilities: parallel lists of the tokens' text, their log-probabilities, their
+    alternatives ({text: log-probability}) and where each starts in the completion's text (the offset after
+    the last one is returned, for the next chunk of a stream). A token's text is what it added to the
+    completion (a skipped special token: ""), so the tokens join into the text; the alternatives name every
+    token in full."""
+    tokens, offsets = [], []
+    for lp in lps:
+        tokens.append(engine.tok.decode([lp.token_id], skip_special_tokens=skip_special))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{engine.tok.decode([t]): v for t, v in lp.top} for lp in lps],
+            "text_offset": offsets}, offset
+
+
 def _chunker(cid: str, kind: str, created: int, model: str) -> Callable[..., dict]:
     def chunk(choices: list, **extra) -> dict:
         return {"id": cid, "object": kind, "created": created, "model": model, "choices": choices, **extra}
     return chunk
 
 
-def _event_response(head: list[bytes], events: AsyncIterator[bytes]) -> StreamingResponse:
+def _event_response(head: list[bytes], events: AsyncIterator[bytes], on_close: Callable[[], None]
+                    ) -> StreamingResponse:
     async def body():
         for h in head:
             yield h
         async for e in events:
             yield e
-    return EventStream(body(), media_type="text/event-stream",
+    return EventStream(body(), media_type="text/event-stream", on_close=on_close,
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 class EventStream(StreamingResponse):
-    """Closes its generator however the response ends. Starlette cancels a response whose client hung up,
-    possibly while it awaits a send; the generator would then be closed (and its request aborted) only
-    when the garbage collector found it."""
+    """Closes its generator however the response ends, then calls on_close (which cancels its request).
+    Starlette cancels a response whose client hung up, possibly while it awaits a send; the generator would
+    then be closed (and its request aborted) only when the garbage collector found it. And a client gone
+    before the first byte leaves the generator unstarted: closing it runs none of its code, so its own
+    `finally` cannot be what cancels the request."""
+
+    def __init__(self, *args, on_close: Callable[[], None] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
 
 
 def _sse(obj: dict) -> bytes:

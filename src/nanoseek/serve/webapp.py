@@ -29,9 +29,11 @@ STATIC = files("nanoseek.serve") / "static"
 RENDER_EVERY_S = 0.1  # re-render the streaming answer at most this often (and once at the end)
 
 
-def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: Callable, info: dict) -> None:
-    """Routes of the page. `run(prompt, params)` queues a generation and `deltas(rid, queue, n)` yields it,
-    both from the API server, so the app shares its engine loop, queue limit, timeout and metrics."""
+def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: Callable, cancel: Callable,
+                 info: dict) -> None:
+    """Routes of the page. `run(prompt, params)` queues a generation, `deltas(rid, queue, n)` yields it and
+    `cancel(rid)` drops it, all from the API server, so the app shares its engine loop, queue limit, timeout
+    and metrics."""
 
     def fail(e: StoreError) -> APIError:
         return APIError(404, str(e), type="not_found_error") if isinstance(e, NotFound) else APIError(400, str(e))
@@ -117,7 +119,8 @@ def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: 
                 store.delete_message(asked.id)
             raise
         return EventStream(_events(store, cid, deltas(rid, queue, 1)), media_type="text/event-stream",
-                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                           on_close=lambda: cancel(rid),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _events(store: ConversationStore, cid: str, source: AsyncIterator) -> AsyncIterator[bytes]:

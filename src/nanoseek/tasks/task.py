@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import random
 import traceback
 from collections.abc import Callable
@@ -97,37 +96,29 @@ def gym_task(name: str, size: int, seed: int = 0, config: dict | None = None) ->
 
 
 def jsonl_task(path: str | Path, limit: int | None = None) -> Task:
+    from nanoseek.data import DataError, jsonl_objects
+
     path = Path(path)
     examples = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskError(f"{path}: cannot read: {e}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{where}: not JSON: {e}") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{where}: each line must be a JSON object")
-        prompt = row.get("question", row.get("problem", row.get("prompt")))
-        answer = row.get("answer")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise TaskError(f"{where}: needs a non-empty 'question' (GSM8K), 'problem' (MATH) or 'prompt'")
-        if answer is None or isinstance(answer, (dict, list, bool)):
-            raise TaskError(f"{where}: needs an 'answer' (a string or number)")
-        answer = str(answer)
-        if "question" in row:  # GSM8K: a worked solution ending in '#### n'
-            try:
-                answer = gsm8k_reference(answer)
-            except ValueError:
-                raise TaskError(f"{where}: a GSM8K 'answer' must end with '#### <number>'") from None
-        examples.append(Example(prompt, answer, row))
-        if limit is not None and len(examples) >= limit:
-            break
+        for where, row in jsonl_objects(path):
+            prompt = row.get("question", row.get("problem", row.get("prompt")))
+            answer = row.get("answer")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise TaskError(f"{where}: needs a non-empty 'question' (GSM8K), 'problem' (MATH) or 'prompt'")
+            if answer is None or isinstance(answer, (dict, list, bool)):
+                raise TaskError(f"{where}: needs an 'answer' (a string or number)")
+            answer = str(answer)
+            if "question" in row:  # GSM8K: a worked solution ending in '#### n'
+                try:
+                    answer = gsm8k_reference(answer)
+                except ValueError:
+                    raise TaskError(f"{where}: a GSM8K 'answer' must end with '#### <number>'") from None
+            examples.append(Example(prompt, answer, row))
+            if limit is not None and len(examples) >= limit:
+                break
+    except DataError as e:  # unreadable, or a line that is not a JSON object
+        raise TaskError(str(e)) from None
     if not examples:
         raise TaskError(f"{path}: no examples")
     return Task(path.stem, examples, math_scorer)

@@ -68,6 +68,14 @@ def test_a_rerun_resumes_finished_stages(quick_run, capsys):
     assert out.count("done before") >= 18  # every stage and evaluation
 
 
+def test_the_gpu_preset_refuses_to_start_without_a_gpu(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["pipeline", "--preset", "gpu-100m", "--out-dir", str(tmp_path / "run")]) == 2
+    assert "needs a GPU" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch):
     transformers = pytest.importorskip("transformers")
     import torch

@@ -157,10 +157,10 @@ class Pipeline:
 
     def pretrain(self, d: Path) -> dict:
         p = self.p
-        # every zero_from steps a checkpoint, all kept: R1-Zero starts from the one at zero_from
+        # every zero_from steps a checkpoint, all kept (an interrupted run saves one more, which must not push
+        # out the one at zero_from: R1-Zero starts there)
         return self._train(d, model=p.teacher, data=str(self.out / "corpus" / "data"), max_steps=p.pretrain_steps,
-                           lr=p.pretrain_lr, warmup_steps=20, save_every=p.zero_from,
-                           keep_last=-(-p.pretrain_steps // p.zero_from))
+                           lr=p.pretrain_lr, warmup_steps=20, save_every=p.zero_from, keep_last=p.pretrain_steps)
 
     def student_base(self, d: Path) -> dict:
         p = self.p

@@ -428,6 +428,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, store: Conver
 
     def cancel(rid: str) -> None:
         """A no-op once the request finished; frees its slots if the client left."""
+        submitted.pop(rid, None)  # (left there when the client went before its stream started)
         engine_loop().cancel(rid)
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_BODY)
@@ -533,17 +534,18 @@ def _logprob(engine: Engine, lp) -> dict:
 
 def _legacy_logprobs(engine: Engine, lps: list, offset: int, skip_special: bool) -> tuple[dict, int]:
     """/v1/completions' log-probabilities: parallel lists of the tokens' text, their log-probabilities, their
-    alternatives ({text: log-probability}) and where each starts in the completion's text (the offset after
-    the last one is returned, for the next chunk of a stream). A token's text is what it added to the
-    completion (a skipped special token: ""), so the tokens join into the text; the alternatives name every
-    token in full."""
-    tokens, offsets = [], []
+    alternatives ({text: log-probability}: the N likeliest and, as OpenAI's, always the token chosen) and
+    where each starts in the completion's text (the offset after the last one is returned, for the next
+    chunk of a stream). A token's text is what it adds to the completion (a skipped special token: ""), so
+    the tokens join into the text, except where a character's bytes span tokens: each token alone then
+    decodes to U+FFFD, as in vLLM. The alternatives name every token in full."""
+    tokens, offsets, tops = [], [], []
     for lp in lps:
         tokens.append(engine.tok.decode([lp.token_id], skip_special_tokens=skip_special))
         offsets.append(offset)
         offset += len(tokens[-1])
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{engine.tok.decode([t]): v for t, v in lp.top} for lp in lps],
+        tops.append({engine.tok.decode([t]): v for t, v in lp.top} | {engine.tok.decode([lp.token_id]): lp.logprob})
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps], "top_logprobs": tops,
             "text_offset": offsets}, offset
 
 

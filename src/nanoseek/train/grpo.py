@@ -505,9 +505,12 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
     def pick(rows: list, idx: list[int]) -> list:
         return [rows[i] for i in idx]
     old = refs = None
-    if cfg.mu > 1:  # pi_old: the policy that sampled, fixed for all mu steps
+    if cfg.mu > 1:  # pi_old: the policy that sampled, fixed for all mu steps (a stand-in's: its own, it weighs 0)
+        loads = [m.expert_load.clone() for m in model.moe_layers()]
         with torch.no_grad():
-            old = [token_logprobs(model, pick(P, idx), pick(C, idx), dev)[0] for idx, _ in parts]
+            old = [token_logprobs(model, pick(P, idx), pick(C, idx), dev)[0] if w else None for idx, w in parts]
+        for m, load in zip(model.moe_layers(), loads):  # routed load is counted by the training forwards only
+            m.expert_load.copy_(load)
     if ref is not None:
         with torch.no_grad():
             refs = [token_logprobs(ref, pick(P, idx), pick(C, idx), dev)[0] for idx, _ in parts]
@@ -528,7 +531,7 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
                 for m, load in zip(model.moe_layers(), loads):  # a stand-in's tokens are not routed load
                     m.expert_load.copy_(load)
                 a = adv[torch.tensor(idx, device=dev)]
-                loss, st = grpo_loss(logp, logp.detach() if old is None else old[j], a, mask,
+                loss, st = grpo_loss(logp, logp.detach() if old is None or old[j] is None else old[j], a, mask,
                                      None if refs is None else refs[j], cfg.beta, cfg.eps_low, cfg.eps_high,
                                      cfg.loss_level)
                 # each micro-batch's share of the batch mean: by completions (sequence) or by tokens (token)

@@ -454,11 +454,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from nanoseek.pipeline import PRESETS, Pipeline, export
 
     name = "quick" if args.quick else args.preset
-    if name.startswith("gpu") and not torch.cuda.is_available():
-        print(f"nanoseek: error: preset {name} trains a 293M-parameter model: it needs a GPU, and this torch sees "
-              "none (days on a CPU; the default preset is the CPU-sized one)", file=sys.stderr)
-        return 2
     preset = PRESETS[name]
+    if preset.gpu and not torch.cuda.is_available():
+        print(f"nanoseek: error: preset {name} needs a GPU, and this torch sees none (it would take days on a CPU; the "
+              "default preset is the CPU-sized one)", file=sys.stderr)
+        return 2
     pipe = Pipeline(args.out_dir, preset, progress=not args.quiet)
     summary = pipe.run()
     print((Path(args.out_dir) / "report.md").read_text())

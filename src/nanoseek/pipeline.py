@@ -31,6 +31,7 @@ PRICE_PER_HOUR = 0.08925
 PRICE_NOTE = "AWS c7i.large, 2 vCPU, on demand"
 GPU_PRICE_PER_HOUR = 2.0
 GPU_PRICE_NOTE = "a GPU-hour at DeepSeek-V3's assumed H800 rental price"
+EVAL_SEED = 10_007  # held-out prompts: another seed of the generator than every training stage's
 
 
 def machine() -> tuple[str, float, str]:
@@ -41,7 +42,6 @@ def machine() -> tuple[str, float, str]:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(), GPU_PRICE_PER_HOUR, GPU_PRICE_NOTE
     return cpu_model(), PRICE_PER_HOUR, PRICE_NOTE
-EVAL_SEED = 10_007  # held-out prompts: another seed of the generator than every training stage's
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Preset:
     eval_size: int = 100
     k: int = 8
     budgets: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    gpu: bool = False  # sized for a GPU: days on a CPU, so `nanoseek pipeline` refuses to start without one
 
 
 PRESETS = {
@@ -98,7 +99,7 @@ PRESETS = {
         zero_steps=60, cold_start=1000, sft_steps=100, sft_lr=1e-4, r1_steps=40, rs_prompts=2000, rs_k=4,
         student={"hidden_size": 512, "num_hidden_layers": 8, "first_k_dense_replace": 8, "intermediate_size": 1536,
                  "num_attention_heads": 8, "num_key_value_heads": 8, "num_nextn_predict_layers": 0},
-        student_pretrain_steps=800, distill_steps=200, eval_size=200, k=8, budgets=[8, 16, 32, 64, 128]),
+        student_pretrain_steps=800, distill_steps=200, eval_size=200, k=8, budgets=[8, 16, 32, 64, 128], gpu=True),
 }
 
 
@@ -187,16 +188,20 @@ class Pipeline:
         return {"checkpoint": str(latest_checkpoint(d)), "seconds": last["elapsed_s"], "steps": last["step"],
                 "reward": last["reward"], "accuracy": last["accuracy"]}
 
-    def rejection(self, d: Path) -> dict:
+    def _engine(self, checkpoint: str):
         from nanoseek.infer.engine import Engine
+
+        return Engine.from_checkpoint(checkpoint, max_batch=128, speculative=False,
+                                      max_seq_len=max(256, self.p.max_tokens + 128))
+
+    def rejection(self, d: Path) -> dict:
         from nanoseek.infer.sampling import SamplingParams
         from nanoseek.tasks.task import gym_task
         from nanoseek.train.rejection import rejection_sample, write_samples
 
         p = self.p
         d.mkdir(parents=True, exist_ok=True)
-        engine = Engine.from_checkpoint(self.stages["r1"]["checkpoint"], max_batch=128, speculative=False,
-                                        max_seq_len=max(256, p.max_tokens + 128))
+        engine = self._engine(self.stages["r1"]["checkpoint"])
         task = gym_task(p.task, p.rs_prompts, seed=2, config=p.task_config)
         counts = write_samples(rejection_sample(engine, task, p.rs_k, SamplingParams(
             temperature=0.6, top_p=0.95, max_tokens=p.max_tokens, seed=0), shortest=True, progress=self.progress),
@@ -214,12 +219,10 @@ class Pipeline:
 
     def evaluate(self, d: Path, checkpoint: str, budgets: bool = False) -> dict:
         from nanoseek.eval.evaluate import EvalConfig, evaluate, write_results
-        from nanoseek.infer.engine import Engine
         from nanoseek.tasks.task import gym_task
 
         p = self.p
-        engine = Engine.from_checkpoint(checkpoint, max_batch=128, speculative=False,
-                                        max_seq_len=max(256, p.max_tokens + 128))
+        engine = self._engine(checkpoint)
         task = gym_task(p.task, p.eval_size, seed=EVAL_SEED, config=p.task_config)
         res = evaluate(engine, task, EvalConfig(k=p.k, max_tokens=p.max_tokens, budgets=p.budgets if budgets else []))
         write_results(res, d, d.name)

@@ -18,7 +18,8 @@ import json
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,6 +486,17 @@ def _keep_varied(batch: Rollout, cfg: GRPOConfig, more) -> tuple[Rollout, int]:
     return kept, dropped
 
 
+@contextmanager
+def _load_kept(model: Transformer) -> Iterator[None]:
+    """The MoE layers' routed-load counters as they were before the block (the bias update must not see it)."""
+    loads = [m.expert_load.clone() for m in model.moe_layers()]
+    try:
+        yield
+    finally:
+        for m, load in zip(model.moe_layers(), loads):
+            m.expert_load.copy_(load)
+
+
 def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None, optim: torch.optim.Optimizer,
             batch: Rollout, cfg: GRPOConfig, step: int, dev: torch.device, d: Dist) -> dict[str, Any]:
     """mu optimizer steps on one rollout batch; returns the loss statistics of the last."""
@@ -506,11 +518,8 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
         return [rows[i] for i in idx]
     old = refs = None
     if cfg.mu > 1:  # pi_old: the policy that sampled, fixed for all mu steps (a stand-in's: its own, it weighs 0)
-        loads = [m.expert_load.clone() for m in model.moe_layers()]
-        with torch.no_grad():
+        with torch.no_grad(), _load_kept(model):  # routed load is counted by the training forwards only
             old = [token_logprobs(model, pick(P, idx), pick(C, idx), dev)[0] if w else None for idx, w in parts]
-        for m, load in zip(model.moe_layers(), loads):  # routed load is counted by the training forwards only
-            m.expert_load.copy_(load)
     if ref is not None:
         with torch.no_grad():
             refs = [token_logprobs(ref, pick(P, idx), pick(C, idx), dev)[0] for idx, _ in parts]
@@ -526,10 +535,8 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
             last = j == len(parts) - 1
             sync = nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
             with sync:
-                loads = [m.expert_load.clone() for m in model.moe_layers()] if not weight else []
-                logp, mask, ent = policy(pick(P, idx), pick(C, idx), entropy=True)
-                for m, load in zip(model.moe_layers(), loads):  # a stand-in's tokens are not routed load
-                    m.expert_load.copy_(load)
+                with nullcontext() if weight else _load_kept(model):  # a stand-in's tokens are not routed load
+                    logp, mask, ent = policy(pick(P, idx), pick(C, idx), entropy=True)
                 a = adv[torch.tensor(idx, device=dev)]
                 loss, st = grpo_loss(logp, logp.detach() if old is None or old[j] is None else old[j], a, mask,
                                      None if refs is None else refs[j], cfg.beta, cfg.eps_low, cfg.eps_high,

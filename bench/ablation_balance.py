@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from nanoseek.data import PackedLoader, gym_documents, prepare_corpus, write_jsonl
+from nanoseek.data import PackedLoader, gym_documents, prepare_corpus
+from nanoseek.files import write_jsonl
 from nanoseek.model.model import MoE, Transformer
 from nanoseek.tokenizer import train_tokenizer
 from nanoseek.train.pretrain import TrainConfig, train

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from nanoseek.checkpoint import default_checkpoint
-from nanoseek.eval.cost import cpu_model
+from nanoseek.hardware import cpu_model
 from nanoseek.tasks.rewards import RewardConfig, reward
 from nanoseek.tasks.task import gym_task
 from nanoseek.tokenizer import render_chat

@@ -42,8 +42,9 @@ import torch
 import transformers
 
 from nanoseek.checkpoint import load_model
-from nanoseek.data import gym_documents, prepare_corpus, write_jsonl
-from nanoseek.eval.cost import cpu_model
+from nanoseek.data import gym_documents, prepare_corpus
+from nanoseek.files import write_jsonl
+from nanoseek.hardware import cpu_model
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.prefix_cache import PrefixCache
 from nanoseek.infer.sampling import SamplingParams

@@ -24,7 +24,7 @@ import transformers
 from transformers import DeepseekV3ForCausalLM
 
 from nanoseek.checkpoint import save_model
-from nanoseek.eval.cost import cpu_model
+from nanoseek.hardware import cpu_model
 from nanoseek.model import get_preset
 from nanoseek.model.counting import flops_per_token
 from nanoseek.model.model import KVCache, Transformer

@@ -429,7 +429,7 @@ def main() -> None:
     from bench_infer import EVAL_SEED, GYM_CONFIG, build_checkpoint, cpu_busy, system_prompt
 
     from nanoseek.data import gym_documents
-    from nanoseek.eval.cost import cpu_model
+    from nanoseek.hardware import cpu_model
     from nanoseek.tokenizer import Tokenizer
 
     if args.checkpoint:

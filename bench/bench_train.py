@@ -35,7 +35,7 @@ from bench_model import matmul_peak, timed  # noqa: E402
 
 from nanoseek.checkpoint import save_model  # noqa: E402
 from nanoseek.data import PackedLoader  # noqa: E402
-from nanoseek.eval.cost import cpu_model, cpu_peak_flops  # noqa: E402
+from nanoseek.hardware import cpu_model, cpu_peak_flops  # noqa: E402
 from nanoseek.model import get_preset  # noqa: E402
 from nanoseek.model.counting import flops_per_token  # noqa: E402
 from nanoseek.model.model import Transformer, update_correction_bias  # noqa: E402

@@ -5,18 +5,10 @@ import json
 import pytest
 import torch
 
+from nanoseek import hardware
 from nanoseek.cli import main
-from nanoseek.eval import cost
-from nanoseek.eval.cost import (
-    device_peak_flops,
-    gpu_name,
-    implied_mfu,
-    mfu,
-    parse_count,
-    peak_flops,
-    run_cost,
-    training_cost,
-)
+from nanoseek.eval.cost import implied_mfu, parse_count, run_cost, training_cost
+from nanoseek.hardware import device_peak_flops, gpu_name, mfu, peak_flops
 from nanoseek.model.config import get_preset
 from nanoseek.model.counting import flops_per_token
 
@@ -153,21 +145,21 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     def no_probe(*a, **k):
         raise AssertionError("probed again instead of reading the cache")
 
-    monkeypatch.setattr(cost, "_matmul_probe", no_probe)
+    monkeypatch.setattr(hardware, "_matmul_probe", no_probe)
     assert device_peak_flops("cpu", "fp32") == first  # read back from the file
     path.write_text(json.dumps({key: 123.0e9}))
     assert device_peak_flops("cpu", "fp32") == 123.0e9  # the file's value, whatever it is
 
-    monkeypatch.setattr(cost, "_matmul_probe", lambda dtype, budget_s=1.0: 7.0e9)
+    monkeypatch.setattr(hardware, "_matmul_probe", lambda dtype, budget_s=1.0: 7.0e9)
     path.write_text("{not json")  # corrupt: measured again and rewritten whole
     assert device_peak_flops("cpu", "fp32") == 7.0e9
     assert json.loads(path.read_text()) == {key: 7.0e9}
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another thread count is another entry
     assert device_peak_flops("cpu", "fp32") == 7.0e9 and len(json.loads(path.read_text())) == 2
     # a refresh keeps the higher of the cached and the new figure: a probe on a busy machine reads low
-    assert cost.cpu_peak_flops("fp32", refresh=True) == 7.0e9
-    monkeypatch.setattr(cost, "_matmul_probe", lambda dtype, budget_s=1.0: 9.0e9)
-    assert cost.cpu_peak_flops("fp32", refresh=True) == 9.0e9 and device_peak_flops("cpu", "fp32") == 9.0e9
+    assert hardware.cpu_peak_flops("fp32", refresh=True) == 7.0e9
+    monkeypatch.setattr(hardware, "_matmul_probe", lambda dtype, budget_s=1.0: 9.0e9)
+    assert hardware.cpu_peak_flops("fp32", refresh=True) == 9.0e9 and device_peak_flops("cpu", "fp32") == 9.0e9
     with pytest.raises(ValueError):
         device_peak_flops("cpu", "fp8")
 

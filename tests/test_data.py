@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nanoseek.data import (
-    DataError,
-    PackedLoader,
-    chat_tokens,
-    derive_trace,
-    gym_documents,
-    prepare_corpus,
-    read_documents,
-    write_jsonl,
-)
+from nanoseek.data import PackedLoader, chat_tokens, derive_trace, gym_documents, prepare_corpus, read_documents
+from nanoseek.files import DataError, write_jsonl
 from nanoseek.model.model import IGNORE_INDEX
 from nanoseek.tokenizer import EOS, THINK_END, THINK_START, render_chat, render_completion, train_tokenizer
 
@@ -247,7 +239,7 @@ def test_bad_chat_data_names_file_and_line(tmp_path, tok, row, message):
     ('{"prompt": "a"', ":1: malformed JSON (Expecting ',' delimiter at column 15)"),  # just past the "a"
     ("[1]", ":1: expected a JSON object, got list")])
 def test_every_jsonl_reader_reports_a_bad_line_the_same_way(tmp_path, line, message):
-    """Corpora, task files and batch requests all read JSONL through data.jsonl_objects."""
+    """Corpora, task files and batch requests all read JSONL through files.jsonl_objects."""
     from nanoseek.infer.batch import read_requests
     from nanoseek.infer.sampling import SamplingParams
     from nanoseek.tasks.task import TaskError, load_task

@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from nanoseek.errors import UserError
+from nanoseek.files import atomic_directory, cache_dir
 from nanoseek.model.config import ConfigError, ModelConfig
 from nanoseek.model.model import Transformer, rope_frequencies
 
@@ -32,7 +31,7 @@ _EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 _HF_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be loaded; the message names the file and the key or field."""
 
 
@@ -155,47 +154,6 @@ def _few(keys: list[str], n: int = 5) -> str:
 # save
 
 
-@contextmanager
-def atomic_directory(directory: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `directory` to fill; on success it replaces `directory` in one
-    rename, so a crash (even SIGKILL) at any moment leaves the previous version intact and loadable."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            directory.rename(old)
-        tmp.rename(directory)
-        _fsync(directory.parent)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write a text file so that a crash leaves the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: Transformer, directory: str | Path, tokenizer: Any = None,
                max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint directory atomically (see atomic_directory)."""
@@ -220,14 +178,6 @@ def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None
     (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
@@ -320,7 +270,6 @@ def default_checkpoint() -> tuple[Path, bool]:
         return Path(choice), True
     if choice != "untrained" and (BUNDLED / "config.json").is_file():
         return BUNDLED, True
-    from nanoseek.eval.cost import cache_dir
     from nanoseek.model.config import get_preset
     from nanoseek.tokenizer import render_chat, render_completion, train_tokenizer
 

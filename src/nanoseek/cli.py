@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nanoseek import __version__
+from nanoseek.errors import UserError
+from nanoseek.files import data_dir
 from nanoseek.model.config import PRESETS, ConfigError, ModelConfig, resolve_config
 from nanoseek.model.counting import (
     KVCacheSize,
@@ -21,17 +23,6 @@ from nanoseek.model.counting import (
     forward_flops_per_token,
     kv_cache_bytes_per_token,
 )
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from nanoseek.checkpoint import CheckpointError
-    from nanoseek.data import DataError
-    from nanoseek.train.pretrain import TrainConfigError
-
-    return (ConfigError, CheckpointError, DataError, TrainConfigError, FileNotFoundError, _BadArgs)
-
-
-# Commands later issues add; listed in --help so a reader sees where the tool is going.
 
 
 def _human(n: float, billion: str = "B") -> str:
@@ -316,7 +307,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def cmd_data_gym(args: argparse.Namespace) -> int:
     from itertools import chain
 
-    from nanoseek.data import DataError, gym_documents, write_jsonl
+    from nanoseek.data import gym_documents
+    from nanoseek.files import DataError, write_jsonl
 
     try:
         config = json.loads(args.config) if args.config else {}
@@ -360,7 +352,8 @@ SFT_DEFAULTS = {"lr": 1e-3, "warmup_steps": 10, "max_steps": 100, "out_dir": "ru
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from nanoseek.data import DataError, prepare_corpus, read_meta
+    from nanoseek.data import prepare_corpus, read_meta
+    from nanoseek.files import DataError
     from nanoseek.tokenizer import Tokenizer
     from nanoseek.train.pretrain import load_train_config
 
@@ -511,7 +504,7 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-class _BadArgs(ValueError):
+class _BadArgs(UserError):
     """A flag value the engine or the sampler refuses: reported like any other user error."""
 
 
@@ -651,11 +644,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{', API key required' if keys else ''}; conversations in {args.db})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def _data_dir() -> Path:
-    """Where nanoseek keeps what users make (conversations): $XDG_DATA_HOME/nanoseek."""
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "nanoseek"
 
 
 def _add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
@@ -995,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser calls from this origin, e.g. http://localhost:3000; repeatable "
                             "(default: none)")
-    serve.add_argument("--db", default=str(_data_dir() / "conversations.db"), metavar="PATH",
+    serve.add_argument("--db", default=str(data_dir() / "conversations.db"), metavar="PATH",
                        help="SQLite file of the chat app's conversations (default: %(default)s)")
     serve.add_argument("--reasoning-alias", action="store_true",
                        help="also send reasoning_content as `reasoning`, for clients that read that name")
@@ -1048,7 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except _user_errors() as e:  # bad input: one clear line, no traceback
+    except (UserError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"nanoseek: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import ast
 import glob
-import gzip
 import hashlib
-import io
 import json
 import operator
 from collections.abc import Iterator
@@ -27,14 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanoseek.checkpoint import atomic_directory
+from nanoseek.files import DataError, atomic_directory, jsonl_objects, numbered_lines
 from nanoseek.model.model import IGNORE_INDEX
 from nanoseek.tokenizer import Tokenizer, render_chat, render_completion
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) and what is wrong."""
-
 
 # ---------------------------------------------------------------------------------------------
 # corpus readers
@@ -57,27 +50,6 @@ def corpus_files(pattern: str) -> list[Path]:
 def _suffix(path: Path) -> str:
     s = path.suffixes
     return "".join(s[-2:]) if s[-1:] == [".gz"] else "".join(s[-1:])
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    try:
-        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 (closed by caller)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines, with unreadable bytes, bad gzip and bad UTF-8 reported at their file and line."""
-    n = 0
-    try:
-        with _open_text(path) as f:
-            for n, line in enumerate(f, 1):  # noqa: B007 (n is read in the except clauses)
-                yield n, line
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz is an EOFError
-        raise DataError(f"{path}:{n + 1}: cannot read: {e}") from None
 
 
 def read_documents(pattern: str, *, field: str = "text", txt_mode: str = "file") -> Iterator[Document]:
@@ -106,7 +78,7 @@ def read_documents(pattern: str, *, field: str = "text", txt_mode: str = "file")
 def _read_txt(path: Path, mode: str) -> Iterator[Document]:
     block: list[str] = []
     start = 1
-    for n, line in _lines(path):
+    for n, line in numbered_lines(path):
         if mode == "blocks" and not line.strip():
             if block:
                 yield Document("".join(block).strip("\n"), f"{path}:{start}")
@@ -121,24 +93,6 @@ def _read_txt(path: Path, mode: str) -> Iterator[Document]:
 
 def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
     return _read_jsonl_rows(path, field, str)
-
-
-def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """("FILE:LINE", the object) for every non-blank line of a .jsonl (or .jsonl.gz) file. Every reader of
-    JSONL (corpora, chats, task files, batch requests) goes through here, so a bad line reads the same
-    wherever it is: its file and line, then what is wrong."""
-    path = Path(path)
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line.rstrip("\r\n"))  # (else an error at the end reads "column 1" of a next line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
 
 
 def _read_jsonl_rows(path: Path, field: str, kind: type) -> Iterator[Document]:
@@ -445,23 +399,5 @@ def gym_documents(name: str, size: int, seed: int = 0, config: dict[str, Any] | 
         yield {"messages": [user, assistant], "text": text, "answer": str(entry["answer"]), "task": name}
 
 
-def write_jsonl(rows: Iterator[dict], path: str | Path) -> int:
-    """Write rows as JSON lines, atomically (temporary file + rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-    return n
-
-
 __all__ = ["DataError", "Document", "PackedLoader", "corpus_files", "derive_trace", "gym_documents",
-           "prepare_corpus", "read_documents", "read_meta", "write_jsonl"]
+           "prepare_corpus", "read_documents", "read_meta"]

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseek.checkpoint import atomic_write
-from nanoseek.data import gym_documents, prepare_corpus, write_jsonl
-from nanoseek.eval.cost import cpu_model
+from nanoseek.data import gym_documents, prepare_corpus
+from nanoseek.files import atomic_write, write_jsonl
+from nanoseek.hardware import cpu_model
 
 # assumed prices, not bills: a 2-vCPU cloud machine (AWS c7i.large on demand, us-east-1, as BENCHMARKS.md
 # uses), and a GPU-hour at the $2 that DeepSeek-V3's report assumes for an H800

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseek.checkpoint import atomic_write
 from nanoseek.eval.metrics import majority, pass_at_k
+from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Completion, Engine
-from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.answers import THINK_END, extract_answer, is_correct
 from nanoseek.tasks.task import Example, Task, final_text
 from nanoseek.train.grpo import render_prompt
@@ -97,7 +97,7 @@ def budget_forced(engine: Engine, task: Task, examples: list[Example], cfg: Eval
     n = cfg.budget_samples
     prompts = [render_prompt(e.prompt, cfg.template) for e in examples]
     params = [SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=budget,
-                             stop=[THINK_END], seed=cfg.seed * 1_000_003 + i) for i in range(len(examples))]
+                             stop=[THINK_END], seed=item_seed(cfg.seed, i)) for i in range(len(examples))]
     thoughts = engine.generate(prompts, params)
     # every sample continues from its (possibly cut) reasoning, closed by the tag the chat template expects
     cont = [prompts[i // n] + t.text.rstrip() + f"\n{THINK_END}\n\n" for i, t in enumerate(thoughts)]
@@ -128,7 +128,7 @@ def evaluate(engine: Engine, task: Task, cfg: EvalConfig, progress: bool = False
     t0 = time.perf_counter()
     examples = task.examples
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                             seed=cfg.seed * 1_000_003 + i) for i in range(len(examples))]
+                             seed=item_seed(cfg.seed, i)) for i in range(len(examples))]
     done = sample_all(engine, [render_prompt(e.prompt, cfg.template) for e in examples], params, progress)
     res = score_samples(task, examples, done, cfg.k)
     res["budgets"] = [budget_forced(engine, task, examples, cfg, b) for b in sorted(cfg.budgets)]

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
-from nanoseek.data import DataError, jsonl_objects
+from nanoseek.files import DataError, atomic_file, jsonl_objects
 from nanoseek.infer.engine import Completion, Engine
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import render_chat
@@ -119,13 +118,9 @@ def generate_file(engine: Engine, requests: list[tuple[object, SamplingParams, d
                 done[i] = row
                 bar.update(1)
     bar.close()
-    tmp = output.with_name(f".{output.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, (_, _, row) in enumerate(requests):
             echo = {k: row[k] for k in ("prompt", "messages", "id") if k in row}
             f.write(json.dumps({**echo, **done[i]}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, output)
     partial.unlink()
     return len(requests)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
+from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import render_chat
@@ -66,12 +67,9 @@ class ChatSession:
             path = Path(arg).expanduser()
             if path.is_dir():
                 return f"{path} is a directory: /save needs a file name"
-            tmp = path.with_name(f".{path.name}.tmp")
             try:
-                tmp.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
-                os.replace(tmp, path)
+                atomic_write(path, json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
             except OSError as e:
-                tmp.unlink(missing_ok=True)
                 return f"could not save to {path}: {e.strerror}"
             return f"saved {len(self.messages)} messages to {path}"
         return f"unknown command /{name} (try /help)"

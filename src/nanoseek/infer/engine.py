@@ -33,7 +33,15 @@ import torch
 from torch import Tensor
 
 from nanoseek.infer.prefix_cache import Block, PrefixCache
-from nanoseek.infer.sampling import SamplingParams, TokenLogprob, apply_penalties, logprobs_of, sample, uniform
+from nanoseek.infer.sampling import (
+    SamplingParams,
+    TokenLogprob,
+    apply_penalties,
+    logprobs_of,
+    sample,
+    sample_seed,
+    uniform,
+)
 from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
 from nanoseek.model.model import KVCache, Transformer
 from nanoseek.tokenizer import BOS, THINK_END, THINK_START, Tokenizer
@@ -405,7 +413,7 @@ class Engine:
         p = req.params
         seed = None
         if not p.greedy:  # sample 0 of a seeded request uses the seed itself; the others derive from it
-            seed = _fresh_seed() if p.seed is None else (p.seed + 1_000_003 * index) % 2**63
+            seed = _fresh_seed() if p.seed is None else sample_seed(p.seed, index)
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
         seq = _Seq(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
                    logprobs=[] if p.logprobs else None, thinking=req.in_reasoning,

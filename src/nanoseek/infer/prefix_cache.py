@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from nanoseek.files import atomic_file
+
 
 @dataclass
 class Block:
@@ -90,9 +92,8 @@ class PrefixCache:
 
     def _write(self, key: str, block: Block) -> None:
         path = self.dir / f"{key}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({"kv": block.kv.contiguous().cpu(), "h": block.h.contiguous().cpu()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({"kv": block.kv.contiguous().cpu(), "h": block.h.contiguous().cpu()}, str(tmp))
         self.disk[key] = None
         while len(self.disk) > self.max_disk_blocks:
             old, _ = self.disk.popitem(last=False)

@@ -16,6 +16,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+SEED_STRIDE = 1_000_003  # a prime above any count of items or samples one run draws
+
+
+def item_seed(seed: int, i: int) -> int:
+    """The seed of item i (a prompt, an example, an epoch's shuffle) of a run seeded with `seed`: distinct
+    for every (seed, i) with i < SEED_STRIDE, and its samples' seeds (sample_seed) stay distinct too."""
+    return seed * SEED_STRIDE + i
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request seeded with `seed`. Sample 0 keeps the seed itself, so a
+    request for one sample and the first of n samples agree."""
+    return (seed + SEED_STRIDE * index) % 2**63
+
 
 @dataclass
 class SamplingParams:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanoseek.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config that is not a valid deepseek_v3 config; the message names the field."""
 
 

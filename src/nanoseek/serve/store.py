@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nanoseek.errors import UserError
+
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -40,7 +42,7 @@ CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated DES
 TITLE_CHARS = 60
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A field the store refuses, or a database it cannot use (the message says which)."""
 
 

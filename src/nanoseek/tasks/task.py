@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoseek.errors import UserError
 from nanoseek.tasks.answers import after_reasoning, boxed, extract_answer, gsm8k_reference, is_correct
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """A task that cannot be loaded or scored; the message names the file and line or the field."""
 
 
@@ -96,7 +97,7 @@ def gym_task(name: str, size: int, seed: int = 0, config: dict | None = None) ->
 
 
 def jsonl_task(path: str | Path, limit: int | None = None) -> Task:
-    from nanoseek.data import DataError, jsonl_objects
+    from nanoseek.files import DataError, jsonl_objects
 
     path = Path(path)
     examples = []

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from nanoseek.checkpoint import load_model
 from nanoseek.infer.engine import Engine
-from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.model.model import Transformer, update_correction_bias
 from nanoseek.tasks.rewards import R1_ZERO_TEMPLATE, TEMPLATES, Reward, RewardConfig, reward
 from nanoseek.tasks.task import Example, Task, load_task
@@ -391,7 +391,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
         places = list(range(cursor + d.rank * k, cursor + (d.rank + 1) * k))
         cursor += k * d.world_size
         return rollout(engine, train_task, [train_task.examples[order(p)] for p in places],
-                       [cfg.seed * 1_000_003 + p for p in places], cfg)
+                       [item_seed(cfg.seed, p) for p in places], cfg)
 
     stop = Stop()
     record: dict[str, Any] = {}
@@ -456,7 +456,7 @@ def _prompt_order(n: int, seed: int):
         epoch = position // n
         if epoch not in perms:
             perms[epoch] = list(range(n))
-            random.Random(seed * 1_000_003 + epoch).shuffle(perms[epoch])
+            random.Random(item_seed(seed, epoch)).shuffle(perms[epoch])
         return perms[epoch][position % n]
     return at
 

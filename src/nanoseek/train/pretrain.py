@@ -33,14 +33,16 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from nanoseek.checkpoint import _unshare, atomic_directory, load_model, write_model_files
+from nanoseek.checkpoint import _unshare, load_model, write_model_files
 from nanoseek.data import PackedLoader, read_meta
+from nanoseek.errors import UserError
+from nanoseek.files import atomic_directory
 from nanoseek.model.config import resolve_config
 from nanoseek.model.counting import flops_per_token
 from nanoseek.model.model import MoE, Transformer, update_correction_bias
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError):
     """A training config that cannot run; the message names the key (and the file)."""
 
 

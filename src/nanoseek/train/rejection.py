@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nanoseek.checkpoint import atomic_write
+from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Engine
-from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.rewards import split
 from nanoseek.tasks.task import Example, Task
 from nanoseek.tokenizer import render_chat
@@ -45,7 +45,7 @@ def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams,
     from tqdm.auto import tqdm
 
     def seeded(i: int) -> SamplingParams:  # a seed gives each prompt its own stream, reproducibly
-        seed = None if params.seed is None else params.seed + 1_000_003 * i
+        seed = None if params.seed is None else item_seed(params.seed, i)
         return SamplingParams(**{**params.__dict__, "n": k, "seed": seed})
 
     bar = tqdm(total=len(task.examples), desc="sampling", unit="prompt", disable=not progress)

@@ -44,14 +44,14 @@ class Telemetry:
         """Model FLOPs utilisation against the device's peak (GPU table, or a cached CPU matmul probe)."""
         if self.peak is None:
             try:
-                from nanoseek.eval.cost import device_peak_flops
+                from nanoseek.hardware import device_peak_flops
 
                 self.peak = device_peak_flops(self.device, "bf16" if self.device.type == "cuda" else "fp32")
             except (ImportError, ValueError):
                 self.peak = float("nan")  # an unknown GPU: no MFU rather than a wrong one
         mfu = tokens_per_s_per_device * flops_per_token / self.peak
         if mfu > 1 and self.device.type == "cpu":  # the cached probe ran on a busy machine: measure again
-            from nanoseek.eval.cost import cpu_peak_flops
+            from nanoseek.hardware import cpu_peak_flops
 
             self.peak = cpu_peak_flops("fp32", refresh=True)
             mfu = tokens_per_s_per_device * flops_per_token / self.peak

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from nanoseek.checkpoint import default_checkpoint
 from nanoseek.hardware import cpu_model
+from nanoseek.infer.bundled import default_checkpoint
 from nanoseek.tasks.rewards import RewardConfig, reward
 from nanoseek.tasks.task import gym_task
 from nanoseek.tokenizer import render_chat

@@ -70,10 +70,11 @@ def test_chat_with_a_bad_checkpoint_says_what_is_wrong(tmp_path, capsys):
 
 def test_without_a_bundled_model_a_clearly_labelled_untrained_one_is_used(tmp_path, monkeypatch, capsys):
     """A source tree without src/nanoseek/assets/model still chats: with a seeded untrained tiny model, said so."""
-    from nanoseek import checkpoint
-    from nanoseek.checkpoint import default_checkpoint, load_model
+    from nanoseek.checkpoint import load_model
+    from nanoseek.infer import bundled
+    from nanoseek.infer.bundled import default_checkpoint
 
-    monkeypatch.setattr(checkpoint, "BUNDLED", tmp_path / "not-shipped")
+    monkeypatch.setattr(bundled, "BUNDLED", tmp_path / "not-shipped")
     monkeypatch.setenv("NANOSEEK_CACHE", str(tmp_path))
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/quit\n"))
     assert main(["chat", "--max-tokens", "4"]) == 0

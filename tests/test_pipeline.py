@@ -80,7 +80,8 @@ def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch)
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from nanoseek.checkpoint import BUNDLED, default_checkpoint, load_model
+    from nanoseek.checkpoint import load_model
+    from nanoseek.infer.bundled import BUNDLED, default_checkpoint
 
     monkeypatch.delenv("NANOSEEK_DEFAULT_MODEL", raising=False)
     path, trained = default_checkpoint()

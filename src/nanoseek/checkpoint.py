@@ -10,7 +10,6 @@ what they (and DeepSeek's releases, once de-quantised to bf16) write. Only safet
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nanoseek.errors import UserError
-from nanoseek.files import atomic_directory, cache_dir
+from nanoseek.files import atomic_directory
 from nanoseek.model.config import ConfigError, ModelConfig
 from nanoseek.model.model import Transformer, rope_frequencies
 
@@ -249,41 +248,6 @@ def iter_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                     yield key, sf.get_tensor(key)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from None
-
-
-UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an UNTRAINED `tiny` model (random "
-                  "weights, so its replies are noise). Pass a checkpoint directory from `nanoseek train` instead.")
-
-
-# the model nanoseek ships: made by `nanoseek pipeline --export src/nanoseek/assets/model` (its README.md)
-BUNDLED = Path(__file__).parent / "assets" / "model"
-
-
-def default_checkpoint() -> tuple[Path, bool]:
-    """(directory, trained) of the model `chat` and `serve` use without a checkpoint: $NANOSEEK_DEFAULT_MODEL
-    if set (a checkpoint directory), else the one nanoseek ships inside the package (BUNDLED). With
-    NANOSEEK_DEFAULT_MODEL=untrained, or in a tree without BUNDLED, an untrained `tiny` model with a
-    tokenizer trained on a built-in arithmetic corpus, built once (seeded, so always the same) in
-    $NANOSEEK_CACHE."""
-    choice = os.environ.get("NANOSEEK_DEFAULT_MODEL")
-    if choice and choice != "untrained":
-        return Path(choice), True
-    if choice != "untrained" and (BUNDLED / "config.json").is_file():
-        return BUNDLED, True
-    from nanoseek.model.config import get_preset
-    from nanoseek.tokenizer import render_chat, render_completion, train_tokenizer
-
-    path = cache_dir() / "untrained-tiny"
-    if not (path / "tokenizer.json").is_file():
-        corpus = [render_chat([{"role": "user", "content": f"Calculate {a} + {b}."}])
-                  + render_completion(f"{a} + {b} = {a + b}", str(a + b)) for a in range(40) for b in range(40)]
-        tok = train_tokenizer(corpus, vocab_size=512)
-        gen = torch.random.fork_rng()
-        with gen:
-            torch.manual_seed(0)
-            model = Transformer(get_preset("tiny"))
-        save_model(model, path, tokenizer=tok)
-    return path, False
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None

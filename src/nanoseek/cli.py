@@ -509,7 +509,7 @@ class _BadArgs(UserError):
 
 
 def _engine(args: argparse.Namespace):
-    from nanoseek.checkpoint import default_checkpoint
+    from nanoseek.infer.bundled import default_checkpoint
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.prefix_cache import PrefixCache
 
@@ -517,7 +517,7 @@ def _engine(args: argparse.Namespace):
     if path is None:
         path, trained = default_checkpoint()
         if not trained:
-            from nanoseek.checkpoint import UNTRAINED_NOTE
+            from nanoseek.infer.bundled import UNTRAINED_NOTE
 
             print(f"nanoseek: {UNTRAINED_NOTE}", file=sys.stderr, flush=True)
             args.notice = UNTRAINED_NOTE  # the chat app shows it too

@@ -20,8 +20,8 @@ from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Completion, Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.answers import THINK_END, extract_answer, is_correct
+from nanoseek.tasks.rewards import render_prompt
 from nanoseek.tasks.task import Example, Task, final_text
-from nanoseek.train.grpo import render_prompt
 
 
 @dataclass

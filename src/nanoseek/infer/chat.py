@@ -67,6 +67,8 @@ class ChatSession:
             path = Path(arg).expanduser()
             if path.is_dir():
                 return f"{path} is a directory: /save needs a file name"
+            if not path.parent.is_dir():  # a typo in the path, not a request to create folders
+                return f"could not save to {path}: no directory {path.parent}"
             try:
                 atomic_write(path, json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
             except OSError as e:

@@ -19,6 +19,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 
 from nanoseek.tasks.answers import THINK_END
+from nanoseek.tokenizer import BOS, render_chat
 
 TEMPLATES = ("chat", "r1-zero")
 R1_ZERO_TEMPLATE = (
@@ -28,6 +29,13 @@ R1_ZERO_TEMPLATE = (
     "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
     "User: {prompt}. Assistant:")
 _R1_ZERO = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
+
+
+def render_prompt(question: str, template: str) -> str:
+    """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text template."""
+    if template == "r1-zero":
+        return BOS + R1_ZERO_TEMPLATE.format(prompt=question)
+    return render_chat([{"role": "user", "content": question}])
 
 
 @dataclass

@@ -32,9 +32,9 @@ from nanoseek.checkpoint import load_model
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.model.model import Transformer, update_correction_bias
-from nanoseek.tasks.rewards import R1_ZERO_TEMPLATE, TEMPLATES, Reward, RewardConfig, reward
+from nanoseek.tasks.rewards import TEMPLATES, Reward, RewardConfig, render_prompt, reward
 from nanoseek.tasks.task import Example, Task, load_task
-from nanoseek.tokenizer import BOS, Tokenizer, render_chat
+from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.pretrain import (
     Dist,
     RunOptions,
@@ -194,13 +194,6 @@ class GRPOConfig(RunOptions):
         return RewardConfig(template=self.template, format=self.format_weight, language=self.language_weight,
                             overlong=self.overlong_weight, max_tokens=self.max_tokens,
                             overlong_buffer=self.overlong_buffer)
-
-
-def render_prompt(question: str, template: str) -> str:
-    """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text template."""
-    if template == "r1-zero":
-        return BOS + R1_ZERO_TEMPLATE.format(prompt=question)
-    return render_chat([{"role": "user", "content": question}])
 
 
 @dataclass

@@ -11,7 +11,6 @@ JSONL is read here too, so a bad line reads the same wherever it is: its file an
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import shutil
@@ -113,24 +112,22 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
 # text and JSONL
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """A UTF-8 text stream of a plain or gzipped file; DataError names the file if it cannot be opened."""
-    try:
-        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 (caller closes)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
-
-
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file, with bad bytes, bad gzip and bad UTF-8 reported at their line."""
+    """(line number, line) of a plain or gzipped UTF-8 text file, with unreadable files, bad gzip and bad
+    UTF-8 reported at their file and line. Lines are decoded one by one (a text stream decodes ahead in
+    chunks, so it would blame an earlier line), and end in "\\n" whatever the file's line endings."""
     n = 0
     try:
-        with open_text(path) as f:
-            for n, line in enumerate(f, 1):  # noqa: B007 (n is read in the except clauses)
-                yield n, line
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        with raw:
+            for n, line in enumerate(raw, 1):  # noqa: B007 (n is read in the except clauses)
+                text = line.decode("utf-8")
+                yield n, text[:-2] + "\n" if text.endswith("\r\n") else text
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
+        raise DataError(f"{path}:{n}: not UTF-8 text ({e.reason})") from None
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz is an EOFError
         raise DataError(f"{path}:{n + 1}: cannot read: {e}") from None
 
@@ -163,4 +160,4 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
 
 
 __all__ = ["DataError", "atomic_directory", "atomic_file", "atomic_write", "cache_dir", "data_dir",
-           "fsync_path", "jsonl_objects", "numbered_lines", "open_text", "write_jsonl"]
+           "fsync_path", "jsonl_objects", "numbered_lines", "write_jsonl"]

@@ -132,12 +132,12 @@ def test_compiled_decoding_gives_the_eager_output(chat):
         compiled = engine(chat, max_batch=4, compile=True)
         assert [c.token_ids for c in compiled.generate(ps, budgets)] == [c.token_ids for c in eager]
         # the compiled graphs ran: decode steps of 4, 2 and 1 rows (two of the last come from the n=1 tail)
-        assert compiled._ran >= {("main", 4, 1), ("main", 2, 1), ("main", 1, 1)}
+        assert compiled.runner.ran >= {("main", 4, 1), ("main", 2, 1), ("main", 1, 1)}
     spec = engine(chat, max_batch=1, speculative=True, compile=True)
     greedy = SamplingParams(max_tokens=40, temperature=0)
     for p in ps[:2]:
         assert spec.generate([p], greedy)[0].token_ids == run_alone(chat, p, greedy).token_ids
-    assert ("main", 1, 2) in spec._ran and ("mtp", 1, 2) in spec._ran
+    assert ("main", 1, 2) in spec.runner.ran and ("mtp", 1, 2) in spec.runner.ran
     assert spec.stats.acceptance_rate > 0.3
 
 

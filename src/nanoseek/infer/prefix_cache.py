@@ -10,6 +10,7 @@ back on a memory miss, so the cache survives a restart. Disk files are written a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,12 +22,27 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from nanoseek.files import atomic_file
+from nanoseek.model.model import Transformer
 
 
 @dataclass
 class Block:
     kv: Tensor  # (cache layers, block_size, kv_lora_rank + qk_rope_head_dim): c_kv and k_pe
     h: Tensor  # (hidden,) final hidden state of the block's last token: the MTP module's input there
+
+
+def fingerprint(model: Transformer, speculative: bool) -> str:
+    """Identifies the model (config, dtype, a sample of every weight): a cache's namespace, so
+    blocks on disk are never used with other weights; speculation is included since only then are
+    MTP entries filled."""
+    dtype = model.embed_tokens.weight.dtype
+    h = hashlib.sha256(json.dumps(model.cfg.to_hf_dict(), sort_keys=True, default=str).encode())
+    h.update(f"{dtype} {speculative}".encode())
+    for name, p in model.state_dict().items():
+        flat = p.detach().flatten()
+        sampled = flat[:: max(1, flat.numel() // 64)].float().cpu().numpy()
+        h.update(name.encode() + sampled.tobytes())
+    return h.hexdigest()[:16]
 
 
 class PrefixCache:

@@ -68,13 +68,13 @@ class Runner:
                starts: Sequence[int]) -> tuple[Tensor, Tensor]:
         """The main model on tokens (k, S) at positions starts + j: hidden states and logits. S is
         1 for a decode step, 2 for a verify step (the pending token and the draft)."""
-        return self._run("main", rows, tokens, starts)
+        return self._forward("main", rows, tokens, starts)
 
     def mtp(self, rows: tuple[int, int], h: Tensor, tokens: Tensor,
             starts: Sequence[int]) -> Tensor:
         """The MTP module on pairs (h_{p-1}, x_p) at indices starts + j; returns its normed
         output."""
-        return self._run("mtp", rows, tokens, starts, h)[0]
+        return self._forward("mtp", rows, tokens, starts, h)[0]
 
     def _main_forward(self, tokens: Tensor, positions: Tensor, mask: Tensor,
                       cache: KVCache) -> tuple[Tensor, Tensor]:
@@ -93,7 +93,7 @@ class Runner:
                                   absorb=tokens.shape[1] < ABSORB_BELOW)
         return hk, None
 
-    def _run(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
+    def _forward(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
              h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The main model ('main': hidden states and logits) or the MTP module ('mtp': its normed
         output of h and the tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions

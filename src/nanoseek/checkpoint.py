@@ -177,8 +177,7 @@ def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None
                    for k, v in tensors.items()}
     _write_safetensors(tensors, directory, max_shard_bytes)
     cfg_dict = model.cfg.to_hf_dict()
-    saved = {v.dtype for k, v in tensors.items() if not k.endswith("e_score_correction_bias")}
-    dtype_name = str(saved.pop() if len(saved) == 1 else torch.float32)[6:]  # "torch.bfloat16"
+    dtype_name = str(_weights_dtype(tensors))[6:]  # "torch.bfloat16" -> "bfloat16"
     cfg_dict["torch_dtype"] = cfg_dict["dtype"] = dtype_name
     (directory / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
     gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id,
@@ -186,6 +185,12 @@ def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None
     (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
+
+
+def _weights_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype every tensor but the fp32 correction biases shares; float32 if they are mixed."""
+    kinds = {t.dtype for k, t in tensors.items() if not k.endswith("e_score_correction_bias")}
+    return kinds.pop() if len(kinds) == 1 else torch.float32
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], directory: Path,
@@ -286,8 +291,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
                 if not (k == "lm_head.weight" and cfg.tie_word_embeddings)}
     state = from_hf_state_dict(tensors, cfg, expected, source=str(directory))
     if dtype is None:
-        saved = {t.dtype for k, t in state.items() if not k.endswith("e_score_correction_bias")}
-        dtype = saved.pop() if len(saved) == 1 else torch.float32
+        dtype = _weights_dtype(state)
     model.to_empty(device=device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

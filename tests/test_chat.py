@@ -29,7 +29,8 @@ def test_chat_streams_reasoning_dimmed_then_the_answer(tiny_chat_dir, tmp_path):
     child.expect_exact("\x1b[2mthinking: ")
     child.expect(r"([^\x1b]*)\x1b\[0m\r?\n\r?\n([^\r\n]+)\r?\n")
     reasoning, answer = child.match.group(1), child.match.group(2)
-    assert re.fullmatch(r"\n?-?\d+ [-+*/] -?\d+ = -?\d+", reasoning), reasoning  # the format it was taught
+    # the format it was taught
+    assert re.fullmatch(r"\n?-?\d+ [-+*/] -?\d+ = -?\d+", reasoning), reasoning
     assert answer.strip() and "</think>" not in answer and "<think>" not in answer
     child.expect_exact("you> ")
     # commands
@@ -68,8 +69,10 @@ def test_chat_with_a_bad_checkpoint_says_what_is_wrong(tmp_path, capsys):
     assert "not a checkpoint directory" in capsys.readouterr().err
 
 
-def test_without_a_bundled_model_a_clearly_labelled_untrained_one_is_used(tmp_path, monkeypatch, capsys):
-    """A source tree without src/nanoseek/assets/model still chats: with a seeded untrained tiny model, said so."""
+def test_without_a_bundled_model_a_clearly_labelled_untrained_one_is_used(tmp_path, monkeypatch,
+                                                                           capsys):
+    """A source tree without src/nanoseek/assets/model still chats: with a seeded untrained tiny
+    model, said so."""
     from nanoseek.checkpoint import load_model
     from nanoseek.infer import bundled
     from nanoseek.infer.bundled import default_checkpoint
@@ -96,8 +99,8 @@ def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_pat
     rows.append({"prompt_token_ids": [0, 3], "n": 2, "seed": 1})
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
-    args = ["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(out), "--max-tokens", "40",
-            "--temperature", "0", "--quiet", "--max-batch", "4"]
+    args = ["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(out),
+            "--max-tokens", "40", "--temperature", "0", "--quiet", "--max-batch", "4"]
     assert main(args) == 0
     assert "5 prompts" in capsys.readouterr().out
     got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -109,38 +112,44 @@ def test_generate_writes_completions_in_order_and_resumes(tiny_chat_dir, tmp_pat
     # a killed run left two finished lines and half of a third: only the rest is generated
     out2 = tmp_path / "out2.jsonl"
     partial = tmp_path / "out2.jsonl.partial"
-    done = [{"index": i, **{k: v for k, v in got[i].items() if k not in ("messages", "id", "prompt")}}
-            for i in (0, 2)]
+    echoed = ("messages", "id", "prompt")
+    done = [{"index": i, **{k: v for k, v in got[i].items() if k not in echoed}} for i in (0, 2)]
     done[1]["completions"][0]["text"] = "FROM BEFORE"
     partial.write_text("".join(json.dumps(d) + "\n" for d in done) + '{"index": 1, "compl')
     assert main([*args[:5], str(out2), *args[6:]]) == 0
     got2 = [json.loads(line) for line in out2.read_text().splitlines()]
     assert got2[2]["completions"][0]["text"] == "FROM BEFORE"
-    assert [g["completions"][0]["token_ids"] for g in got2[:2]] == [g["completions"][0]["token_ids"] for g in got[:2]]
+    first_ids = [g["completions"][0]["token_ids"] for g in got[:2]]
+    assert [g["completions"][0]["token_ids"] for g in got2[:2]] == first_ids
 
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", "p.jsonl:1: malformed JSON"),
     ('{"text": "hi"}', "p.jsonl:1: needs exactly one of prompt, messages, prompt_token_ids"),
-    ('{"prompt": "hi", "temperature": -1}', "p.jsonl:1: SamplingParams.temperature must be in [0, 100]"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "p.jsonl:1: message 0: role must be one of"),
+    ('{"prompt": "hi", "temperature": -1}',
+     "p.jsonl:1: SamplingParams.temperature must be in [0, 100]"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}',
+     "p.jsonl:1: message 0: role must be one of"),
     ('{"prompt": "hi", "max_tokens": 100000}', "request 1: the prompt has"),
     ('{"prompt": "hi", "temprature": 0}', "p.jsonl:1: unknown key 'temprature'"),
     ('{"prompt_token_ids": "hello"}', "p.jsonl:1: prompt_token_ids must be a list of integers"),
     ('{"prompt": [1, 2]}', "p.jsonl:1: prompt must be a string"),
     ('{"prompt": "hi", "n": 2.0}', "p.jsonl:1: SamplingParams.n must be an integer"),
-    ('{"prompt": "hi", "temperature": "0.5"}', "p.jsonl:1: SamplingParams.temperature must be a number"),
+    ('{"prompt": "hi", "temperature": "0.5"}',
+     "p.jsonl:1: SamplingParams.temperature must be a number"),
     ('{"prompt": "hi", "top_logprobs": 2}', "0 unless logprobs is on"),
 ])
 def test_generate_input_errors_name_the_line(tiny_chat_dir, tmp_path, capsys, line, message):
     inp = tmp_path / "p.jsonl"
     inp.write_text(line + "\n")
-    assert main(["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 2
+    out = tmp_path / "o.jsonl"
+    assert main(["generate", str(tiny_chat_dir), "--input", str(inp), "--output", str(out)]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bad_sampling_flags_are_clear_errors(tiny_chat_dir, tmp_path, capsys):
-    assert main(["generate", str(tiny_chat_dir), "--input", "x", "--output", "y", "--top-p", "2"]) == 2
+    args = ["generate", str(tiny_chat_dir), "--input", "x", "--output", "y", "--top-p", "2"]
+    assert main(args) == 2
     assert "--top-p must be in (0, 1]" in capsys.readouterr().err
 
 
@@ -149,14 +158,16 @@ def test_a_conversation_that_outgrows_the_context_is_told_so_and_kept(tiny_chat_
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.sampling import SamplingParams
 
-    engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=48, speculative=False)
+    engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=48,
+                                    speculative=False)
     session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=8))
     out = io.StringIO()
     for _ in range(6):
         session.reply("Calculate 33 + 88 - 5.", out, color=False)
     assert "/reset starts over, or raise --max-seq-len" in out.getvalue()
     roles = [m["role"] for m in session.messages]
-    assert roles == ["user", "assistant"] * (len(roles) // 2) and roles  # the refused turn left nothing
+    # the refused turn left nothing
+    assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
     assert "is a directory" in session.command(f"/save {tmp_path}")
     assert "could not save" in session.command(f"/save {tmp_path}/missing/dir/chat.json")
     assert session.command("/reset") == "conversation cleared" and session.messages == []

@@ -1,5 +1,5 @@
-"""The inference engine: exact against transformers and against itself (alone vs batched, speculative vs
-plain, prefix-cached vs not), sampling semantics, stops, errors."""
+"""The inference engine: exact against transformers and against itself (alone vs batched,
+speculative vs plain, prefix-cached vs not), sampling semantics, stops, errors."""
 
 import asyncio
 import copy
@@ -15,8 +15,8 @@ from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import Tokenizer, render_chat
 
 # in the format the fixture model was trained on (reasoning-gym basic_arithmetic)
-QUESTIONS = [f"Calculate {q}." for q in ("12 + 7", "45 - 3", "3 + 88", "61 + 25", "9 - 14", "70 + 70", "5 + 5",
-                                         "33 - 8", "2 + 91", "40 - 17")]
+QUESTIONS = [f"Calculate {q}." for q in ("12 + 7", "45 - 3", "3 + 88", "61 + 25", "9 - 14",
+                                         "70 + 70", "5 + 5", "33 - 8", "2 + 91", "40 - 17")]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,14 @@ def test_greedy_equals_transformers_generate(chat, tiny_chat_dir):
     turns = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": "19"},
              {"role": "user", "content": "Calculate 19 + 19 - 1."}]
     ps = prompts(3) + [render_chat(turns), "12 + 3 = 15\n\n40 - 1", "7 +"]
-    outs = engine(chat, max_batch=8).generate(ps, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
+    greedy = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    outs = engine(chat, max_batch=8).generate(ps, greedy)
     assert len({len(c.prompt_token_ids) for c in outs}) >= 4
     for c in outs:
         with torch.inference_mode():
-            ref = hf.generate(torch.tensor([c.prompt_token_ids]), do_sample=False, max_new_tokens=24,
-                              pad_token_id=tok.pad_id)[0, len(c.prompt_token_ids):].tolist()
+            ref = hf.generate(torch.tensor([c.prompt_token_ids]), do_sample=False,
+                              max_new_tokens=24, pad_token_id=tok.pad_id)
+            ref = ref[0, len(c.prompt_token_ids):].tolist()
         assert c.token_ids == ref
         assert c.finish_reason == "length" and c.usage.completion_tokens == 24
 
@@ -79,12 +81,12 @@ def run_alone(chat, p, params):
     return engine(chat, max_batch=1).generate([p], params)[0]
 
 
-@pytest.mark.parametrize("params", [SamplingParams(max_tokens=40, temperature=0),
-                                   SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=7)],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_tokens=40, temperature=0),
+    SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=7)], ids=["greedy", "seeded"])
 def test_batched_with_joiners_and_leavers_equals_alone(chat, params):
-    """Ten requests with different budgets through 4 slots, added while others run: each gets what it
-    gets when it runs alone."""
+    """Ten requests with different budgets through 4 slots, added while others run: each gets what
+    it gets when it runs alone."""
     eng = engine(chat, max_batch=4)
     rng = random.Random(0)
     budgets = [rng.randint(3, 40) for _ in QUESTIONS]
@@ -121,29 +123,31 @@ def test_speculative_decoding_gives_the_plain_output(chat):
 
 
 def test_compiled_decoding_gives_the_eager_output(chat):
-    """Engine(compile=True) runs decode and verify steps as static-shape graphs, padded to a power-of-two
-    bucket of rows: with requests joining and leaving (buckets 1, 2 and 4), greedy and seeded sampling, and
-    MTP speculation, its tokens are the eager engine's."""
+    """Engine(compile=True) runs decode and verify steps as static-shape graphs, padded to a
+    power-of-two bucket of rows: with requests joining and leaving (buckets 1, 2 and 4), greedy and
+    seeded sampling, and MTP speculation, its tokens are the eager engine's."""
     ps = prompts(6)
     for params in (SamplingParams(max_tokens=30, temperature=0),
                    SamplingParams(max_tokens=30, temperature=0.8, seed=5)):
-        budgets = [SamplingParams(**{**params.__dict__, "max_tokens": 6 + 4 * i}) for i in range(len(ps))]
+        budgets = [SamplingParams(**{**params.__dict__, "max_tokens": 6 + 4 * i})
+                   for i in range(len(ps))]
         eager = engine(chat, max_batch=4).generate(ps, budgets)
         compiled = engine(chat, max_batch=4, compile=True)
         assert [c.token_ids for c in compiled.generate(ps, budgets)] == [c.token_ids for c in eager]
-        # the compiled graphs ran: decode steps of 4, 2 and 1 rows (two of the last come from the n=1 tail)
-        assert compiled._ran >= {("main", 4, 1), ("main", 2, 1), ("main", 1, 1)}
+        # the compiled graphs ran: decode steps of 4, 2 and 1 rows (two of the last come from the
+        # n=1 tail)
+        assert compiled.runner.ran >= {("main", 4, 1), ("main", 2, 1), ("main", 1, 1)}
     spec = engine(chat, max_batch=1, speculative=True, compile=True)
     greedy = SamplingParams(max_tokens=40, temperature=0)
     for p in ps[:2]:
         assert spec.generate([p], greedy)[0].token_ids == run_alone(chat, p, greedy).token_ids
-    assert ("main", 1, 2) in spec._ran and ("mtp", 1, 2) in spec._ran
+    assert ("main", 1, 2) in spec.runner.ran and ("mtp", 1, 2) in spec.runner.ran
     assert spec.stats.acceptance_rate > 0.3
 
 
 def test_mtp_drafts_equal_the_training_time_mtp_prediction(chat):
-    """Each draft the engine makes (from its MTP cache, across prefill, accepted and rejected steps) is the
-    argmax of the MTP head of a full forward over the same tokens."""
+    """Each draft the engine makes (from its MTP cache, across prefill, accepted and rejected
+    steps) is the argmax of the MTP head of a full forward over the same tokens."""
     model, _ = chat
     eng = engine(chat, max_batch=2, speculative=True)
     eng.generate(prompts(2), SamplingParams(max_tokens=1, temperature=0))  # warm-up, nothing kept
@@ -157,14 +161,16 @@ def test_mtp_drafts_equal_the_training_time_mtp_prediction(chat):
         ids = seen[-1][1]
         with torch.no_grad():
             mtp = model(torch.tensor([ids]), mtp=True).mtp_logits[0][0].argmax(-1)
-        # mtp[i] predicts token i + 2 from h_i and token i + 1; the engine's draft at length L predicts L + 1
+        # mtp[i] predicts token i + 2 from h_i and token i + 1; the engine's draft at length L
+        # predicts L + 1
         for L, _, draft in seen:
             assert draft == int(mtp[L - 1]), L
 
 
 def test_prefix_cache_hits_give_the_uncached_output(chat, tmp_path):
     system = "You are a careful calculator. " * 4
-    ps = [render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+    ps = [render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
+          for q in QUESTIONS[:4]]
     params = SamplingParams(max_tokens=30, temperature=0)
     cold = engine(chat, max_batch=4).generate(ps, params)
     pc = PrefixCache(block_size=8, directory=tmp_path / "kv")
@@ -200,24 +206,28 @@ def test_n_samples_share_one_prefill(chat):
     assert [c.index for c in outs] == list(range(5))
     assert eng.stats.prefill_tokens == len(outs[0].prompt_token_ids)  # the prompt ran once
     assert len({tuple(c.token_ids) for c in outs}) > 1  # the samples differ
-    again = engine(chat, max_batch=8).generate(p, SamplingParams(max_tokens=30, temperature=1.0, n=5, seed=11))
+    again = engine(chat, max_batch=8).generate(
+        p, SamplingParams(max_tokens=30, temperature=1.0, n=5, seed=11))
     assert [c.token_ids for c in again] == [c.token_ids for c in outs]
     # sample 0 of a seeded request is the request with n=1 and that seed
-    one = engine(chat, max_batch=8).generate(p, SamplingParams(max_tokens=30, temperature=1.0, seed=11))[0]
+    one = engine(chat, max_batch=8).generate(
+        p, SamplingParams(max_tokens=30, temperature=1.0, seed=11))[0]
     assert one.token_ids == outs[0].token_ids
 
 
 def test_stop_strings_spanning_tokens(chat):
     model, tok = chat
     p = prompts(1)
-    full = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0]
+    greedy = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    full = engine(chat).generate(p, greedy)[0]
     # a stop string made of the end of one token and the start of the next
     pieces = [tok.decode([t]) for t in full.token_ids]
     i = next(i for i in range(2, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 1
              and pieces[i + 1].strip())
     stop = pieces[i][-1] + pieces[i + 1][:1]
     assert stop not in "".join(pieces[:i]) + pieces[i][:-1]
-    c = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, stop=[stop]))[0]
+    c = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
+                                                stop=[stop]))[0]
     assert c.finish_reason == "stop"
     assert c.text == full.text[: full.text.index(stop)]
     assert c.token_ids == full.token_ids[: i + 2]  # generation ended on the token that completed it
@@ -225,7 +235,8 @@ def test_stop_strings_spanning_tokens(chat):
     t = full.token_ids[5]
     c = engine(chat).generate(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
                                                 stop_token_ids=[t]))[0]
-    assert c.token_ids == full.token_ids[: full.token_ids.index(t) + 1] and c.finish_reason == "stop"
+    assert c.token_ids == full.token_ids[: full.token_ids.index(t) + 1]
+    assert c.finish_reason == "stop"
 
 
 def test_logprobs_are_the_models(chat):
@@ -255,21 +266,23 @@ def test_penalties_match_a_hand_computed_reference(chat):
                 z = model(torch.tensor([ids])).logits[0, -1].float()
                 seen = torch.zeros_like(z, dtype=torch.bool)
                 seen[ids] = True
-                counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=z.numel()).float()
+                counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=z.numel())
+                counts = counts.float()
                 z = torch.where(seen, torch.where(z > 0, z / 1.3, z * 1.3), z)
                 z = z - 0.5 * (counts > 0) - 0.7 * counts
                 out.append(int(z.argmax()))
                 ids.append(out[-1])
         assert comp.token_ids == out
-    plain = engine(chat, max_batch=3).generate(prompts(3), SamplingParams(max_tokens=20, temperature=0,
-                                                                            ignore_eos=True))
+    plain = engine(chat, max_batch=3).generate(
+        prompts(3), SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
     assert [x.token_ids for x in plain] != [x.token_ids for x in c]
 
 
 def test_filters_that_leave_one_token_are_greedy(chat):
     greedy = engine(chat).generate(prompts(2), SamplingParams(max_tokens=20, temperature=0))
     for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
-        got = engine(chat).generate(prompts(2), SamplingParams(max_tokens=20, temperature=1.5, seed=1, **kw))
+        got = engine(chat).generate(
+            prompts(2), SamplingParams(max_tokens=20, temperature=1.5, seed=1, **kw))
         assert [c.token_ids for c in got] == [c.token_ids for c in greedy], kw
 
 
@@ -298,9 +311,10 @@ def test_stream_and_astream_agree_with_generate(chat):
 
 
 def test_text_made_at_the_end_equals_the_streamed_text(chat, monkeypatch):
-    """generate() detokenizes a sample once, when it finishes; stream() token by token. Whatever the tokens
-    (think tags as their own ids or spelled by ordinary tokens, characters split over tokens, EOS or not),
-    both give the same text, reasoning, content and count of reasoning tokens."""
+    """generate() detokenizes a sample once, when it finishes; stream() token by token. Whatever
+    the tokens (think tags as their own ids or spelled by ordinary tokens, characters split over
+    tokens, EOS or not), both give the same text, reasoning, content and count of reasoning
+    tokens."""
     import nanoseek.infer.engine as engine_module
     from nanoseek.infer.sampling import uniform
 
@@ -309,9 +323,10 @@ def test_text_made_at_the_end_equals_the_streamed_text(chat, monkeypatch):
     pieces = [tok.encode(x) for x in ("12 + 7", " = 19", "\n", "é", "日本", " ok")] + [
         [tok.think_end_id], [tok.think_start_id], tok.encode("</") + tok.encode("think>"),
         tok.encode("<th") + tok.encode("ink>")]
-    scripts = [[t for _ in range(rng.randint(1, 8)) for t in rng.choice(pieces)] + [tok.eos_id] * (k % 2)
-               for k in range(16)]
-    # the engine's draw for sample k's token at position i is uniform(k, i): it tells the script to follow
+    scripts = [[t for _ in range(rng.randint(1, 8)) for t in rng.choice(pieces)]
+               + [tok.eos_id] * (k % 2) for k in range(16)]
+    # the engine's draw for sample k's token at position i is uniform(k, i): it tells the script to
+    # follow
     script_of = {uniform(k, i): t for k, script in enumerate(scripts) for i, t in enumerate(script)}
     monkeypatch.setattr(engine_module, "sample", lambda logits, params, draws: torch.tensor(
         [script_of[u] for u in draws]))
@@ -333,14 +348,17 @@ def test_text_made_at_the_end_equals_the_streamed_text(chat, monkeypatch):
         assert c.text == text == tok.decode(script, skip_special_tokens=True)
         assert (c.reasoning_content, c.content) == (reasoning, content)
         assert c.usage == usage and c.usage.reasoning_tokens > 0
-        spelled_tags += c.text.count("think>") > script.count(tok.think_start_id) + script.count(tok.think_end_id)
+        tags = script.count(tok.think_start_id) + script.count(tok.think_end_id)
+        spelled_tags += c.text.count("think>") > tags
     assert spelled_tags >= 3  # the case where the end of the think block is not a tag token
     # deltas=False (what generate() asks for): step() reports a sample once, whole, when it finishes
     quiet = []
     eng.add_request(ask[0], params[0], deltas=False)
     while eng.has_unfinished():
         quiet += eng.step()
-    assert len(quiet) == 1 and (quiet[0].token_ids, quiet[0].text, quiet[0].usage, quiet[0].finish_reason) == (
+    assert len(quiet) == 1
+    q = quiet[0]
+    assert (q.token_ids, q.text, q.usage, q.finish_reason) == (
         scripts[0], done[0].text, done[0].usage, done[0].finish_reason)
 
 
@@ -379,8 +397,8 @@ def test_requests_that_cannot_fit_are_refused_clearly(chat):
         engine(chat, max_seq_len=64, cache_tokens=32)
     e = engine(chat, max_seq_len=64, cache_tokens=64 * 5 + 7)
     cfg = e.cfg  # 5 rows of 64 + 2 positions, main layers only (no speculation), fp32
-    assert e.max_batch == 5 and e.cache_bytes == cfg.num_hidden_layers * 5 * 66 * (cfg.kv_lora_rank
-                                                                                   + cfg.qk_rope_head_dim) * 4
+    latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    assert e.max_batch == 5 and e.cache_bytes == cfg.num_hidden_layers * 5 * 66 * latent * 4
     with pytest.raises(ValueError, match="past the model's context"):
         engine(chat, max_seq_len=cfg.max_position_embeddings + 1)
     assert not eng.has_unfinished()  # refused requests leave nothing behind
@@ -435,29 +453,32 @@ def test_the_engine_leaves_a_training_model_in_training_mode(chat):
     model, tok = chat
     model.train()
     try:
-        Engine(model, tok, max_seq_len=64, speculative=False).generate(prompts(1), SamplingParams(max_tokens=3))
+        eng = Engine(model, tok, max_seq_len=64, speculative=False)
+        eng.generate(prompts(1), SamplingParams(max_tokens=3))
         assert model.training
     finally:
         model.eval()
 
 
 def test_random_traffic_equals_each_request_alone(chat):
-    """Joins, leaves, aborts, n > 1, penalties, stop strings, seeds, speculation and the prefix cache at
-    once: every sample that was not aborted equals its request run alone."""
+    """Joins, leaves, aborts, n > 1, penalties, stop strings, seeds, speculation and the prefix
+    cache at once: every sample that was not aborted equals its request run alone."""
     rng = random.Random(0)
     system = "You are a careful calculator. "
 
     def request():
-        msgs = ([{"role": "system", "content": system * rng.randint(0, 3)}] if rng.random() < 0.7 else [])
-        kw = dict(max_tokens=rng.randint(1, 25), n=rng.choice([1, 1, 2, 3]), ignore_eos=rng.random() < 0.5,
-                  temperature=0)
+        msgs = ([{"role": "system", "content": system * rng.randint(0, 3)}]
+                if rng.random() < 0.7 else [])
+        kw = dict(max_tokens=rng.randint(1, 25), n=rng.choice([1, 1, 2, 3]),
+                  ignore_eos=rng.random() < 0.5, temperature=0)
         if rng.random() < 0.5:
             kw.update(temperature=rng.choice([0.7, 1.0]), seed=rng.randint(0, 99))
         if rng.random() < 0.3:
             kw.update(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.3)
         if rng.random() < 0.2:
             kw.update(stop=[rng.choice([" = ", "\n", "+"])])
-        return render_chat(msgs + [{"role": "user", "content": rng.choice(QUESTIONS)}]), SamplingParams(**kw)
+        prompt = render_chat(msgs + [{"role": "user", "content": rng.choice(QUESTIONS)}])
+        return prompt, SamplingParams(**kw)
 
     eng = engine(chat, max_batch=4, speculative=True, prefix_cache=PrefixCache(block_size=4))
     pending, ids, got, aborted = [request() for _ in range(12)], {}, {}, set()

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from nanoseek.eval.evaluate import EvalConfig, budget_forced, evaluate, score_samples, write_results
-from nanoseek.infer.engine import Completion, Engine, Usage
+from nanoseek.infer.engine import Engine
+from nanoseek.infer.sequence import Completion, Usage
 from nanoseek.tasks.task import Example, Task, math_scorer
 
 

@@ -1,5 +1,5 @@
-"""The prefix cache on its own: chained block keys, LRU in memory, the disk tier (engine-level exactness
-is in test_engine.py)."""
+"""The prefix cache on its own: chained block keys, LRU in memory, the disk tier (engine-level
+exactness is in test_engine.py)."""
 
 import torch
 

@@ -1,4 +1,5 @@
-"""Streaming text: UTF-8-safe detokenizing, stop strings across tokens, reasoning/content split at think tags."""
+"""Streaming text: UTF-8-safe detokenizing, stop strings across tokens, reasoning/content split at
+think tags."""
 
 import random
 
@@ -14,22 +15,26 @@ from nanoseek.infer.stream import (
 )
 from nanoseek.tokenizer import BOS, EOS, THINK_END, THINK_START, USER, render_chat, train_tokenizer
 
-WORDS = ("the of and to a in is you that it he was for on are as with his they at be this have from "
-         "think answer question reason step first then so because hello world forty two 0 1 2 3 42 + = . ,").split()
+WORDS = ("the of and to a in is you that it he was for on are as with his they at be this have "
+         "from think answer question reason step first then so because hello world forty two "
+         "0 1 2 3 42 + = . ,").split()
 
 
 @pytest.fixture(scope="module")
 def tok():
-    # ASCII-only corpus: no merge ever joins the bytes of a non-ASCII character, so é, 日 and 🙂 are split
-    # over 2, 3 and 4 tokens, which is exactly what the detokenizer must survive.
+    # ASCII-only corpus: no merge ever joins the bytes of a non-ASCII character, so é, 日 and 🙂 are
+    # split over 2, 3 and 4 tokens, which is exactly what the detokenizer must survive.
     rng = random.Random(0)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) + "." for _ in range(400)]
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) + "."
+              for _ in range(400)]
     return train_tokenizer(corpus, vocab_size=400)
 
 
-# Mostly ASCII words with emoji (incl. ZWJ sequences and skin tones), CJK, accented and combining chars.
-PIECES = ["the", " answer", " is", " ", "\n", "42", ".", "é", "naïve", "e\u0301", "a\u0300\u0301", "日本語",
-          "中文", "한국어", "привет", "🙂", "🚀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "𝔘", "\U0010ffff", "\u00a0", "ß"]
+# Mostly ASCII words with emoji (incl. ZWJ sequences and skin tones), CJK, accented and
+# combining chars.
+PIECES = ["the", " answer", " is", " ", "\n", "42", ".", "é", "naïve", "e\u0301", "a\u0300\u0301",
+          "日本語", "中文", "한국어", "привет", "🙂", "🚀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "𝔘",
+          "\U0010ffff", "\u00a0", "ß"]
 
 
 def random_texts(n, seed=0):
@@ -41,10 +46,12 @@ def has_bad_char(s):
     return "\ufffd" in s or any(0xD800 <= ord(c) <= 0xDFFF for c in s)
 
 
-# ---------------------------------------------------------------------------------------------- Detokenizer
+# ----------------------------------------------------------------------------------------------
+# Detokenizer
 
 def test_multibyte_chars_really_span_tokens(tok):
-    # Guards the premise of the tests below: if the tokenizer kept 🙂 whole, they would prove nothing.
+    # Guards the premise of the tests below: if the tokenizer kept 🙂 whole, they would prove
+    # nothing.
     assert len(tok.encode("🙂")) == 4 and len(tok.encode("日")) == 3 and len(tok.encode("é")) == 2
     d = Detokenizer(tok)
     assert [d.push(i) for i in tok.encode("🙂")] == ["", "", "", "🙂"]
@@ -63,8 +70,8 @@ def test_detokenizer_concatenation_equals_decode_and_never_breaks_a_char(tok):
 
 
 def test_detokenizer_random_ids_match_decode(tok):
-    # Arbitrary ids (lone continuation bytes, truncated chars, special and think tokens anywhere): the
-    # stream must still add up to decode(), in both skip modes.
+    # Arbitrary ids (lone continuation bytes, truncated chars, special and think tokens anywhere):
+    # the stream must still add up to decode(), in both skip modes.
     rng = random.Random(1)
     for _ in range(500):
         ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(0, 24))]
@@ -101,7 +108,8 @@ def test_special_tokens_skipped_think_tags_kept(tok):
     assert out.startswith(BOS + USER + "hi") and out.endswith(EOS + "<｜▁pad▁｜>")
 
 
-# ---------------------------------------------------------------------------------------------- StopMatcher
+# ----------------------------------------------------------------------------------------------
+# StopMatcher
 
 def run_stop(stop, chunks):
     m = StopMatcher(stop)
@@ -113,7 +121,8 @@ def run_stop(stop, chunks):
 
 
 def reference_stop(stop, text):
-    """Brute force: the first position where some stop string ends; of those ending there, the earliest start."""
+    """Brute force: the first position where some stop string ends; of those ending there, the
+    earliest start."""
     for end in range(1, len(text) + 1):
         starts = [end - len(s) for s in stop if end >= len(s) and text[end - len(s):end] == s]
         if starts:
@@ -125,7 +134,7 @@ def reference_stop(stop, text):
     (["abc"], "ababc", ("ab", True)),                # overlapping partial match
     (["abcd", "bc"], "abcd", ("a", True)),           # the later-starting stop completes first
     (["ab", "abc"], "xabcd", ("x", True)),           # a stop that is a prefix of another
-    (["b", "ab"], "xab", ("x", True)),               # both end together: the longer (earlier) one cuts
+    (["b", "ab"], "xab", ("x", True)),               # both end there: the longer (earlier) one cuts
     (["END"], "foo EN", ("foo EN", False)),          # held-back prefix released at the end
     (["END"], "foo ENX END", ("foo ENX ", True)),    # a failed partial match is ordinary text
     (["\n\n"], "a\nb\n\nc", ("a\nb", True)),
@@ -143,7 +152,8 @@ def test_stop_matcher_table(stop, text, expected):
 def test_stop_matcher_random_chunking_matches_reference():
     rng = random.Random(2)
     for _ in range(400):
-        stop = ["".join(rng.choice("abc ") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        stop = ["".join(rng.choice("abc ") for _ in range(rng.randint(1, 4)))
+                for _ in range(rng.randint(1, 3))]
         text = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 16)))
         cuts = sorted(rng.sample(range(len(text) + 1), k=min(3, len(text) + 1)))
         chunks = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
@@ -165,7 +175,8 @@ def test_stop_matcher_rejects_empty_stop():
         StopMatcher(["ok", ""])
 
 
-# ---------------------------------------------------------------------------------------------- ReasoningParser
+# ----------------------------------------------------------------------------------------------
+# ReasoningParser
 
 def parse(chunks, in_reasoning):
     p = ReasoningParser(in_reasoning)
@@ -180,9 +191,10 @@ def parse(chunks, in_reasoning):
 
 # (text, in_reasoning, expected reasoning, expected content)
 PARSE_CASES = [
-    ("Let me think.\n</think>\n\nThe answer is 4.", True, "Let me think.", "The answer is 4."),  # R1's shape
+    # R1's shape
+    ("Let me think.\n</think>\n\nThe answer is 4.", True, "Let me think.", "The answer is 4."),
     ("\nfoo\n</think>\n\nbar", True, "\nfoo", "bar"),            # a leading newline is left alone
-    ("still thinking \n", True, "still thinking \n", ""),        # no end tag: all reasoning, whitespace kept
+    ("still thinking \n", True, "still thinking \n", ""),        # no end tag: all reasoning
     ("reason </thi", True, "reason </thi", ""),                  # truncated inside the end tag
     ("<think>\nhmm", False, "\nhmm", ""),                        # opened by the model, never closed
     ("<think>\n\n</think>\n\nHi!", False, "", "Hi!"),            # empty block
@@ -190,20 +202,22 @@ PARSE_CASES = [
     ("<think></think>answer", False, "", "answer"),
     ("Just an answer.\n", False, "", "Just an answer.\n"),        # no think at all
     ("Just an answer.", True, "Just an answer.", ""),            # no think, prompt left it open
-    ("Sure. <think>plan</think> Done.", False, "plan", "Sure. Done."),  # text before <think> is content
-    ("a\n</think>\n\nfirst<think>\nb \n</think>\n\nsecond", True, "a\nb", "firstsecond"),  # two blocks
+    # text before <think> is content
+    ("Sure. <think>plan</think> Done.", False, "plan", "Sure. Done."),
+    # two blocks
+    ("a\n</think>\n\nfirst<think>\nb \n</think>\n\nsecond", True, "a\nb", "firstsecond"),
     ("a</think>\n\n<think>b</think>\n\nc", True, "ab", "c"),
     ("x </think> y", False, "", "x </think> y"),                 # stray end tag in content is text
-    ("r <think> s</think>c", True, "r <think> s", "c"),          # stray start tag in reasoning is text
+    ("r <think> s</think>c", True, "r <think> s", "c"),          # stray start tag in reasoning
     ("a</think></think>b", True, "a", "</think>b"),
     ("<<think>>x</think>y", False, ">x", "<y"),
     ("a </thin b", True, "a </thin b", ""),                      # a near-tag is text
     ("a \n</th x</think>y", True, "a \n</th x", "y"),
     ("ans <thi", False, "", "ans <thi"),                         # truncated inside the start tag
-    ("a \n\n b\n</think>c", True, "a \n\n b", "c"),              # inner whitespace kept, trailing dropped
-    ("</think>\n\nanswer\n\n", True, "", "answer\n\n"),          # content keeps its trailing whitespace
+    ("a \n\n b\n</think>c", True, "a \n\n b", "c"),              # only trailing whitespace goes
+    ("</think>\n\nanswer\n\n", True, "", "answer\n\n"),          # content keeps trailing whitespace
     ("r</think>\n\n", True, "r", ""),
-    ("r</think> a  b", True, "r", "a  b"),                       # only the *leading* whitespace goes
+    ("r</think> a  b", True, "r", "a  b"),                       # only *leading* whitespace goes
     ("思考\u3000\n</think>\n答案", True, "思考", "答案"),         # Unicode whitespace counts too
     ("", True, "", ""),
     ("", False, "", ""),
@@ -257,7 +271,8 @@ def test_prompt_leaves_reasoning_open():
     assert not prompt_leaves_reasoning_open("no tags at all")
 
 
-# ---------------------------------------------------------------------------------------------- TextStream
+# ----------------------------------------------------------------------------------------------
+# TextStream
 
 def run_stream(tok, ids, **kw):
     s = TextStream(tok, **kw)
@@ -266,7 +281,8 @@ def run_stream(tok, ids, **kw):
 
 
 def test_text_stream_think_tokens_as_single_ids(tok):
-    ids = [*tok.encode("Let me see 🙂"), tok.think_end_id, *tok.encode("\n\nThe answer: 日本"), tok.eos_id]
+    ids = [*tok.encode("Let me see 🙂"), tok.think_end_id, *tok.encode("\n\nThe answer: 日本"),
+           tok.eos_id]
     s, deltas = run_stream(tok, ids, in_reasoning=True)
     assert (s.reasoning, s.content) == ("Let me see 🙂", "The answer: 日本")
     assert s.text == f"Let me see 🙂{THINK_END}\n\nThe answer: 日本"  # tags kept, EOS skipped
@@ -277,19 +293,23 @@ def test_text_stream_think_tokens_as_single_ids(tok):
     # reasoning streams out before the end tag arrives, not all at the end
     assert "".join(d.reasoning for d in deltas[:len(tok.encode("Let me see 🙂"))]) == "Let me see 🙂"
 
-    ids = [*tok.encode("Hi "), tok.think_start_id, *tok.encode("plan"), tok.think_end_id, *tok.encode(" ok")]
+    ids = [*tok.encode("Hi "), tok.think_start_id, *tok.encode("plan"), tok.think_end_id,
+           *tok.encode(" ok")]
     s, _ = run_stream(tok, ids, in_reasoning=False)
     assert (s.reasoning, s.content) == ("plan", "Hi ok")
 
 
 def test_text_stream_matches_one_shot(tok):
-    # Streaming and non-streaming give the same answer: the deltas add up to parsing decode(ids) at once.
+    # Streaming and non-streaming give the same answer: the deltas add up to parsing decode(ids) at
+    # once.
     rng = random.Random(4)
     controls = [tok.think_start_id, tok.think_end_id, tok.eos_id]
     for _ in range(100):
-        # control tokens between characters (one inside a character would make the bytes invalid UTF-8)
+        # control tokens between characters (one inside a character would make the bytes invalid
+        # UTF-8)
         ids = [i for _ in range(rng.randint(0, 12))
-               for i in (tok.encode(rng.choice(PIECES)) if rng.random() < 0.8 else [rng.choice(controls)])]
+               for i in (tok.encode(rng.choice(PIECES)) if rng.random() < 0.8
+                         else [rng.choice(controls)])]
         for in_reasoning in (True, False):
             s, deltas = run_stream(tok, ids, in_reasoning=in_reasoning)
             full = tok.decode(ids, skip_special_tokens=True)
@@ -305,12 +325,14 @@ def test_text_stream_stop_inside_tokens(tok):
     ends = [sum(map(len, pieces[:k + 1])) for k in range(len(pieces))]
     k = next(k for k in range(len(pieces) - 1) if len(pieces[k]) >= 2 and len(pieces[k + 1]) >= 2)
     stop = text[ends[k] - 1:ends[k] + 1]
-    assert stop and all(e not in (ends[k] - 1, ends[k] + 1) for e in [0, *ends])  # really inside tokens
+    # really inside tokens
+    assert stop and all(e not in (ends[k] - 1, ends[k] + 1) for e in [0, *ends])
     s, deltas = run_stream(tok, tok.encode(text), stop=[stop])
     assert s.text == s.content == text[:text.find(stop)]
     assert stop not in s.text
     i = next(j for j, d in enumerate(deltas) if d.stopped)
-    assert all(d == StreamDelta("", "", "", True) for d in deltas[i + 1:])  # stays stopped, finish too
+    # stays stopped, finish too
+    assert all(d == StreamDelta("", "", "", True) for d in deltas[i + 1:])
 
 
 def test_text_stream_stop_across_multibyte_and_in_reasoning(tok):
@@ -331,8 +353,8 @@ def test_text_stream_stop_completed_by_flushed_tail(tok):
 
 
 def test_push_all_equals_pushing_token_by_token(tok):
-    """push_all (the engine's path when nobody reads the deltas) gives what push() per id + finish() gives,
-    stop strings, split characters and tags spelled by ordinary tokens included."""
+    """push_all (the engine's path when nobody reads the deltas) gives what push() per id +
+    finish() gives, stop strings, split characters and tags spelled by ordinary tokens included."""
     rng = random.Random(5)
     spelled = [tok.encode("</") + tok.encode("think>"), tok.encode("<th") + tok.encode("ink>")]
     for _ in range(150):
@@ -341,10 +363,12 @@ def test_push_all_equals_pushing_token_by_token(tok):
                 rng.choice([[tok.think_start_id], [tok.think_end_id], [tok.eos_id], *spelled]))]
         if rng.random() < 0.3:
             ids = ids[:rng.randint(0, len(ids))]  # may end inside a character
-        kw = dict(in_reasoning=rng.random() < 0.5, stop=rng.choice([(), (), ("the",), ("日本", "\n"), ("nk>",)]))
+        kw = dict(in_reasoning=rng.random() < 0.5,
+                  stop=rng.choice([(), (), ("the",), ("日本", "\n"), ("nk>",)]))
         one, deltas = run_stream(tok, ids, **kw)
         whole = TextStream(tok, **kw)
         d = whole.push_all(ids)
         assert (d.text, d.reasoning, d.content) == (one.text, one.reasoning, one.content), (ids, kw)
-        assert (whole.text, whole.reasoning, whole.content) == (one.text, one.reasoning, one.content)
+        want = (one.text, one.reasoning, one.content)
+        assert (whole.text, whole.reasoning, whole.content) == want
         assert d.stopped == any(x.stopped for x in deltas) and whole.finished

@@ -2,9 +2,10 @@
 
 A checkpoint directory holds config.json, model.safetensors (or shards plus
 model.safetensors.index.json), generation_config.json and, when given, the tokenizer files. Keys are
-HF's: experts one by one (`model.layers.N.mlp.experts.J.gate_proj.weight`), the MTP modules as layers
-num_hidden_layers + k, so transformers, vLLM and SGLang read what nanoseek writes, and nanoseek reads
-what they (and DeepSeek's releases, once de-quantised to bf16) write. Only safetensors are read: no pickle.
+HF's: experts one by one (`model.layers.N.mlp.experts.J.gate_proj.weight`), the MTP modules as
+layers num_hidden_layers + k, so transformers, vLLM and SGLang read what nanoseek writes, and
+nanoseek reads what they (and DeepSeek's releases, once de-quantised to bf16) write. Only
+safetensors are read: no pickle.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _mtp_duplicate(key: str, cfg: ModelConfig) -> bool:
     return m is not None and int(m.group(1)) >= cfg.num_hidden_layers
 
 
-def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig, expected: dict[str, torch.Size],
+def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig,
+                       expected: dict[str, torch.Size],
                        source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """HF-named tensors -> nanoseek state dict; missing, unexpected and mis-shaped keys raise."""
     inv: dict[str, str] = {}  # HF name -> nanoseek name, for every non-expert tensor
@@ -116,20 +118,24 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig, expec
             if layer >= cfg.num_hidden_layers:
                 prefix = f"mtp.{layer - cfg.num_hidden_layers}." + prefix.split(".", 2)[2]
         if f"{prefix}.gate_up_proj" not in expected:
-            raise CheckpointError(f"{source}: unexpected tensor(s) {_few([f'{hf_base}.0.gate_proj.weight'])}")
-        missing = [f"{hf_base}.{j}.{p}.weight" for j in range(E) for p in ("gate_proj", "up_proj", "down_proj")
-                   if p not in per_expert.get(j, {})]
+            first = f"{hf_base}.0.gate_proj.weight"
+            raise CheckpointError(f"{source}: unexpected tensor(s) {_few([first])}")
+        missing = [f"{hf_base}.{j}.{p}.weight" for j in range(E)
+                   for p in ("gate_proj", "up_proj", "down_proj") if p not in per_expert.get(j, {})]
         extra = [f"{hf_base}.{j}.*" for j in per_expert if j >= E]
         if missing:
             raise CheckpointError(f"{source}: missing tensor(s) {_few(missing)}")
         if extra:
-            raise CheckpointError(f"{source}: unexpected tensor(s) {_few(extra)} (config has n_routed_experts={E})")
+            raise CheckpointError(f"{source}: unexpected tensor(s) {_few(extra)} "
+                                  f"(config has n_routed_experts={E})")
         for j in range(E):
             for p, shape in (("gate_proj", (I, cfg.hidden_size)), ("up_proj", (I, cfg.hidden_size)),
                              ("down_proj", (cfg.hidden_size, I))):
-                _check_shape(f"{hf_base}.{j}.{p}.weight", per_expert[j][p].shape, torch.Size(shape), source)
-        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([per_expert[j]["gate_proj"], per_expert[j]["up_proj"]])
-                                                     for j in range(E)])
+                _check_shape(f"{hf_base}.{j}.{p}.weight", per_expert[j][p].shape,
+                             torch.Size(shape), source)
+        gate_up = [torch.cat([per_expert[j]["gate_proj"], per_expert[j]["up_proj"]])
+                   for j in range(E)]
+        out[f"{prefix}.gate_up_proj"] = torch.stack(gate_up)
         out[f"{prefix}.down_proj"] = torch.stack([per_expert[j]["down_proj"] for j in range(E)])
     missing = [_hf_prefix(n, cfg) for n in expected if n not in out]
     if missing:
@@ -141,7 +147,8 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig, expec
 
 def _check_shape(key: str, got: torch.Size, want: torch.Size, source: str) -> None:
     if got != want:
-        raise CheckpointError(f"{source}: tensor '{key}' has shape {tuple(got)}, the config implies {tuple(want)}")
+        raise CheckpointError(f"{source}: tensor '{key}' has shape {tuple(got)}, the config "
+                              f"implies {tuple(want)}")
 
 
 def _few(keys: list[str], n: int = 5) -> str:
@@ -166,11 +173,12 @@ def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None
     """config.json, safetensors, generation_config.json and the tokenizer files into `directory`."""
     tensors = to_hf_state_dict(model)
     if dtype is not None:  # the correction bias stays fp32, as in every DeepSeek checkpoint
-        tensors = {k: v if k.endswith("e_score_correction_bias") else v.to(dtype) for k, v in tensors.items()}
+        tensors = {k: v if k.endswith("e_score_correction_bias") else v.to(dtype)
+                   for k, v in tensors.items()}
     _write_safetensors(tensors, directory, max_shard_bytes)
     cfg_dict = model.cfg.to_hf_dict()
-    saved = {v.dtype for k, v in tensors.items() if not k.endswith("e_score_correction_bias")}
-    cfg_dict["torch_dtype"] = cfg_dict["dtype"] = str(saved.pop() if len(saved) == 1 else torch.float32)[6:]
+    dtype_name = str(_weights_dtype(tensors))[6:]  # "torch.bfloat16" -> "bfloat16"
+    cfg_dict["torch_dtype"] = cfg_dict["dtype"] = dtype_name
     (directory / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
     gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id,
            "do_sample": True, "temperature": 0.6, "top_p": 0.95}  # DeepSeek's advice for R1
@@ -179,7 +187,14 @@ def write_model_files(model: Transformer, directory: Path, tokenizer: Any = None
         tokenizer.save(directory)
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+def _weights_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype every tensor but the fp32 correction biases shares; float32 if they are mixed."""
+    kinds = {t.dtype for k, t in tensors.items() if not k.endswith("e_score_correction_bias")}
+    return kinds.pop() if len(kinds) == 1 else torch.float32
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], directory: Path,
+                       max_shard_bytes: int) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key in sorted(tensors):
@@ -235,12 +250,14 @@ def _shard_files(directory: Path) -> list[Path]:
     if single.exists():
         return [single]
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
-        raise CheckpointError(f"{directory}: only safetensors are loaded (pickle files are never read)")
+        raise CheckpointError(f"{directory}: only safetensors are loaded (pickle files are never "
+                              "read)")
     raise CheckpointError(f"{directory}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
 def iter_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of a checkpoint directory, shard by shard; corrupt files raise CheckpointError."""
+    """Every tensor of a checkpoint directory, shard by shard; corrupt files raise
+    CheckpointError."""
     for f in _shard_files(Path(directory)):
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
@@ -250,9 +267,10 @@ def iter_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{f}: corrupt or truncated safetensors file ({e})") from None
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-               ) -> Transformer:
-    """Read a checkpoint directory into a Transformer (eval mode). dtype None keeps the saved dtype."""
+def load_model(directory: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> Transformer:
+    """Read a checkpoint directory into a Transformer (eval mode); dtype None keeps the one
+    saved."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
@@ -264,7 +282,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype:
     has_mtp = any(re.match(rf"^model\.layers\.{cfg.num_hidden_layers + k}\.", key)
                   for key in tensors for k in range(cfg.num_nextn_predict_layers))
     if cfg.num_nextn_predict_layers and not has_mtp:
-        # transformers saves no MTP weights even where the config names MTP layers: load without them
+        # transformers saves no MTP weights even where the config names MTP layers: load
+        # without them
         cfg = cfg.replace(num_nextn_predict_layers=0)
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -272,8 +291,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype:
                 if not (k == "lm_head.weight" and cfg.tie_word_embeddings)}
     state = from_hf_state_dict(tensors, cfg, expected, source=str(directory))
     if dtype is None:
-        saved = {t.dtype for k, t in state.items() if not k.endswith("e_score_correction_bias")}
-        dtype = saved.pop() if len(saved) == 1 else torch.float32
+        dtype = _weights_dtype(state)
     model.to_empty(device=device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

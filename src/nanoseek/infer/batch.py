@@ -14,16 +14,19 @@ import json
 from pathlib import Path
 
 from nanoseek.files import DataError, atomic_file, jsonl_objects
-from nanoseek.infer.engine import Completion, Engine
+from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sequence import Completion
 from nanoseek.tokenizer import render_chat
 
 PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
-OTHER_KEYS = {"thinking", "id"}  # "id" is echoed to the output, so results can be matched to inputs
+# "id" is echoed to the output, so results can be matched to inputs
+OTHER_KEYS = {"thinking", "id"}
+Requests = list[tuple[object, SamplingParams, dict]]  # (prompt, params, the input row)
 
 
-def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[object, SamplingParams, dict]]:
+def read_requests(path: str | Path, defaults: SamplingParams) -> Requests:
     """(prompt, params, the input row) per line; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
@@ -32,12 +35,13 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[obje
     for where, row in jsonl_objects(path):
         keys = [k for k in PROMPT_KEYS if k in row]
         if len(keys) != 1:
-            raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; has "
-                            f"{keys or 'none'}")
+            raise DataError(f"{where}: needs exactly one of prompt, messages, prompt_token_ids; "
+                            f"has {keys or 'none'}")
         unknown = sorted(set(row) - PARAM_FIELDS - OTHER_KEYS - set(PROMPT_KEYS))
         if unknown:
-            raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(PROMPT_KEYS)}, thinking, "
-                            f"id, and the sampling settings {', '.join(sorted(PARAM_FIELDS))})")
+            raise DataError(f"{where}: unknown key {unknown[0]!r} (allowed: "
+                            f"{', '.join(PROMPT_KEYS)}, thinking, id, and the sampling settings "
+                            f"{', '.join(sorted(PARAM_FIELDS))})")
         try:
             if "messages" in row:
                 prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
@@ -49,7 +53,8 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[obje
                 prompt = row["prompt_token_ids"]
                 if not isinstance(prompt, list) or not all(isinstance(i, int) for i in prompt):
                     raise ValueError("prompt_token_ids must be a list of integers")
-            params = dataclasses.replace(defaults, **{k: v for k, v in row.items() if k in PARAM_FIELDS})
+            given = {k: v for k, v in row.items() if k in PARAM_FIELDS}
+            params = dataclasses.replace(defaults, **given)
         except (ValueError, TypeError) as e:
             raise DataError(f"{where}: {e}") from None
         out.append((prompt, params, row))
@@ -58,14 +63,19 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> list[tuple[obje
     return out
 
 
+def _completion(c: Completion) -> dict:
+    out = {"text": c.text, "reasoning_content": c.reasoning_content, "content": c.content,
+           "finish_reason": c.finish_reason, "token_ids": c.token_ids}
+    if c.logprobs is not None:
+        out["logprobs"] = [{"token_id": lp.token_id, "logprob": lp.logprob, "top": lp.top}
+                           for lp in c.logprobs]
+    return out
+
+
 def record(completions: list[Completion]) -> dict:
     first = completions[0]
     return {
-        "completions": [{"text": c.text, "reasoning_content": c.reasoning_content, "content": c.content,
-                         "finish_reason": c.finish_reason, "token_ids": c.token_ids,
-                         **({} if c.logprobs is None else {"logprobs": [
-                             {"token_id": lp.token_id, "logprob": lp.logprob, "top": lp.top} for lp in c.logprobs]})}
-                        for c in completions],
+        "completions": [_completion(c) for c in completions],
         "usage": {"prompt_tokens": first.usage.prompt_tokens,
                   "completion_tokens": sum(c.usage.completion_tokens for c in completions),
                   "prompt_cache_hit_tokens": first.usage.cached_tokens,
@@ -74,9 +84,10 @@ def record(completions: list[Completion]) -> dict:
     }
 
 
-def generate_file(engine: Engine, requests: list[tuple[object, SamplingParams, dict]], output: str | Path,
+def generate_file(engine: Engine, requests: Requests, output: str | Path,
                   inp: str | Path = "input", progress: bool = True) -> int:
-    """Run every request (from read_requests(inp)) not already in OUTPUT.partial; returns the count."""
+    """Run every request (from read_requests(inp)) not already in OUTPUT.partial; returns the
+    count."""
     from tqdm.auto import tqdm
 
     output = Path(output)
@@ -100,16 +111,19 @@ def generate_file(engine: Engine, requests: list[tuple[object, SamplingParams, d
                 engine.validate(prompt, params)
             except ValueError as e:
                 raise DataError(f"{inp} request {i + 1}: {e}") from None
-    todo = {}  # request id -> (input index, the engine's request, whose .done fills as samples finish)
+    # request id -> (input index, the engine's request, whose .done fills as samples finish)
+    todo = {}
     for i, (prompt, params, _) in enumerate(requests):
         if i not in done:
             rid = engine.add_request(prompt, params, deltas=False)  # rows are written whole
             todo[rid] = (i, engine.requests[rid])
-    bar = tqdm(total=len(requests), initial=len(done), desc="generating", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(requests), initial=len(done), desc="generating", unit="prompt",
+               disable=not progress)
     with open(partial, "a", encoding="utf-8") as f:
         while todo:
             for d in engine.step():
-                if d.finish_reason is None or d.request_id not in todo or d.request_id in engine.requests:
+                finished = d.finish_reason is not None and d.request_id not in engine.requests
+                if not finished or d.request_id not in todo:
                     continue
                 i, req = todo.pop(d.request_id)
                 row = {"index": i, **record(req.done)}

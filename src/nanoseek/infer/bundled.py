@@ -1,8 +1,8 @@
 """The model `nanoseek chat` and `nanoseek serve` use when given no checkpoint.
 
-The model nanoseek ships (made by `nanoseek pipeline --export src/nanoseek/assets/model`, its README.md
-says how), $NANOSEEK_DEFAULT_MODEL, or, in a tree without it, an untrained `tiny` model built once so
-that the commands still start.
+The model nanoseek ships (made by `nanoseek pipeline --export src/nanoseek/assets/model`, its
+README.md says how), $NANOSEEK_DEFAULT_MODEL, or, in a tree without it, an untrained `tiny` model
+built once so that the commands still start.
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ from nanoseek.checkpoint import save_model
 from nanoseek.files import cache_dir
 from nanoseek.model.model import Transformer
 
-UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an UNTRAINED `tiny` model (random "
-                  "weights, so its replies are noise). Pass a checkpoint directory from `nanoseek train` instead.")
+UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an UNTRAINED `tiny` "
+                  "model (random weights, so its replies are noise). Pass a checkpoint directory "
+                  "from `nanoseek train` instead.")
 
 
 BUNDLED = Path(__file__).parent.parent / "assets" / "model"
 
 
 def default_checkpoint() -> tuple[Path, bool]:
-    """(directory, trained) of the model `chat` and `serve` use without a checkpoint: $NANOSEEK_DEFAULT_MODEL
-    if set (a checkpoint directory), else the one nanoseek ships inside the package (BUNDLED). With
-    NANOSEEK_DEFAULT_MODEL=untrained, or in a tree without BUNDLED, an untrained `tiny` model with a
-    tokenizer trained on a built-in arithmetic corpus, built once (seeded, so always the same) in
-    $NANOSEEK_CACHE."""
+    """(directory, trained) of the model `chat` and `serve` use without a checkpoint:
+    $NANOSEEK_DEFAULT_MODEL if set (a checkpoint directory), else the one nanoseek ships inside the
+    package (BUNDLED). With NANOSEEK_DEFAULT_MODEL=untrained, or in a tree without BUNDLED, an
+    untrained `tiny` model with a tokenizer trained on a built-in arithmetic corpus, built once
+    (seeded, so always the same) in $NANOSEEK_CACHE."""
     choice = os.environ.get("NANOSEEK_DEFAULT_MODEL")
     if choice and choice != "untrained":
         return Path(choice), True
@@ -40,7 +41,8 @@ def default_checkpoint() -> tuple[Path, bool]:
     path = cache_dir() / "untrained-tiny"
     if not (path / "tokenizer.json").is_file():
         corpus = [render_chat([{"role": "user", "content": f"Calculate {a} + {b}."}])
-                  + render_completion(f"{a} + {b} = {a + b}", str(a + b)) for a in range(40) for b in range(40)]
+                  + render_completion(f"{a} + {b} = {a + b}", str(a + b))
+                  for a in range(40) for b in range(40)]
         tok = train_tokenizer(corpus, vocab_size=512)
         gen = torch.random.fork_rng()
         with gen:

@@ -36,8 +36,8 @@ class ChatSession:
 
     def prompt(self) -> str:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return render_chat(head + [{"role": m["role"], "content": m["content"]} for m in self.messages],
-                           thinking=self.thinking)
+        turns = [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        return render_chat(head + turns, thinking=self.thinking)
 
     def command(self, line: str) -> str | None:
         """Run a /command; returns what to print, or None to quit."""
@@ -70,7 +70,8 @@ class ChatSession:
             if not path.parent.is_dir():  # a typo in the path, not a request to create folders
                 return f"could not save to {path}: no directory {path.parent}"
             try:
-                atomic_write(path, json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2) + "\n")
+                saved = json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2)
+                atomic_write(path, saved + "\n")
             except OSError as e:
                 return f"could not save to {path}: {e.strerror}"
             return f"saved {len(self.messages)} messages to {path}"
@@ -96,7 +97,8 @@ class ChatSession:
                     out.write(d.reasoning)
                 if d.content:
                     if not started:
-                        out.write((RESET if color and reasoning else "") + ("\n\n" if reasoning else ""))
+                        if reasoning:
+                            out.write((RESET if color else "") + "\n\n")
                         started = True
                     content += d.content
                     out.write(d.content)
@@ -108,7 +110,8 @@ class ChatSession:
             out.write(RESET)
         out.write("\n")
         out.flush()
-        self.messages.append({"role": "assistant", "content": content, "reasoning_content": reasoning})
+        self.messages.append({"role": "assistant", "content": content,
+                              "reasoning_content": reasoning})
 
 
 def run_chat(session: ChatSession, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:

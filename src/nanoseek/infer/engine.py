@@ -2,37 +2,38 @@
 
 The cache is preallocated: max_batch rows of max_seq_len (+2 for speculation) token positions, each
 holding only c_kv and k_pe per layer (576 numbers a layer for V3), never per-head keys and values.
-Running sequences occupy rows 0..k-1, so one forward over a row range serves them all; when one
+Running samples occupy rows 0..k-1, so one forward over a row range serves them all; when one
 finishes, the last row moves into its place. Each step admits waiting requests (one batched,
 right-padded prefill; a request's n samples share it, then copy its rows), then decodes every
-running row by one token, or, with MTP speculation, by one or two.
+running row by one token, or, with MTP speculation, by one or two. The forwards themselves are the
+Runner's (runner.py); the per-sample state and results are in sequence.py.
 
 Speculative decoding with MTP (V3 section 2.2, used for inference in 5.4.3): the MTP module, fed
 the main model's last hidden state h_{L-1} and the pending token x_L, drafts x_{L+1}. A verify
 forward takes [x_L, draft] at positions L, L+1; x_{L+1} is sampled from the first position exactly
-as plain decoding would (same logits, the same draw of the sample's random stream), and only if it equals
-the draft is x_{L+2} sampled from the second. So outputs, greedy or seeded, are those of plain
-decoding, and a step yields 1 + (acceptance) tokens. The MTP module keeps its own cache entries (layer
-id num_hidden_layers); its entry at index p is the pair (h_{p-1}, x_p), so index 0 is never used.
+as plain decoding would (same logits, the same draw of the sample's random stream), and only if it
+equals the draft is x_{L+2} sampled from the second. So outputs, greedy or seeded, are those of
+plain decoding, and a step yields 1 + (acceptance) tokens. The MTP module keeps its own cache
+entries (layer id num_hidden_layers); its entry at index p is the pair (h_{p-1}, x_p), so index 0
+is never used.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import random
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from nanoseek.infer.prefix_cache import Block, PrefixCache
+from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
+from nanoseek.infer.runner import Runner
 from nanoseek.infer.sampling import (
     SamplingParams,
     TokenLogprob,
@@ -42,77 +43,24 @@ from nanoseek.infer.sampling import (
     sample_seed,
     uniform,
 )
+from nanoseek.infer.sequence import Completion, Delta, Request, Sample
 from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
 from nanoseek.model.model import KVCache, Transformer
-from nanoseek.tokenizer import BOS, THINK_END, THINK_START, Tokenizer
+from nanoseek.tokenizer import BOS, Tokenizer
 
 Prompt = str | Sequence[int]
-# MTP speculation is on by default up to this many slots: measured faster at batch 1 and 8, slower at 64
-# (BENCHMARKS.md), where the step is compute-bound and verifying doubles its tokens; 16 is between
+Params = SamplingParams | Sequence[SamplingParams] | None
+# MTP speculation is on by default up to this many slots: drafting pays at small batch and loses at
+# large, where the step is compute-bound and verifying doubles its tokens (bench/bench_infer.py)
 SPECULATE_UP_TO = 16
-# below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head K/V
-# from the latent), whose matmuls are cheaper once there are many queries
-ABSORB_BELOW = 16
-
 
 _entropy = random.SystemRandom()
 
 
 def _fresh_seed() -> int:
-    """A seed for a request that gave none: from the OS, so it neither reads nor moves torch's RNG."""
+    """A seed for a request that gave none: from the OS, so it neither reads nor moves torch's
+    RNG."""
     return _entropy.getrandbits(63)
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens served from the prefix cache (DeepSeek: prompt_cache_hit_tokens)
-    reasoning_tokens: int = 0  # completion tokens spent inside the think block
-
-    @property
-    def uncached_tokens(self) -> int:  # prompt_cache_miss_tokens
-        return self.prompt_tokens - self.cached_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Delta:
-    """What one step added to one sample. finish_reason ('stop', 'length', 'abort') and usage are set on
-    a sample's last delta."""
-
-    request_id: str
-    index: int  # which of the request's n samples
-    token_ids: list[int]
-    text: str = ""  # raw text (think tags included, stop strings excluded)
-    reasoning: str = ""
-    content: str = ""
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-    def add(self, piece) -> None:
-        """Append a TextStream delta's text, reasoning and content."""
-        self.text += piece.text
-        self.reasoning += piece.reasoning
-        self.content += piece.content
-
-
-@dataclass
-class Completion:
-    request_id: str
-    index: int
-    prompt_token_ids: list[int]
-    token_ids: list[int]  # every generated token, a stop token included
-    text: str
-    reasoning_content: str
-    content: str
-    finish_reason: str
-    usage: Usage
-    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -129,50 +77,15 @@ class EngineStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-@dataclass(eq=False)
-class _Seq:
-    req: _Request
-    index: int
-    stream: TextStream
-    seed: int | None  # the sample's random stream (sampling.uniform); None when greedy
-    row: int = -1
-    len: int = 0  # tokens whose latents are in the cache (positions 0..len-1)
-    pending: int = -1  # sampled token not yet fed to the model, at position len
-    h_last: Tensor | None = None  # after prefill: the hidden state at position len-1 (the MTP's input)
-    draft: int = -1
-    out: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
-    reasoning_tokens: int = 0
-    thinking: bool = False  # inside the think block (text_at_end only; else the stream's parser knows)
-    text_at_end: bool = False  # detokenized once when finished, not token by token (see add_request)
-    finish_reason: str | None = None
-    delta: Delta | None = None  # being filled during a step
-
-
-@dataclass(eq=False)
-class _Request:
-    id: str
-    prompt: list[int]
-    params: SamplingParams
-    max_tokens: int
-    in_reasoning: bool
-    deltas: bool = True  # step() reports each token as it comes; False: a sample's one delta when it finishes
-    seqs: list[_Seq] = field(default_factory=list)
-    cached: int = 0  # prompt tokens found in the prefix cache
-    prefix_blocks: list[Block] = field(default_factory=list)
-    done: list[Completion | None] = field(default_factory=list)
-    backlog: deque[Delta] | None = None  # deltas kept for a stream() / astream() consumer
-
-
 class Engine:
-    """Engine(model, tokenizer): generate(prompts, params), stream(...), astream(...), or for a serving
-    loop add_request / step / abort.
+    """Engine(model, tokenizer): generate(prompts, params), stream(...), astream(...), or for a
+    serving loop add_request / step / abort.
 
     Cache memory: max_batch rows x max_seq_len tokens. Give cache_tokens (a token budget) to size
     max_batch from it. A request whose prompt + max_tokens exceeds max_seq_len is refused at once.
-    speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16. prefix_cache: a
-    PrefixCache, or None for none. compile: torch.compile the decode and drafting forwards at small batch
-    (see _static); each batch size compiles once, on its first step.
+    speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16.
+    prefix_cache: a PrefixCache, or None for none. compile: torch.compile the decode and drafting
+    forwards at small batch (see Runner._static); each batch size compiles once, on its first step.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
@@ -182,62 +95,64 @@ class Engine:
         cfg = model.cfg
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         if tokenizer.vocab_size > cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-                             f"{cfg.vocab_size}")
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                             f"vocab_size is {cfg.vocab_size}")
         self.device, self.dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
+        self._size(max_batch, max_seq_len, cache_tokens)
+        # drafting pays at small batch; compiled, a plain step costs so little that it no longer
+        # does (bench/bench_infer.py)
+        if speculative is None:
+            speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO and not compile
+        if speculative and not model.mtp:
+            raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
+        self.speculative = speculative
+        # +2 positions: a verify step writes the draft one past the last token, the MTP module one
+        # more
+        self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype,
+                             device=self.device,
+                             n_layers=cfg.num_hidden_layers + (1 if speculative else 0))
+        self.runner = Runner(model, self.cache, compile)
+        self.prefix_cache = prefix_cache
+        if prefix_cache is not None:
+            prefix_cache.namespace = fingerprint(model, speculative)
+        self.max_prefill_tokens = max_prefill_tokens
+        self.rows: list[Sample] = []  # rows[i] is the sample in cache row i
+        self.waiting: deque[Request] = deque()
+        self.requests: dict[str, Request] = {}
+        # (max_batch, vocab) generated-token counts, once a request has penalties
+        self.counts: Tensor | None = None
+        self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        # step(), add_request() and abort() may come from different threads (astream runs steps in
+        # a worker thread): one at a time
+        self._lock = threading.RLock()
+        self._finished_now: dict[str, Request] = {}
+
+    def _size(self, max_batch: int | None, max_seq_len: int | None,
+              cache_tokens: int | None) -> None:
+        """Set max_seq_len and max_batch (from cache_tokens when given), refusing what cannot
+        run."""
+        cfg = self.cfg
         self.max_seq_len = max_seq_len or min(cfg.max_position_embeddings, 4096)
         if self.max_seq_len > cfg.max_position_embeddings:
             raise ValueError(f"max_seq_len {self.max_seq_len} is past the model's context "
                              f"(max_position_embeddings {cfg.max_position_embeddings})")
         if cache_tokens is not None:
             if cache_tokens < self.max_seq_len:
-                raise ValueError(f"cache_tokens {cache_tokens} cannot hold one sequence of max_seq_len "
-                                 f"{self.max_seq_len}")
+                raise ValueError(f"cache_tokens {cache_tokens} cannot hold one sequence of "
+                                 f"max_seq_len {self.max_seq_len}")
             max_batch = min(max_batch or cache_tokens, cache_tokens // self.max_seq_len)
         self.max_batch = max_batch or 16
         if self.max_batch < 1 or self.max_seq_len < 2:
-            raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, {self.max_seq_len}")
-        # measured on CPU (BENCHMARKS.md): drafting pays at batch 1-8 (+23% at 1) and loses at 64, where
-        # the step is compute-bound and verifying doubles its tokens
-        # compiled, a plain step costs so little that drafting no longer pays at batch 1 (BENCHMARKS.md)
-        if speculative is None:
-            speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO and not compile
-        if speculative and not model.mtp:
-            raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
-        self.speculative = speculative
-        # +2 positions: a verify step writes the draft one past the last token, the MTP module one more
-        self.cache = KVCache(cfg, self.max_batch, self.max_seq_len + 2, dtype=self.dtype, device=self.device,
-                             n_layers=cfg.num_hidden_layers + (1 if speculative else 0))
-        self.prefix_cache = prefix_cache
-        if prefix_cache is not None:
-            prefix_cache.namespace = self.fingerprint()
-        self.max_prefill_tokens = max_prefill_tokens
-        self.rows: list[_Seq] = []  # rows[i] is the sequence in cache row i
-        self.waiting: deque[_Request] = deque()
-        self.requests: dict[str, _Request] = {}
-        self.counts: Tensor | None = None  # (max_batch, vocab) generated-token counts, once a request has penalties
-        self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
-        self.stats = EngineStats()
-        self._ids = itertools.count()
-        # step(), add_request() and abort() may come from different threads (astream runs steps in a
-        # worker thread): one at a time
-        self._lock = threading.RLock()
-        self._finished_now: dict[str, _Request] = {}
-        self._compiled = None
-        if compile:  # shapes are static per batch size: one graph each, no recompiles as sequences grow
-            # cpp_wrapper: the graph's launcher in C++, not Python (~10% of a batch-1 step on CPU)
-            opts = {"dynamic": False, "fullgraph": True, "options": {"cpp_wrapper": True}}
-            self._compiled = {"main": torch.compile(self._main_forward, **opts),
-                              "mtp": torch.compile(self._mtp_forward, **opts)}
-            self._views: dict[int, KVCache] = {}
-            self._ran: set[tuple[str, int, int]] = set()  # (forward, bucket, tokens a row) compiled so far
-            # a graph per forward, bucket and 1 or 2 tokens: more than dynamo's default of 8 for V3's 256 experts
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+            raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, "
+                             f"{self.max_seq_len}")
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None, **kw) -> Engine:
-        """Load a checkpoint directory (model + tokenizer). Defaults: CUDA in bf16 when there is a GPU,
-        else the CPU in fp32."""
+    def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None,
+                        **kw) -> Engine:
+        """Load a checkpoint directory (model + tokenizer). Defaults: CUDA in bf16 when there is a
+        GPU, else the CPU in fp32."""
         from nanoseek.checkpoint import load_model
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -257,16 +172,6 @@ class Engine:
     def cache_bytes(self) -> int:
         return self.cache.kv.nbytes
 
-    def fingerprint(self) -> str:
-        """Identifies the model (config, dtype, a sample of every weight) so a prefix cache on disk is
-        never used with other weights; speculation is included since only then are MTP entries filled."""
-        h = hashlib.sha256(json.dumps(self.cfg.to_hf_dict(), sort_keys=True, default=str).encode())
-        h.update(f"{self.dtype} {self.speculative}".encode())
-        for name, p in self.model.state_dict().items():
-            flat = p.detach().flatten()
-            h.update(name.encode() + flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
-
     # -----------------------------------------------------------------------------------------
     # requests in
 
@@ -282,39 +187,45 @@ class Engine:
             raise ValueError("the prompt has no tokens")
         bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})")
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary "
+                             f"[0, {self.cfg.vocab_size})")
         return ids
 
     def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, or a ValueError saying why the request cannot run on this engine."""
+        """The prompt's token ids, or a ValueError saying why the request cannot run on this
+        engine."""
         ids = self.encode(prompt)
         room = self.max_seq_len - len(ids)
         if room < 1:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the engine's max_seq_len is {self.max_seq_len}, "
-                             "which leaves no room to generate")
+            raise ValueError(f"the prompt has {len(ids)} tokens; the engine's max_seq_len is "
+                             f"{self.max_seq_len}, which leaves no room to generate")
         if params.max_tokens is not None and params.max_tokens > room:
-            raise ValueError(f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: "
-                             f"{len(ids) + params.max_tokens} > the engine's max_seq_len {self.max_seq_len}")
+            raise ValueError(f"the prompt has {len(ids)} tokens and max_tokens is "
+                             f"{params.max_tokens}: {len(ids) + params.max_tokens} > the engine's "
+                             f"max_seq_len {self.max_seq_len}")
         if params.n > self.max_batch:
-            raise ValueError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} slots")
+            raise ValueError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
+                             "slots")
         return ids
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
-                    deltas: bool = True) -> str:
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
+                    request_id: str | None = None, deltas: bool = True) -> str:
         """Queue a request; it starts at the next step() with free slots. Returns its id.
 
-        deltas=False: the caller reads only the completions, so step() reports each sample once, when it
-        finishes, in one delta that holds all of it; and a sample without stop strings is detokenized and
-        parsed then, once, instead of token by token (the same text: the stream's stages do not depend on
-        chunking). This is most of the per-token Python work of a GRPO rollout."""
+        deltas=False: the caller reads only the completions, so step() reports each sample once,
+        when it finishes, in one delta that holds all of it; and a sample without stop strings is
+        detokenized and parsed then, once, instead of token by token (the same text: the stream's
+        stages do not depend on chunking). This is most of the per-token Python work of a GRPO
+        rollout."""
         params = params or SamplingParams()
         ids = self.validate(prompt, params)
         with self._lock:
             rid = request_id or f"req-{next(self._ids)}"
             if rid in self.requests:
                 raise ValueError(f"request id {rid!r} is already running")
-            req = _Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
-                           prompt_leaves_reasoning_open(self.tok.decode(ids[-64:])), deltas, done=[None] * params.n)
+            in_reasoning = prompt_leaves_reasoning_open(self.tok.decode(ids[-64:]))
+            req = Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
+                          in_reasoning, deltas, done=[None] * params.n)
             self.requests[rid] = req
             self.waiting.append(req)
         return rid
@@ -328,7 +239,7 @@ class Engine:
                 return
             if req in self.waiting:
                 self.waiting.remove(req)
-            for s in req.seqs:
+            for s in req.samples:
                 if s.row >= 0:
                     self._release(s)
 
@@ -346,8 +257,9 @@ class Engine:
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
-        """The model in eval mode, and back after: the engine may share a model that is being trained (GRPO).
-        (A toggle walks every module, so generate() does it once rather than once a step.)"""
+        """The model in eval mode, and back after: the engine may share a model that is being
+        trained (GRPO). (A toggle walks every module, so generate() does it once rather than once a
+        step.)"""
         training = self.model.training
         if training:
             self.model.eval()
@@ -383,9 +295,9 @@ class Engine:
         self._finished_now.clear()
         return out
 
-    def _admit(self) -> list[_Request]:
-        """FIFO while slots are free and the padded prefill (rows x longest uncached prompt) stays within
-        max_prefill_tokens (a single request always goes)."""
+    def _admit(self) -> list[Request]:
+        """FIFO while slots are free and the padded prefill (rows x longest uncached prompt) stays
+        within max_prefill_tokens (a single request always goes)."""
         out, longest, free = [], 0, self.max_batch - len(self.rows)
         while self.waiting and self.waiting[0].params.n <= free:
             req = self.waiting[0]
@@ -399,103 +311,82 @@ class Engine:
             free -= req.params.n
         return out
 
-    def _match_prefix(self, req: _Request) -> list[Block]:
-        pc = self.prefix_cache
-        if pc is None:
-            return []
-        # at least one prompt token is always run: its logits give the first output token
-        keys = pc.keys(req.prompt[: len(req.prompt) - 1])
-        blocks = pc.match(keys, self.device)
-        req.cached = len(blocks) * pc.block_size
-        return blocks
-
-    def _new_seq(self, req: _Request, index: int) -> _Seq:
+    def _new_sample(self, req: Request, index: int) -> Sample:
+        """Sample index of req, in the next free row."""
         p = req.params
         seed = None
-        if not p.greedy:  # sample 0 of a seeded request uses the seed itself; the others derive from it
+        if not p.greedy:  # sample 0 of a seeded request uses the seed itself; the others derive it
             seed = _fresh_seed() if p.seed is None else sample_seed(p.seed, index)
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
-        seq = _Seq(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
+        s = Sample(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
                    logprobs=[] if p.logprobs else None, thinking=req.in_reasoning,
                    text_at_end=not req.deltas and not stream.stop_matcher.stop)
-        self.rows.append(seq)
+        self.rows.append(s)
         if p.penalised and self.counts is None:
             V = self.cfg.vocab_size
             self.counts = torch.zeros(self.max_batch, V, device=self.device)
             self.seen = torch.zeros(self.max_batch, V, dtype=torch.bool, device=self.device)
         if self.counts is not None:
-            self.counts[seq.row] = 0
-            self.seen[seq.row] = False
-            self.seen[seq.row, torch.tensor(req.prompt, device=self.device)] = True
-        return seq
+            self.counts[s.row] = 0
+            self.seen[s.row] = False
+            self.seen[s.row, torch.tensor(req.prompt, device=self.device)] = True
+        return s
 
-    def _prefill(self, reqs: list[_Request]) -> None:
-        """One right-padded forward over the uncached part of every new prompt, in rows k..k+m-1 (the
-        first sample of each); the other samples copy those rows afterwards."""
-        first = [self._new_seq(r, 0) for r in reqs]
+    def _prefill(self, reqs: list[Request]) -> None:
+        """One right-padded forward over the uncached part of every new prompt, in rows k..k+m-1
+        (the first sample of each); the other samples copy those rows afterwards."""
+        first = [self._new_sample(r, 0) for r in reqs]
         for r, f in zip(reqs, first):
-            r.seqs = [f]
+            r.samples = [f]
         r0, m = first[0].row, len(reqs)
         starts = [r.cached for r in reqs]
         n_new = [len(r.prompt) - r.cached for r in reqs]
-        S = max(n_new)
-        tokens = torch.zeros(m, S, dtype=torch.long)
+        tokens = torch.zeros(m, max(n_new), dtype=torch.long)
         for i, r in enumerate(reqs):
             tokens[i, : n_new[i]] = torch.tensor(r.prompt[r.cached:])
             if r.cached:
                 self._load_blocks(first[i].row, r.prefix_blocks)
         tokens = tokens.to(self.device)
-        positions, mask = self._positions(starts, S)
-        h = self.model.hidden_states(tokens, positions, cache=self.cache.rows(r0, r0 + m), mask=mask,
-                                     absorb=S < ABSORB_BELOW)
+        h = self.runner.prefill((r0, r0 + m), tokens, starts)
         h_last = h[torch.arange(m, device=self.device), torch.tensor(n_new, device=self.device) - 1]
         logits = self.model.lm_head(h_last)
         self.stats.prefill_tokens += sum(n_new)
         self.stats.cached_tokens += sum(starts)
         if self.speculative:
             self._mtp_prompt(reqs, (r0, r0 + m), h, tokens, starts, n_new)
-        if self.prefix_cache is not None:  # after the MTP pass: blocks carry the MTP layer's entries too
+        if self.prefix_cache is not None:  # after the MTP pass: blocks carry its entries too
             for i, r in enumerate(reqs):
                 self._store_blocks(r, first[i].row, h[i], starts[i])
         row_logits = {}
         for i, r in enumerate(reqs):
             first[i].h_last = h_last[i]
             for j in range(1, r.params.n):  # siblings copy the prompt's cache rows
-                seq = self._new_seq(r, j)
+                s = self._new_sample(r, j)
                 L = len(r.prompt) + 2
-                self.cache.kv[:, seq.row, :L] = self.cache.kv[:, first[i].row, :L]
-                seq.h_last = h_last[i]
-                r.seqs.append(seq)
-            for seq in r.seqs:
-                row_logits[seq.row] = logits[i]
-        seqs = sorted((s for r in reqs for s in r.seqs), key=lambda s: s.row)
-        self._sample_append(seqs, torch.stack([row_logits[s.row] for s in seqs]))
-        self._mtp_draft(seqs)
-
-    def _positions(self, starts: Sequence[int] | Tensor, S: int, full: bool = False) -> tuple[Tensor, Tensor]:
-        """Positions (b, S) from per-row starts, and the mask (b, S, kv_len): a query at p sees 0..p.
-        kv_len is the longest row's, or with full the whole cache (a static shape, for a compiled step).
-        Padding positions are clamped into the cache (their writes land on unread spare positions)."""
-        starts = torch.as_tensor(starts, device=self.device)
-        positions = (starts[:, None] + torch.arange(S, device=self.device)).clamp(max=self.cache.max_len - 1)
-        kv_len = self.cache.max_len if full else int(positions.max()) + 1
-        mask = torch.arange(kv_len, device=self.device)[None, None, :] <= positions[:, :, None]
-        return positions, mask
+                self.cache.kv[:, s.row, :L] = self.cache.kv[:, first[i].row, :L]
+                s.h_last = h_last[i]
+                r.samples.append(s)
+            for s in r.samples:
+                row_logits[s.row] = logits[i]
+        samples = sorted((s for r in reqs for s in r.samples), key=lambda s: s.row)
+        self._sample_append(samples, torch.stack([row_logits[s.row] for s in samples]))
+        self._mtp_draft(samples)
 
     def _decode(self, speculate: bool) -> None:
-        seqs = self.rows
+        """Every running row by one token, or with speculate, a verify step: one or two."""
+        samples = self.rows
         if speculate:
-            tokens = torch.tensor([[s.pending, s.draft] for s in seqs], device=self.device)
+            tokens = torch.tensor([[s.pending, s.draft] for s in samples], device=self.device)
         else:
-            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
-        h, logits = self._forward("main", (0, len(seqs)), tokens, [s.len for s in seqs])
+            tokens = torch.tensor([[s.pending] for s in samples], device=self.device)
+        h, logits = self.runner.decode((0, len(samples)), tokens, [s.len for s in samples])
         self.stats.decode_steps += 1
-        for s in seqs:
+        for s in samples:
             s.len += 1
-        self._sample_append(seqs, logits[:, 0])
+        self._sample_append(samples, logits[:, 0])
         if not speculate:
             return
-        live = [s for s in seqs if s.finish_reason is None]
+        live = [s for s in samples if s.finish_reason is None]
         accepted = [s for s in live if s.out[-1] == s.draft]
         self.stats.drafted += len(live)
         self.stats.accepted += len(accepted)
@@ -504,188 +395,78 @@ class Engine:
         if accepted:
             self._sample_append(accepted, logits[[s.row for s in accepted], 1])
         rows = {s.row for s in accepted}
-        self._mtp_draft(seqs, (h, [int(s.row in rows) for s in seqs]))
+        self._mtp_draft(samples, (h, [int(s.row in rows) for s in samples]))
 
     # -----------------------------------------------------------------------------------------
     # MTP drafting
 
-    def _mtp(self, rows: tuple[int, int], h: Tensor, tokens: Tensor, starts: Sequence[int]) -> Tensor:
-        """The MTP module on pairs (h_{p-1}, x_p) at indices starts+j; returns its normed output."""
-        return self._forward("mtp", rows, tokens, starts, h)[0]
-
-    # -----------------------------------------------------------------------------------------
-    # the forwards: eager, or compiled with static shapes
-
-    def _forward(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
-                 h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The main model ('main': hidden states and logits) or the MTP module ('mtp': its normed output
-        of h and the tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions starts + j."""
-        k, S = tokens.shape
-        view = self._static(rows, S)
-        if view is None:
-            fn, view = getattr(self, f"_{which}_forward"), self.cache.rows(*rows)
-            positions, mask = self._positions(starts, S)
-            args = (tokens, positions, mask, view) if h is None else (tokens, h, positions, mask, view)
-            return fn(*args)
-        b = view.kv.shape[1]
-        if b > k:  # pad to the bucket with dummy rows at position 0 of free cache rows; dropped after
-            tokens = torch.cat([tokens, tokens.new_zeros(b - k, S)])
-            h = None if h is None else torch.cat([h, h.new_zeros(b - k, *h.shape[1:])])
-        positions, mask = self._positions([*starts, *[0] * (b - k)], S, full=True)
-        args = (tokens, positions, mask, view) if h is None else (tokens, h, positions, mask, view)
-        key = (which, b, S)
-        if key in self._ran:
-            # dynamo checks ~100 guards a call (~0.1 ms, 10% of a batch-1 step); once a shape has compiled,
-            # only the guards that tell its graphs apart can change here: the engine's model keeps its
-            # parameters' shapes and dtypes and is always run in eval and inference mode
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                out = self._compiled[which](*args)
-        else:
-            out = self._compiled[which](*args)
-            self._ran.add(key)
-        return tuple(o[:k] if o is not None else None for o in out)
-
-    def _static(self, rows: tuple[int, int], S: int) -> KVCache | None:
-        """With compile, for a decode or verify step (S <= 2) on rows 0:k: the cache view of the bucket (k
-        rounded up to a power of two, at most max_batch) when a compiled step pays, else None. It pays at a
-        few tokens a step, where the eager step is per-op overhead (BENCHMARKS.md) and each token's routed
-        experts can be gathered (static shapes) while that copies fewer weights than all the experts hold;
-        past that, eager grouped matmuls win."""
-        if self._compiled is None or rows[0] != 0 or S > 2:
-            return None
-        b = min(1 << (rows[1] - 1).bit_length(), self.max_batch)
-        if self.cfg.n_routed_experts and b * S * self.cfg.num_experts_per_tok > self.cfg.n_routed_experts:
-            return None
-        if b not in self._views:
-            self._views[b] = self.cache.rows(0, b)
-        return self._views[b]
-
-    def _main_forward(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache: KVCache) -> tuple[Tensor, Tensor]:
-        h = self.model.hidden_states(tokens, positions, cache=cache, mask=mask, absorb=True)
-        return h, self.model.lm_head(h)
-
-    def _mtp_forward(self, tokens: Tensor, h: Tensor, positions: Tensor, mask: Tensor,
-                     cache: KVCache) -> tuple[Tensor, None]:
-        # index 0 holds no pair: hidden from every query but a placeholder at 0 itself (no empty softmax)
-        mask = mask & ((torch.arange(mask.shape[-1], device=mask.device) >= 1) | (positions[..., None] == 0))
-        cos, sin = self.model.rope(positions, h.dtype)
-        _, hk = self.model.mtp[0](self.model.embed_tokens(tokens), h, cos=cos, sin=sin, mask=mask, cache=cache,
-                                  positions=positions, kv_len=mask.shape[-1], absorb=tokens.shape[1] < ABSORB_BELOW)
-        return hk, None
-
-    def _mtp_prompt(self, reqs: list[_Request], rows: tuple[int, int], h: Tensor, tokens: Tensor,
+    def _mtp_prompt(self, reqs: list[Request], rows: tuple[int, int], h: Tensor, tokens: Tensor,
                     starts: list[int], n_new: list[int]) -> None:
-        """Fill the MTP cache with the prompt's own pairs: index p = start + j holds (h_{p-1}, token p).
-        The first pair's h_{start-1} comes from the prefix cache; with nothing cached, index 0 gets a
-        placeholder that the mask hides from every later query."""
+        """Fill the MTP cache with the prompt's own pairs: index p = start + j holds (h_{p-1},
+        token p). The first pair's h_{start-1} comes from the prefix cache; with nothing cached,
+        index 0 gets a placeholder that the mask hides from every later query."""
         hp = torch.zeros_like(h)
         for i, r in enumerate(reqs):
             hp[i, 0] = r.prefix_blocks[-1].h if r.cached else h[i, 0]
             hp[i, 1: n_new[i]] = h[i, : n_new[i] - 1]
-        self._mtp(rows, hp, tokens, starts)
+        self.runner.mtp(rows, hp, tokens, starts)
 
-    def _mtp_draft(self, seqs: list[_Seq], verified: tuple[Tensor, list[int]] | None = None) -> None:
-        """Draft the next token of each sample in seqs (contiguous rows). After a prefill: the pair
-        (h_last, pending) at index len. After a verify step (verified = its hidden states (k, 2, d) and,
-        per row, 1 if the draft was accepted): the pairs at indices L+1 and L+2, (h_L, x_{L+1}) and
-        (h_{L+1}, x_{L+2}), the draft read from the last real one."""
-        if not self.speculative or not seqs:
+    def _mtp_draft(self, samples: list[Sample],
+                   verified: tuple[Tensor, list[int]] | None = None) -> None:
+        """Draft the next token of each sample in samples (contiguous rows). After a prefill: the
+        pair (h_last, pending) at index len. After a verify step (verified = its hidden states
+        (k, 2, d) and, per row, 1 if the draft was accepted): the pairs at indices L+1 and L+2,
+        (h_L, x_{L+1}) and (h_{L+1}, x_{L+2}), the draft read from the last real one."""
+        if not self.speculative or not samples:
             return
-        rows = (seqs[0].row, seqs[-1].row + 1)
+        rows = (samples[0].row, samples[-1].row + 1)
         if verified is None:
-            h = torch.stack([s.h_last for s in seqs])[:, None]
-            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)
-            hk = self._mtp(rows, h, tokens, [s.len for s in seqs])[:, 0]
+            h = torch.stack([s.h_last for s in samples])[:, None]
+            tokens = torch.tensor([[s.pending] for s in samples], device=self.device)
+            hk = self.runner.mtp(rows, h, tokens, [s.len for s in samples])[:, 0]
         else:
             h, accepted = verified
-            # a rejected row's second pair is a placeholder: written past its length, overwritten later
-            tokens = torch.tensor([s.out[-2:] if a else s.out[-1:] * 2 for s, a in zip(seqs, accepted)],
-                                  device=self.device)
-            hk = self._mtp(rows, h, tokens, [s.len - a for s, a in zip(seqs, accepted)])
-            hk = hk[torch.arange(len(seqs), device=self.device), torch.tensor(accepted, device=self.device)]
-        for s, d in zip(seqs, self.model.lm_head(hk).argmax(dim=-1).tolist()):
+            # a rejected row's second pair is a placeholder: written past its length, overwritten
+            # later
+            pairs = [s.out[-2:] if a else s.out[-1:] * 2 for s, a in zip(samples, accepted)]
+            tokens = torch.tensor(pairs, device=self.device)
+            hk = self.runner.mtp(rows, h, tokens, [s.len - a for s, a in zip(samples, accepted)])
+            which = torch.tensor(accepted, device=self.device)
+            hk = hk[torch.arange(len(samples), device=self.device), which]
+        for s, d in zip(samples, self.model.lm_head(hk).argmax(dim=-1).tolist()):
             s.draft = d
 
     # -----------------------------------------------------------------------------------------
     # sampling, stopping, bookkeeping
 
-    def _sample_append(self, seqs: list[_Seq], logits: Tensor) -> None:
+    def _sample_append(self, samples: list[Sample], logits: Tensor) -> None:
+        """Draw each sample's next token from its row of logits and take it."""
         logits = logits.float()
-        params = [s.req.params for s in seqs]
+        params = [s.req.params for s in samples]
         raw = logits
         if self.counts is not None and any(p.penalised for p in params):
-            rows = torch.tensor([s.row for s in seqs], device=self.device)
+            rows = torch.tensor([s.row for s in samples], device=self.device)
             logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])
-        # a draw per sample, at the position of the token drawn: the same alone, batched or speculating
-        tokens = sample(logits, params, [None if s.seed is None else uniform(s.seed, len(s.out)) for s in seqs])
+        # a draw per sample, at the position of the token drawn: the same alone, batched or
+        # speculating
+        draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]
+        tokens = sample(logits, params, draws)
         lps = None
         if any(p.logprobs for p in params):
             lps = logprobs_of(raw, tokens, [p.top_logprobs for p in params])
-        for i, (s, t) in enumerate(zip(seqs, tokens.tolist())):
+        for i, (s, t) in enumerate(zip(samples, tokens.tolist())):
             self._append(s, t, None if lps is None else lps[i])
 
-    def _append(self, s: _Seq, t: int, lp: TokenLogprob | None) -> None:
-        p, req = s.req.params, s.req
-        s.out.append(t)
-        s.pending = t
-        if lp is not None and s.logprobs is not None:
-            s.logprobs.append(lp)
-        d = None
-        if req.deltas:  # else the sample's one delta is made whole when it finishes
-            if s.delta is None:
-                s.delta = Delta(req.id, s.index, [], logprobs=[] if p.logprobs else None)
-            d = s.delta
-            d.token_ids.append(t)
-            if lp is not None and d.logprobs is not None:
-                d.logprobs.append(lp)
+    def _append(self, s: Sample, t: int, lp: TokenLogprob | None) -> None:
         if self.counts is not None:
             self.counts[s.row, t] += 1
             self.seen[s.row, t] = True
         self.stats.generated_tokens += 1
-        if s.thinking if s.text_at_end else s.stream.parser.in_reasoning:
-            s.reasoning_tokens += 1
-        if (t == self.tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
-            return self._finish(s, "stop")
-        if s.text_at_end:  # the parser's state from the tag tokens alone; _finish checks that this was exact
-            s.thinking = (t != self.tok.think_end_id) if s.thinking else (t == self.tok.think_start_id)
-        else:
-            piece = s.stream.push(t)
-            if d is not None:
-                d.add(piece)
-            if piece.stopped:
-                return self._finish(s, "stop")
-        if len(s.out) >= req.max_tokens:
-            self._finish(s, "length")
-
-    def _finish(self, s: _Seq, reason: str) -> None:
-        s.finish_reason = reason
-        req = s.req
-        if s.text_at_end:
-            pushed = s.out if reason == "length" else s.out[:-1]  # a stop token is not text
-            piece = s.stream.push_all(pushed)
-            tags = sum(t in (self.tok.think_start_id, self.tok.think_end_id) for t in pushed)
-            if s.stream.text.count(THINK_START) + s.stream.text.count(THINK_END) != tags:
-                # a tag spelled by ordinary tokens: count the think block's tokens as the stream would
-                replay = TextStream(self.tok, (), req.params.skip_special_tokens, req.in_reasoning)
-                s.reasoning_tokens = 0
-                for t in s.out:
-                    s.reasoning_tokens += replay.parser.in_reasoning
-                    replay.push(t)  # (after the last pushed id, only a stop token is left)
-        else:
-            piece = s.stream.finish()
-        if req.deltas:
-            d = s.delta
-            d.add(piece)
-        else:
-            d = s.delta = Delta(req.id, s.index, list(s.out), s.stream.text, s.stream.reasoning, s.stream.content,
-                                s.logprobs)
-        d.finish_reason = reason
-        d.usage = Usage(len(req.prompt), len(s.out), req.cached, s.reasoning_tokens)
-        req.done[s.index] = Completion(req.id, s.index, req.prompt, list(s.out), s.stream.text, s.stream.reasoning,
-                                       s.stream.content, reason, d.usage, s.logprobs)
+        s.append(t, lp, self.tok)
 
     def _release_finished(self) -> None:
-        """Free the rows of finished samples (keeping their last deltas) and forget finished requests."""
+        """Free the rows of finished samples (keeping their last deltas) and forget finished
+        requests."""
         for s in [s for s in self.rows if s.finish_reason is not None]:
             self._done.append(s.delta)
             s.delta = None
@@ -693,7 +474,7 @@ class Engine:
             if all(c is not None for c in s.req.done):
                 self._finished_now[s.req.id] = self.requests.pop(s.req.id, s.req)
 
-    def _release(self, s: _Seq) -> None:
+    def _release(self, s: Sample) -> None:
         """Free s's row: the last row moves into it, so running rows stay 0..k-1."""
         i, last = s.row, len(self.rows) - 1
         if i != last:
@@ -710,14 +491,23 @@ class Engine:
     # -----------------------------------------------------------------------------------------
     # prefix cache
 
+    def _match_prefix(self, req: Request) -> list[Block]:
+        pc = self.prefix_cache
+        if pc is None:
+            return []
+        # at least one prompt token is always run: its logits give the first output token
+        keys = pc.keys(req.prompt[: len(req.prompt) - 1])
+        blocks = pc.match(keys, self.device)
+        req.cached = len(blocks) * pc.block_size
+        return blocks
+
     def _load_blocks(self, row: int, blocks: list[Block]) -> None:
-        B = self.prefix_cache.block_size
-        n = len(blocks) * B
+        n = len(blocks) * self.prefix_cache.block_size
         self.cache.kv[:, row, :n] = torch.cat([b.kv for b in blocks], dim=1)
 
-    def _store_blocks(self, req: _Request, row: int, h: Tensor, start: int) -> None:
-        """Keep every full block of the prompt not already cached (h: this prefill's hidden states of
-        the row, position start onwards)."""
+    def _store_blocks(self, req: Request, row: int, h: Tensor, start: int) -> None:
+        """Keep every full block of the prompt not already cached (h: this prefill's hidden states
+        of the row, position start onwards)."""
         pc = self.prefix_cache
         B = pc.block_size
         for j, key in enumerate(pc.keys(req.prompt)):
@@ -729,10 +519,9 @@ class Engine:
     # -----------------------------------------------------------------------------------------
     # the public loops
 
-    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
-               ) -> Iterator[Delta]:
-        """Yield the deltas of these prompts as they come. Several streams may be consumed at once: each
-        step's deltas are kept per request until their own consumer takes them."""
+    def stream(self, prompts: Sequence[Prompt], params: Params = None) -> Iterator[Delta]:
+        """Yield the deltas of these prompts as they come. Several streams may be consumed at once:
+        each step's deltas are kept per request until their own consumer takes them."""
         reqs = self._add_all(prompts, params, listen=True)
         try:
             while True:
@@ -745,9 +534,10 @@ class Engine:
             for r in reqs:
                 self.abort(r.id)
 
-    async def astream(self, prompts: Sequence[Prompt],
-                      params: SamplingParams | Sequence[SamplingParams] | None = None) -> AsyncIterator[Delta]:
-        """stream() for asyncio: each engine step runs in a worker thread, so the event loop stays free."""
+    async def astream(self, prompts: Sequence[Prompt], params: Params = None
+                      ) -> AsyncIterator[Delta]:
+        """stream() for asyncio: each engine step runs in a worker thread, so the event loop stays
+        free."""
         reqs = self._add_all(prompts, params, listen=True)
         try:
             while True:
@@ -761,14 +551,15 @@ class Engine:
             for r in reqs:
                 self.abort(r.id)
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
+    def generate(self, prompts: Sequence[Prompt], params: Params = None,
                  progress: bool = False) -> list[Completion]:
         """Completions of all prompts: for prompt i, its n samples, prompt-major order."""
         from tqdm.auto import tqdm
 
         reqs = self._add_all(prompts, params)
         ids = {r.id for r in reqs}
-        bar = tqdm(total=sum(r.params.n for r in reqs), desc="generating", unit="sample", disable=not progress)
+        bar = tqdm(total=sum(r.params.n for r in reqs), desc="generating", unit="sample",
+                   disable=not progress)
         try:
             with self._evaluating():
                 while any(r.id in self.requests for r in reqs):
@@ -780,7 +571,7 @@ class Engine:
                 self.abort(r.id)
         return [c for r in reqs for c in r.done]
 
-    def _ready(self, reqs: list[_Request]) -> tuple[list[Delta], bool]:
+    def _ready(self, reqs: list[Request]) -> tuple[list[Delta], bool]:
         """The deltas waiting for these requests, and whether any of them is still running."""
         with self._lock:
             out = [d for r in reqs for d in r.backlog]
@@ -788,7 +579,8 @@ class Engine:
                 r.backlog.clear()
             return out, any(r.id in self.requests for r in reqs)
 
-    def _add_all(self, prompts, params, listen: bool = False) -> list[_Request]:
+    def _add_all(self, prompts: Sequence[Prompt], params: Params,
+                 listen: bool = False) -> list[Request]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise TypeError("pass a list of prompts (strings or token-id lists), not one prompt")
         plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)

@@ -1,15 +1,18 @@
-"""Prefix (context) cache: the latent KV of prompt prefixes, kept in fixed-size token blocks so that a
-new prompt that starts like an earlier one skips their prefill, as DeepSeek's API context caching does.
+"""Prefix (context) cache: the latent KV of prompt prefixes, kept in fixed-size token blocks so
+that a new prompt that starts like an earlier one skips their prefill, as DeepSeek's API context
+caching does.
 
-A block is keyed by a hash chained over every token before it (and the model's fingerprint), so a key
-names a whole prefix, never a block out of context. Blocks live in an LRU in memory and, optionally,
-in a directory on disk (DeepSeek keeps its context cache on disk): written through on insert, read
-back on a memory miss, so the cache survives a restart. Disk files are written atomically.
+A block is keyed by a hash chained over every token before it (and the model's fingerprint), so a
+key names a whole prefix, never a block out of context. Blocks live in an LRU in memory and,
+optionally, in a directory on disk (DeepSeek keeps its context cache on disk): written through on
+insert, read back on a memory miss, so the cache survives a restart. Disk files are written
+atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,21 +24,39 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from nanoseek.files import atomic_file
+from nanoseek.model.model import Transformer
 
 
 @dataclass
 class Block:
     kv: Tensor  # (cache layers, block_size, kv_lora_rank + qk_rope_head_dim): c_kv and k_pe
-    h: Tensor  # (hidden,) final hidden state of the block's last token: the MTP module's input there
+    # (hidden,) final hidden state of the block's last token: the MTP module's input there
+    h: Tensor
+
+
+def fingerprint(model: Transformer, speculative: bool) -> str:
+    """Identifies the model (config, dtype, a sample of every weight): a cache's namespace, so
+    blocks on disk are never used with other weights; speculation is included since only then are
+    MTP entries filled."""
+    dtype = model.embed_tokens.weight.dtype
+    h = hashlib.sha256(json.dumps(model.cfg.to_hf_dict(), sort_keys=True, default=str).encode())
+    h.update(f"{dtype} {speculative}".encode())
+    for name, p in model.state_dict().items():
+        flat = p.detach().flatten()
+        sampled = flat[:: max(1, flat.numel() // 64)].float().cpu().numpy()
+        h.update(name.encode() + sampled.tobytes())
+    return h.hexdigest()[:16]
 
 
 class PrefixCache:
-    def __init__(self, block_size: int = 32, max_blocks: int = 1024, directory: str | Path | None = None,
-                 max_disk_blocks: int = 65536, namespace: str = ""):
+    def __init__(self, block_size: int = 32, max_blocks: int = 1024,
+                 directory: str | Path | None = None, max_disk_blocks: int = 65536,
+                 namespace: str = ""):
         if block_size < 1 or max_blocks < 1 or max_disk_blocks < 1:
-            raise ValueError(f"prefix cache: block_size, max_blocks and max_disk_blocks must be >= 1, got "
-                             f"{block_size}, {max_blocks}, {max_disk_blocks}")
-        self.block_size, self.max_blocks, self.max_disk_blocks = block_size, max_blocks, max_disk_blocks
+            raise ValueError(f"prefix cache: block_size, max_blocks and max_disk_blocks must be "
+                             f">= 1, got {block_size}, {max_blocks}, {max_disk_blocks}")
+        self.block_size, self.max_blocks = block_size, max_blocks
+        self.max_disk_blocks = max_disk_blocks
         self.namespace = namespace
         self.blocks: OrderedDict[str, Block] = OrderedDict()  # least recently used first
         self.dir = None if directory is None else Path(directory)
@@ -48,11 +69,13 @@ class PrefixCache:
             self.disk.update((f.stem, None) for f in files)
 
     def keys(self, tokens: list[int]) -> list[str]:
-        """One key per full block of tokens: a sha256 chained over the namespace and all earlier tokens."""
+        """One key per full block of tokens: a sha256 chained over the namespace and all earlier
+        tokens."""
         B, out = self.block_size, []
         digest = hashlib.sha256(self.namespace.encode()).digest()
         for j in range(len(tokens) // B):
-            digest = hashlib.sha256(digest + np.asarray(tokens[j * B:(j + 1) * B], dtype=np.int64).tobytes()).digest()
+            block = np.asarray(tokens[j * B:(j + 1) * B], dtype=np.int64).tobytes()
+            digest = hashlib.sha256(digest + block).digest()
             out.append(digest.hex()[:32])
         return out
 
@@ -93,7 +116,8 @@ class PrefixCache:
     def _write(self, key: str, block: Block) -> None:
         path = self.dir / f"{key}.safetensors"
         with atomic_file(path) as tmp:
-            save_file({"kv": block.kv.contiguous().cpu(), "h": block.h.contiguous().cpu()}, str(tmp))
+            tensors = {"kv": block.kv.contiguous().cpu(), "h": block.h.contiguous().cpu()}
+            save_file(tensors, str(tmp))
         self.disk[key] = None
         while len(self.disk) > self.max_disk_blocks:
             old, _ = self.disk.popitem(last=False)

@@ -1,11 +1,11 @@
-"""Sampling parameters and the batched sampler: one call turns a (rows, vocab) block of logits into one
-token per row, each row under its own parameters and its own random stream.
+"""Sampling parameters and the batched sampler: one call turns a (rows, vocab) block of logits
+into one token per row, each row under its own parameters and its own random stream.
 
 Why a stream per sample: a request with a seed must give the same tokens whether it runs alone or
 beside 63 others. Each token is drawn by inverting the row's cumulative distribution at one uniform
 number, and that number is a hash of the sample's seed and the token's position (counter-based, as
-Philox is): it depends on nothing else in the batch, and the whole batch samples in one cumsum and one
-searchsorted rather than a random-number kernel per row.
+Philox is): it depends on nothing else in the batch, and the whole batch samples in one cumsum and
+one searchsorted rather than a random-number kernel per row.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ SEED_STRIDE = 1_000_003  # a prime above any count of items or samples one run d
 
 
 def item_seed(seed: int, i: int) -> int:
-    """The seed of item i (a prompt, an example, an epoch's shuffle) of a run seeded with `seed`: distinct
-    for every (seed, i) with i < SEED_STRIDE, and its samples' seeds (sample_seed) stay distinct too."""
+    """The seed of item i (a prompt, an example, an epoch's shuffle) of a run seeded with `seed`:
+    distinct for every (seed, i) with i < SEED_STRIDE, and its samples' seeds (sample_seed) stay
+    distinct too."""
     return seed * SEED_STRIDE + i
 
 
 def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample `index` of a request seeded with `seed`. Sample 0 keeps the seed itself, so a
-    request for one sample and the first of n samples agree."""
+    """The seed of sample `index` of a request seeded with `seed`. Sample 0 keeps the seed itself,
+    so a request for one sample and the first of n samples agree."""
     return (seed + SEED_STRIDE * index) % 2**63
 
 
@@ -40,7 +41,8 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
     top_k: int = 0  # 0 = off
     min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability
-    repetition_penalty: float = 1.0  # CTRL/HF form: logits of seen tokens (prompt + output) / r if > 0, x r if < 0
+    # CTRL/HF form: logits of seen tokens (prompt + output) / r if > 0, x r if < 0
+    repetition_penalty: float = 1.0
     presence_penalty: float = 0.0  # OpenAI form, over output tokens: - presence x [count > 0]
     frequency_penalty: float = 0.0  # - frequency x count
     seed: int | None = None  # reproducible regardless of the rest of the batch
@@ -55,14 +57,17 @@ class SamplingParams:
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, allowed: str) -> None:
             if not ok:
-                raise ValueError(f"SamplingParams.{name} must be {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"SamplingParams.{name} must be {allowed}, "
+                                 f"got {getattr(self, name)!r}")
 
-        # types first (JSON and CLI input arrive here), so that nothing fails later inside an engine step
+        # types first (JSON and CLI input arrive here), so that nothing fails later inside an
+        # engine step
         for name in ("max_tokens", "seed", "top_k", "n", "top_logprobs"):
             v = getattr(self, name)
-            check(name, v is None and name in ("max_tokens", "seed") or isinstance(v, int) and not isinstance(v, bool),
-                  "an integer")
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            optional = v is None and name in ("max_tokens", "seed")
+            check(name, optional or isinstance(v, int) and not isinstance(v, bool), "an integer")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty"):
             v = getattr(self, name)
             check(name, isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
         for name in ("logprobs", "ignore_eos", "skip_special_tokens"):
@@ -79,15 +84,17 @@ class SamplingParams:
         check("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]")
         check("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]")
         check("n", self.n >= 1, ">= 1")
-        check("top_logprobs", 0 <= self.top_logprobs <= 20 and (self.logprobs or not self.top_logprobs),
+        check("top_logprobs",
+              0 <= self.top_logprobs <= 20 and (self.logprobs or not self.top_logprobs),
               "in [0, 20], and 0 unless logprobs is on")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
-        check("stop", isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop),
-              "a list of non-empty strings")
+        check("stop", isinstance(self.stop, (list, tuple))
+              and all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
         check("stop_token_ids", isinstance(self.stop_token_ids, (list, tuple))
               and all(isinstance(i, int) for i in self.stop_token_ids), "a list of token ids")
-        self.stop, self.stop_token_ids = tuple(self.stop), tuple(int(i) for i in self.stop_token_ids)
+        self.stop = tuple(self.stop)
+        self.stop_token_ids = tuple(int(i) for i in self.stop_token_ids)
 
     @property
     def greedy(self) -> bool:
@@ -95,19 +102,22 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        return (self.repetition_penalty != 1 or self.presence_penalty != 0
+                or self.frequency_penalty != 0)
 
 
 @dataclass
 class TokenLogprob:
     token_id: int
     logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), most likely first
+    # (token id, logprob), most likely first
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Tensor, seen: Tensor) -> Tensor:
-    """logits (b, V) fp32; counts (b, V) how often each token was generated; seen (b, V) bool, in the
-    prompt or the output. Returns penalised logits (a new tensor)."""
+def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Tensor,
+                    seen: Tensor) -> Tensor:
+    """logits (b, V) fp32; counts (b, V) how often each token was generated; seen (b, V) bool, in
+    the prompt or the output. Returns penalised logits (a new tensor)."""
     dev = logits.device
     rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
     pres = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
@@ -127,8 +137,9 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
         temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
         probs = (logits / temp).softmax(dim=-1)
     if any(p.top_k > 0 for p in params):
-        k = torch.tensor([min(p.top_k, probs.shape[-1]) if p.top_k > 0 else probs.shape[-1] for p in params],
-                         device=dev)  # a k past the vocabulary keeps it all (and fits in int64)
+        V = probs.shape[-1]
+        # a k past the vocabulary keeps it all (and fits in int64)
+        k = torch.tensor([min(p.top_k, V) if p.top_k > 0 else V for p in params], device=dev)
         kth = probs.sort(dim=-1, descending=True)[0].gather(1, (k - 1)[:, None])
         probs = probs.masked_fill(probs < kth, 0)
     if any(p.min_p > 0 for p in params):
@@ -138,8 +149,9 @@ def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
         top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
         sorted_p, order = probs.sort(dim=-1, descending=True)
         total = sorted_p.sum(dim=-1, keepdim=True)
-        # drop a token when the tokens above it already reach top_p of the (kept) mass; the top one stays
-        drop = ((sorted_p.cumsum(dim=-1) - sorted_p) >= top_p * total) & (top_p < 1)  # rounding: keep top_p 1 exact
+        # drop a token when the tokens above it already reach top_p of the (kept) mass; the top one
+        # stays. (top_p < 1): against rounding, top_p 1 keeps every token
+        drop = ((sorted_p.cumsum(dim=-1) - sorted_p) >= top_p * total) & (top_p < 1)
         probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0))
     return probs
 
@@ -148,26 +160,31 @@ _M64 = (1 << 64) - 1
 
 
 def uniform(seed: int, position: int) -> float:
-    """A uniform number in [0, 1) that depends only on (seed, position): SplitMix64's finaliser over the
-    two, in exact Python integers (the same on every device and in every batch)."""
+    """A uniform number in [0, 1) that depends only on (seed, position): SplitMix64's finaliser
+    over the two, in exact Python integers (the same on every device and in every batch)."""
     z = (seed * 0x9E3779B97F4A7C15 + (position + 1) * 0xD1B54A32D192ED03) & _M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
     return ((z ^ (z >> 31)) >> 11) / 2.0**53
 
 
-def sample(logits: Tensor, params: Sequence[SamplingParams], draws: Sequence[float | None]) -> Tensor:
-    """One token per row of logits (b, V) (already penalised): argmax for greedy rows, else the token at
-    which the row's cumulative distribution passes draws[row] (a uniform number; see uniform()), which is
-    token i with probability p_i. Returns (b,) int64."""
+def sample(logits: Tensor, params: Sequence[SamplingParams],
+           draws: Sequence[float | None]) -> Tensor:
+    """One token per row of logits (b, V) (already penalised): argmax for greedy rows, else the
+    token at which the row's cumulative distribution passes draws[row] (a uniform number; see
+    uniform()), which is token i with probability p_i. Returns (b,) int64."""
     logits = logits.float()
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
         return logits.argmax(dim=-1)
     every = len(rows) == len(params)  # (a rollout batch: no argmax, no row gather and scatter)
-    probs = filter_probs(logits if every else logits[rows], params if every else [params[i] for i in rows])
+    if every:
+        probs = filter_probs(logits, params)
+    else:
+        probs = filter_probs(logits[rows], [params[i] for i in rows])
     cdf = probs.cumsum(dim=-1)
-    u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
+    u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None]
+    u = u * cdf[:, -1:]
     # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
     # the clamp catches u rounding onto the total
     drawn = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
@@ -179,8 +196,9 @@ def sample(logits: Tensor, params: Sequence[SamplingParams], draws: Sequence[flo
 
 
 def logprobs_of(logits: Tensor, tokens: Tensor, top_n: Sequence[int]) -> list[TokenLogprob]:
-    """Log-probabilities of the chosen tokens under the model's raw distribution (before temperature,
-    penalties and filters, as vLLM and the OpenAI API report them), with each row's top_n alternatives."""
+    """Log-probabilities of the chosen tokens under the model's raw distribution (before
+    temperature, penalties and filters, as vLLM and the OpenAI API report them), with each row's
+    top_n alternatives."""
     logp = logits.float().log_softmax(dim=-1)
     chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
     k = max(top_n, default=0)

@@ -282,7 +282,7 @@ def busy_app(tiny_chat_dir):
 
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.sampling import SamplingParams
-    from nanoseek.serve.api import ServerConfig, create_app
+    from nanoseek.serve.app import ServerConfig, create_app
 
     def make(**config):
         engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=256, speculative=False)
@@ -387,7 +387,7 @@ def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, pa
     import asyncio
 
     from nanoseek.infer.engine import Engine
-    from nanoseek.serve.api import create_app
+    from nanoseek.serve.app import create_app
 
     engine = Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4, max_seq_len=256,
                                     speculative=False)

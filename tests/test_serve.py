@@ -310,7 +310,8 @@ def busy_app(tiny_chat_dir):
 
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.sampling import SamplingParams
-    from nanoseek.serve.app import ServerConfig, create_app
+    from nanoseek.serve.app import create_app
+    from nanoseek.serve.http import ServerConfig
 
     def make(**config):
         engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=256,

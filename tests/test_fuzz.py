@@ -33,7 +33,7 @@ def store():
 
 @pytest.fixture(scope="module")
 def api(engine, store):
-    from nanoseek.serve.api import create_app
+    from nanoseek.serve.app import create_app
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(engine, store=store))
     schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],

@@ -1,5 +1,6 @@
-"""The API server as clients see it: a real `nanoseek serve` process on a free loopback port, driven by
-the real `openai` client and by raw HTTP for what the client hides (chunk order, [DONE], status codes)."""
+"""The API server as clients see it: a real `nanoseek serve` process on a free loopback port, driven
+by the real `openai` client and by raw HTTP for what the client hides (chunk order, [DONE], status
+codes)."""
 
 import json
 import os
@@ -23,12 +24,14 @@ def free_port() -> int:
 
 
 def start(ckpt, *flags, db=None, env=None):
-    """A real `nanoseek serve` of `ckpt` (None: the default model) on a free port; its conversations in `db`
-    (else a new temporary file). Later flags override earlier ones (e.g. a second --max-seq-len)."""
+    """A real `nanoseek serve` of `ckpt` (None: the default model) on a free port; its conversations
+    in `db` (else a new temporary file). Later flags override earlier ones (e.g. a second
+    --max-seq-len)."""
     port = free_port()
     db = db or Path(tempfile.mkdtemp()) / "conversations.db"
-    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", "serve", *([str(ckpt)] if ckpt else []),
-                             "--port", str(port), "--max-seq-len", "256", "--db", str(db), *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "nanoseek", "serve",
+                             *([str(ckpt)] if ckpt else []), "--port", str(port),
+                             "--max-seq-len", "256", "--db", str(db), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     base = f"http://127.0.0.1:{port}"
@@ -44,7 +47,8 @@ def start(ckpt, *flags, db=None, env=None):
 
 
 def wait_idle(server, tries=100):
-    """/health once the server has noticed hang-ups and freed their slots (or after tries x 0.1 s)."""
+    """/health once the server has noticed hang-ups and freed their slots (or after tries x 0.1
+    s)."""
     for _ in range(tries):
         h = httpx.get(server + "/health", timeout=5).json()
         if h["running"] == 0 and h["waiting"] == 0:
@@ -78,7 +82,8 @@ def test_chat_completion_has_reasoning_content_and_usage(client):
     assert r.choices[0].finish_reason == "stop"
     u = r.usage
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
-    assert u.model_extra["prompt_cache_hit_tokens"] + u.model_extra["prompt_cache_miss_tokens"] == u.prompt_tokens
+    hit, miss = u.model_extra["prompt_cache_hit_tokens"], u.model_extra["prompt_cache_miss_tokens"]
+    assert hit + miss == u.prompt_tokens
     assert 0 < u.completion_tokens_details.reasoning_tokens < u.completion_tokens
 
 
@@ -97,28 +102,33 @@ def test_streaming_sends_reasoning_then_content_then_done(server):
             d = ch["delta"]
             assert not ("reasoning_content" in d and "content" in d)  # never both in one chunk
             kinds += ["r"] * ("reasoning_content" in d) + ["c"] * ("content" in d)
-    assert kinds and kinds == sorted(kinds, key=lambda k: k == "c") and "r" in kinds and "c" in kinds
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-2]["choices"][0]["delta"] == {}
+    assert kinds and kinds == sorted(kinds, key=lambda k: k == "c")
+    assert "r" in kinds and "c" in kinds
+    last = chunks[-2]["choices"][0]
+    assert last["finish_reason"] == "stop" and last["delta"] == {}
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
     # streamed text equals the non-streamed answer
-    whole = httpx.post(server + "/v1/chat/completions", json={**body, "stream": False}, timeout=60).json()
+    whole = httpx.post(server + "/v1/chat/completions", json={**body, "stream": False},
+                       timeout=60).json()
     streamed = "".join(ch["delta"].get("content", "") for c in chunks[1:] for ch in c["choices"])
     assert streamed == whole["choices"][0]["message"]["content"]
 
 
 def test_n_seed_stop_and_completions(client):
-    a = client.chat.completions.create(model="nanoseek", messages=Q, n=3, temperature=1.0, seed=5, max_tokens=30)
-    b = client.chat.completions.create(model="nanoseek", messages=Q, n=3, temperature=1.0, seed=5, max_tokens=30)
+    kw = dict(model="nanoseek", messages=Q, n=3, temperature=1.0, seed=5, max_tokens=30)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
     assert len(a.choices) == 3 and [c.index for c in a.choices] == [0, 1, 2]
     assert [c.message.model_extra["reasoning_content"] for c in a.choices] == \
         [c.message.model_extra["reasoning_content"] for c in b.choices]
-    full = client.completions.create(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", temperature=0, max_tokens=12)
+    kw = dict(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", temperature=0, max_tokens=12)
+    full = client.completions.create(**kw)
     text = full.choices[0].text
     assert text and full.usage.completion_tokens <= 12
     stop = text.strip()[:2]
-    cut = client.completions.create(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", temperature=0, max_tokens=12,
-                                    stop=[stop])
-    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    cut = client.completions.create(**kw, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
     assert [m.id for m in client.models.list().data] == ["nanoseek"]
 
 
@@ -149,9 +159,12 @@ def test_malformed_bodies_are_400_not_422(server):
     # once read after the request was queued: a 500, and a generation nobody read
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true, "stream_options": [true]}',
      "stream_options must be an object"),
-    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}', "a list of text parts"),
-    (b'{"prompt": "\\ud800"}', "surrogates not allowed"),  # valid JSON, but no text: the tokenizer failed
-    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON"),  # past the recursion limit
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
+     "a list of text parts"),
+    # valid JSON, but no text: the tokenizer failed
+    (b'{"prompt": "\\ud800"}', "surrogates not allowed"),
+    # past the recursion limit
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON"),
 ])
 def test_bodies_that_were_500s_are_400s(server, body, needle):
     path = "/v1/completions" if b"prompt" in body else "/v1/chat/completions"
@@ -168,67 +181,81 @@ def test_a_top_k_past_the_vocabulary_keeps_every_token(client):
 
 
 def test_streamed_completions_equal_the_unstreamed(client):
-    kw = dict(model="nanoseek", prompt="<｜User｜>Calculate 2 + 3.<｜Assistant｜>", max_tokens=12, temperature=0)
+    kw = dict(model="nanoseek", prompt="<｜User｜>Calculate 2 + 3.<｜Assistant｜>", max_tokens=12,
+              temperature=0)
     whole = client.completions.create(**kw)
-    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    chunks = list(client.completions.create(**kw, stream=True,
+                                            stream_options={"include_usage": True}))
     assert all(c.object == "text_completion" for c in chunks)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
-        [whole.choices[0].finish_reason]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks
+            if c.choices and c.choices[0].finish_reason] == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_streamed_logprobs_equal_the_unstreamed(client):
-    """Every generated token's logprob arrives in the stream too, </think> included (on an empty delta)."""
-    kw = dict(model="nanoseek", messages=Q, max_tokens=16, temperature=0, logprobs=True, top_logprobs=2)
+    """Every generated token's logprob arrives in the stream too, </think> included (on an empty
+    delta)."""
+    kw = dict(model="nanoseek", messages=Q, max_tokens=16, temperature=0, logprobs=True,
+              top_logprobs=2)
     whole = client.chat.completions.create(**kw)
     streamed = [lp for c in client.chat.completions.create(**kw, stream=True)
                 if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
     expect = whole.choices[0].logprobs.content
     assert len(expect) == whole.usage.completion_tokens
-    assert [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in streamed] == \
-        [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in expect]
+    def seen(lps):
+        return [(lp.token, round(lp.logprob, 4), [t.token for t in lp.top_logprobs]) for lp in lps]
+
+    assert seen(streamed) == seen(expect)
 
 
 def test_completions_logprobs_in_the_legacy_format(client):
-    """/v1/completions' logprobs=N: parallel lists of tokens, their log-probabilities, N alternatives each
-    (and the chosen token, always) and text offsets, the same streamed; logprobs=true (the chat API's form)
-    is a 400 there."""
-    kw = dict(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", max_tokens=10, temperature=0, logprobs=2)
+    """/v1/completions' logprobs=N: parallel lists of tokens, their log-probabilities, N
+    alternatives each (and the chosen token, always) and text offsets, the same streamed;
+    logprobs=true (the chat API's form) is a 400 there."""
+    kw = dict(model="nanoseek", prompt="12 + 3 = 15\n\n40 - 1", max_tokens=10, temperature=0,
+              logprobs=2)
     whole = client.completions.create(**kw)
     lp = whole.choices[0].logprobs
     n = whole.usage.completion_tokens
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n
+    assert len(lp.text_offset) == n
     assert "".join(lp.tokens) == whole.choices[0].text  # skipped special tokens are ""
     assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(n)]
     # greedy: each chosen token is the likeliest, so it heads its two alternatives
-    assert all(len(top) == 2 and max(top.values()) == pytest.approx(x) for top, x in zip(lp.top_logprobs,
-                                                                                            lp.token_logprobs))
+    assert all(len(top) == 2 and max(top.values()) == pytest.approx(x)
+               for top, x in zip(lp.top_logprobs, lp.token_logprobs))
     chunks = [c.choices[0].logprobs for c in client.completions.create(**kw, stream=True)
               if c.choices and c.choices[0].logprobs]
     assert sum((c.tokens for c in chunks), []) == lp.tokens
     assert sum((c.text_offset for c in chunks), []) == lp.text_offset
-    assert [round(x, 4) for c in chunks for x in c.token_logprobs] == [round(x, 4) for x in lp.token_logprobs]
-    zero = client.completions.create(**{**kw, "logprobs": 0}).choices[0].logprobs  # the chosen token only
+    assert ([round(x, 4) for c in chunks for x in c.token_logprobs]
+            == [round(x, 4) for x in lp.token_logprobs])
+    # the chosen token only
+    zero = client.completions.create(**{**kw, "logprobs": 0}).choices[0].logprobs
     assert [list(t.values()) for t in zero.top_logprobs] == [[x] for x in zero.token_logprobs]
     with pytest.raises(openai.BadRequestError, match="logprobs must be an integer in"):
         client.completions.create(**{**kw, "logprobs": True})
 
 
 def test_concurrent_streams_and_disconnects_leave_the_engine_idle(tiny_chat_dir, request):
-    """Eight streaming clients at once, two of them hanging up after their first chunks: the others finish,
-    the two are cancelled (they asked for 1000 tokens, EOS ignored), and every slot is free afterwards."""
+    """Eight streaming clients at once, two of them hanging up after their first chunks: the others
+    finish, the two are cancelled (they asked for 1000 tokens, EOS ignored), and every slot is free
+    afterwards."""
     import threading
 
     proc, server = start(tiny_chat_dir, "--max-batch", "8", "--max-seq-len", "1024")
     request.addfinalizer(proc.terminate)
 
-    body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 80, "stream": True}
+    body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 80,
+            "stream": True}
     results = {}
 
     def run(i):
         long = {"max_tokens": 1000, "ignore_eos": True} if i < 2 else {}
-        with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "seed": i, **long}, timeout=60) as r:
+        with httpx.stream("POST", server + "/v1/chat/completions",
+                          json={**body, "seed": i, **long}, timeout=60) as r:
             lines = []
             for line in r.iter_lines():
                 lines.append(line)
@@ -267,7 +294,8 @@ def test_the_readme_client_example_runs(server, capsys):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "127.0.0.1:8000" in b)
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                 if "127.0.0.1:8000" in b)
     exec(compile(block.replace("http://127.0.0.1:8000", server), "README.md", "exec"), {})
     assert " -> " in capsys.readouterr().out
 
@@ -282,11 +310,14 @@ def busy_app(tiny_chat_dir):
 
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.sampling import SamplingParams
-    from nanoseek.serve.api import ServerConfig, create_app
+    from nanoseek.serve.app import create_app
+    from nanoseek.serve.http import ServerConfig
 
     def make(**config):
-        engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=256, speculative=False)
-        engine.add_request("12 + 3 =", SamplingParams(max_tokens=240, ignore_eos=True, temperature=0))
+        engine = Engine.from_checkpoint(str(tiny_chat_dir), max_batch=1, max_seq_len=256,
+                                        speculative=False)
+        engine.add_request("12 + 3 =", SamplingParams(max_tokens=240, ignore_eos=True,
+                                                      temperature=0))
         return engine, TestClient(create_app(engine, ServerConfig(**config)))
 
     return make
@@ -304,8 +335,10 @@ def test_a_waiting_stream_gets_keepalives_and_a_slow_request_times_out(busy_app)
     body = {"messages": Q, "stream": True, "max_tokens": 5, "temperature": 0}
     with client.stream("POST", "/v1/chat/completions", json=body) as r:
         lines = [line for line in r.iter_lines() if line]
-    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {") and "reasoning" in line
-                      or line.startswith("data: {") and '"content": "' in line and '"role"' not in line)
+    first_data = next(i for i, line in enumerate(lines)
+                      if line.startswith("data: {") and "reasoning" in line
+                      or line.startswith("data: {") and '"content": "' in line
+                      and '"role"' not in line)
     assert any(line == ": keep-alive" for line in lines[:first_data])
     assert lines[-1] == "data: [DONE]"
     engine2, client2 = busy_app(timeout_s=0.05)
@@ -315,38 +348,43 @@ def test_a_waiting_stream_gets_keepalives_and_a_slow_request_times_out(busy_app)
 
 def test_body_limit_cors_and_metrics(busy_app):
     engine, client = busy_app(max_body_bytes=2000, cors_origins=("http://app.example",))
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
+    r = client.post("/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "x" * 5000}]})
     assert r.status_code == 413 and "limit is 2,000" in r.json()["error"]["message"]
-    pre = client.options("/v1/chat/completions", headers={"Origin": "http://app.example",
-                                                          "Access-Control-Request-Method": "POST"})
+    preflight = {"Access-Control-Request-Method": "POST"}
+    pre = client.options("/v1/chat/completions",
+                         headers={"Origin": "http://app.example", **preflight})
     assert pre.headers["access-control-allow-origin"] == "http://app.example"
-    other = client.options("/v1/chat/completions", headers={"Origin": "http://evil.example",
-                                                            "Access-Control-Request-Method": "POST"})
+    other = client.options("/v1/chat/completions",
+                           headers={"Origin": "http://evil.example", **preflight})
     assert "access-control-allow-origin" not in other.headers
-    ok = client.post("/v1/chat/completions", json={"messages": Q, "max_tokens": 4, "temperature": 0})
+    ok = client.post("/v1/chat/completions",
+                     json={"messages": Q, "max_tokens": 4, "temperature": 0})
     assert ok.status_code == 200
     text = client.get("/metrics").text
-    for name in ("nanoseek_requests_total", "nanoseek_completion_tokens_total", "nanoseek_queue_depth",
-                 "nanoseek_time_to_first_token_seconds_bucket", "nanoseek_prompt_cache_hit_ratio"):
+    for name in ("nanoseek_requests_total", "nanoseek_completion_tokens_total",
+                 "nanoseek_queue_depth", "nanoseek_time_to_first_token_seconds_bucket",
+                 "nanoseek_prompt_cache_hit_ratio"):
         assert name in text, name
     assert 'nanoseek_requests_total{route="/v1/chat/completions",status="413"} 1.0' in text
     assert 'nanoseek_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
 
 
 def test_64_concurrent_clients_a_quarter_hanging_up(tiny_chat_dir, request):
-    """Every other request completes, the hang-ups are cancelled, no slot leaks, the server stays healthy,
-    and concurrent throughput is well above one request at a time."""
+    """Every other request completes, the hang-ups are cancelled, no slot leaks, the server stays
+    healthy, and concurrent throughput is well above one request at a time."""
     import threading
 
-    proc, server = start(tiny_chat_dir, "--max-batch", "32", "--max-seq-len", "1024", "--max-queue", "64")
+    proc, server = start(tiny_chat_dir, "--max-batch", "32", "--max-seq-len", "1024",
+                         "--max-queue", "64")
     request.addfinalizer(proc.terminate)
-    body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 40, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": "nanoseek", "messages": Q, "temperature": 0.7, "max_tokens": 40,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
     def one(i, hang_up=False, out=None):
         extra = {"max_tokens": 1000} if hang_up else {}
-        with httpx.stream("POST", server + "/v1/chat/completions", json={**body, "seed": i, **extra},
-                          timeout=120) as r:
+        with httpx.stream("POST", server + "/v1/chat/completions",
+                          json={**body, "seed": i, **extra}, timeout=120) as r:
             assert r.status_code == 200
             lines = []
             for line in r.iter_lines():
@@ -375,22 +413,23 @@ def test_64_concurrent_clients_a_quarter_hanging_up(tiny_chat_dir, request):
         assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 40
     assert wait_idle(server) == {"status": "ok", "running": 0, "waiting": 0}
     assert "nanoseek_aborted_requests_total 16.0" in httpx.get(server + "/metrics", timeout=5).text
-    assert concurrent > 1.5 * sequential, (concurrent, sequential)  # 2.1x measured on 2 cores, clients included
+    # with margin even on 2 cores that also run the 64 clients
+    assert concurrent > 1.5 * sequential, (concurrent, sequential)
 
 
 @pytest.mark.parametrize("path, body", [("/v1/chat/completions", {"messages": Q}),
                                         ("/v1/completions", {"prompt": "7 +"})])
 def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, path, body):
-    """In process, as an ASGI server drives it: the client hangs up before the response starts, so the
-    stream's body is never started, and closing it runs none of its code (its own `finally` cannot cancel).
-    The request is still cancelled: it stops long before its 200 tokens."""
+    """In process, as an ASGI server drives it: the client hangs up before the response starts, so
+    the stream's body is never started, and closing it runs none of its code (its own `finally`
+    cannot cancel). The request is still cancelled: it stops long before its 200 tokens."""
     import asyncio
 
     from nanoseek.infer.engine import Engine
-    from nanoseek.serve.api import create_app
+    from nanoseek.serve.app import create_app
 
-    engine = Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4, max_seq_len=256,
-                                    speculative=False)
+    engine = Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4,
+                                    max_seq_len=256, speculative=False)
     app = create_app(engine)
     payload = json.dumps({**body, "stream": True, "max_tokens": 200, "ignore_eos": True}).encode()
 
@@ -403,9 +442,10 @@ def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, pa
         async def send(message):
             raise OSError("the client is gone")
 
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-                 "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                 "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
                  "server": ("test", 80), "client": ("test", 1)}
         try:
             await app(scope, receive, send)

@@ -23,13 +23,15 @@ def test_create_list_open_rename_delete(tmp_path):
     assert [c.id for c in s.list()] == [a.id, b.id]  # most recently updated first
     s.rename(b.id, "Groceries")
     assert [c.id for c in s.list()] == [b.id, a.id]
-    assert s.add_message(b.id, "user", "later").id and s.get(b.id).title == "Groceries"  # a given title stays
+    assert s.add_message(b.id, "user", "later").id
+    assert s.get(b.id).title == "Groceries"  # a given title stays
     s.delete(a.id)
     with pytest.raises(NotFound, match="no conversation"):
         s.get(a.id)
-    assert sqlite3.connect(tmp_path / "c.db").execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?",
-                                                      (a.id,)).fetchone() == (0,)  # cascaded
-    for bad in (lambda: s.rename(b.id, "  "), lambda: s.delete("nope"), lambda: s.add_message("nope", "user", "x")):
+    count = "SELECT COUNT(*) FROM messages WHERE conversation_id = ?"
+    assert sqlite3.connect(tmp_path / "c.db").execute(count, (a.id,)).fetchone() == (0,)  # cascaded
+    for bad in (lambda: s.rename(b.id, "  "), lambda: s.delete("nope"),
+                lambda: s.add_message("nope", "user", "x")):
         with pytest.raises(StoreError):
             bad()
 
@@ -62,7 +64,7 @@ def test_a_failed_transaction_leaves_nothing(tmp_path):
     s = ConversationStore(tmp_path / "c.db")
     c = s.create()
     with pytest.raises(sqlite3.IntegrityError):
-        s.add_message(c.id, "robot", "x")  # the role CHECK fails after the conversation row was read
+        s.add_message(c.id, "robot", "x")  # the role CHECK fails after the conversation is read
     assert s.get(c.id).messages == [] and s.get(c.id).title == "New chat"
 
 
@@ -86,7 +88,8 @@ WRITER = textwrap.dedent("""
     print(c.id, flush=True)
     i = 0
     while True:
-        m = s.add_message(c.id, "user" if i % 2 == 0 else "assistant", f"message {i} " + "x" * (i * 37 % 3000))
+        role = "user" if i % 2 == 0 else "assistant"
+        m = s.add_message(c.id, role, f"message {i} " + "x" * (i * 37 % 3000))
         print(m.id, i, flush=True)  # printed only once the write has returned (committed)
         i += 1
 """)
@@ -94,8 +97,8 @@ WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("after", [1, 40, 200])
 def test_a_writer_killed_mid_write_loses_nothing_already_saved(tmp_path, after):
-    """SIGKILL a process that is writing messages as fast as it can: every message it reported saved is there,
-    intact, and the database passes SQLite's integrity check and keeps working."""
+    """SIGKILL a process that is writing messages as fast as it can: every message it reported saved
+    is there, intact, and the database passes SQLite's integrity check and keeps working."""
     db = tmp_path / "c.db"
     p = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
     cid = p.stdout.readline().strip()
@@ -109,5 +112,6 @@ def test_a_writer_killed_mid_write_loses_nothing_already_saved(tmp_path, after):
     messages = {m.id: m.content for m in s.get(cid).messages}
     for mid, i in saved:
         assert messages[int(mid)] == f"message {i} " + "x" * (int(i) * 37 % 3000)
-    assert len(messages) in (len(saved), len(saved) + 1)  # at most the one committed but not yet reported
+    # at most the one committed but not yet reported
+    assert len(messages) in (len(saved), len(saved) + 1)
     s.add_message(cid, "user", "still works")

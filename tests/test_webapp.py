@@ -1,5 +1,6 @@
-"""The chat app as its users see it: a real `nanoseek serve`, driven in headless Chromium (Debian's, through
-Playwright). CI installs chromium (.ci/run); elsewhere the browser tests skip when it is missing."""
+"""The chat app as its users see it: a real `nanoseek serve`, driven in headless Chromium (Debian's,
+through Playwright). CI installs chromium (.ci/run); elsewhere the browser tests skip when it is
+missing."""
 
 import json
 import os
@@ -15,9 +16,10 @@ import pytest
 from test_serve import start, wait_idle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# GUIDE §5: no sandbox as root, and no background networking (the machine's closed network refuses it)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--no-first-run"]
+# no sandbox (CI runs as root, where Chromium's sandbox refuses to start), and no background
+# networking (a closed network refuses it)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def app(tiny_chat_dir, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, app, request):
-    # Playwright's wait_for_function evaluates strings, which the page's CSP forbids; the XSS test also runs
-    # with the CSP in force, to show the sanitiser alone and the two together both hold
+    # Playwright's wait_for_function evaluates strings, which the page's CSP forbids; the XSS test
+    # also runs with the CSP in force, to show the sanitiser alone and the two together both hold
     csp = getattr(request, "param", False)
     context = browser.new_context(viewport={"width": 1100, "height": 750}, bypass_csp=not csp)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app[0])
@@ -73,9 +75,10 @@ def current_id(page):
     return re.fullmatch(r"#c=([0-9a-f]+)", page.evaluate("location.hash")).group(1)
 
 
-# Logs every DOM change to the answer in order (MutationObserver records keep their order even when one
-# network read delivers the whole reply): the thinking panel's opening and closing, text added to the
-# reasoning and to the answer. With attributeOldValue, a change of `open` says which way it went.
+# Logs every DOM change to the answer in order (MutationObserver records keep their order even when
+# one network read delivers the whole reply): the thinking panel's opening and closing, text added
+# to the reasoning and to the answer. With attributeOldValue, a change of `open` says which way it
+# went.
 RECORD = """() => {
   window.changes = [];
   new MutationObserver((records) => {
@@ -88,28 +91,32 @@ RECORD = """() => {
       else if (t.closest('.answer') && (r.type === 'characterData' || r.addedNodes.length))
         window.changes.push('answer');
     }
-  }).observe(document.querySelector('#messages'), {subtree: true, childList: true, characterData: true,
-                                                  attributes: true, attributeOldValue: true});
+  }).observe(document.querySelector('#messages'), {subtree: true, childList: true,
+                                                  characterData: true, attributes: true,
+                                                  attributeOldValue: true});
 }"""
 
 
 def test_reasoning_streams_in_an_open_panel_that_closes_when_the_answer_starts(page, app):
     page.goto(app[0])
-    page.evaluate("localStorage.setItem('nanoseek.settings', JSON.stringify({temperature: 0}))")  # greedy: the
-    page.reload()  # tiny model's one reply, reasoning then answer, every run
+    # greedy: the tiny model's one reply, reasoning then answer, every run
+    page.evaluate("localStorage.setItem('nanoseek.settings', JSON.stringify({temperature: 0}))")
+    page.reload()
     page.evaluate(RECORD)
     assert page.is_hidden("#notice")  # a checkpoint of the user's: nothing to warn about
     page.fill("#input", "Calculate 12 + 7.")
     page.keyboard.press("Enter")
     done(page)
     changes = page.evaluate("window.changes")
-    # open while thinking (the panel is created open: its first change is closing), closed as the answer starts
+    # open while thinking (the panel is created open: its first change is closing), closed as the
+    # answer starts
     assert changes.index("reasoning") < changes.index("close") < changes.index("answer"), changes
     assert "open" not in changes and changes.count("close") == 1, changes
     summary = page.text_content(".msg.assistant summary")
     assert re.fullmatch(r"Thought for \d+ seconds?", summary)
     c = stored(app, current_id(page))
-    assert [m["role"] for m in c["messages"]] == ["user", "assistant"] and c["title"] == "Calculate 12 + 7."
+    assert [m["role"] for m in c["messages"]] == ["user", "assistant"]
+    assert c["title"] == "Calculate 12 + 7."
     answer = c["messages"][1]
     assert answer["reasoning"] and answer["content"] and answer["finish"] == "stop"
     assert page.text_content(".msg.assistant .answer").strip() == answer["content"].strip()
@@ -136,14 +143,17 @@ def test_enter_sends_shift_enter_breaks_the_line_and_the_answer_tools_work(page,
     page.keyboard.type("Calculate 3 + 4.")
     page.keyboard.press("Shift+Enter")
     page.keyboard.type("Be brief.")
-    assert page.input_value("#input") == "Calculate 3 + 4.\nBe brief." and page.locator(".msg.user").count() == 0
+    assert page.input_value("#input") == "Calculate 3 + 4.\nBe brief."
+    assert page.locator(".msg.user").count() == 0
     page.keyboard.press("Enter")
     done(page)
-    assert page.inner_text(".msg.user .bubble") == "Calculate 3 + 4.\nBe brief." and page.input_value("#input") == ""
+    assert page.inner_text(".msg.user .bubble") == "Calculate 3 + 4.\nBe brief."
+    assert page.input_value("#input") == ""
     cid = current_id(page)
     # copy puts the answer's markdown on the clipboard
     page.click(".msg.assistant.last .copy")
-    assert page.evaluate("navigator.clipboard.readText()") == stored(app, cid)["messages"][1]["content"]
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == stored(app, cid)["messages"][1]["content"]
     # regenerate replaces the last answer, here and in the store
     with page.expect_request(lambda r: r.url.endswith("/reply")) as req:
         page.click(".msg.assistant.last .regenerate")
@@ -172,10 +182,12 @@ def test_enter_sends_shift_enter_breaks_the_line_and_the_answer_tools_work(page,
     page.keyboard.press("Enter")
     page.wait_for_selector(".conv.current .title:text-is('Sums')")
     assert page.inner_text("#title") == "Sums" and stored(app, cid)["title"] == "Sums"
+    only_sums = ("[...document.querySelectorAll('.conv .title')].map(t => t.textContent).join()"
+                 " == 'Sums'")
     page.fill("#search", "sums")
-    page.wait_for_function("[...document.querySelectorAll('.conv .title')].map(t => t.textContent).join() == 'Sums'")
+    page.wait_for_function(only_sums)
     page.fill("#search", "5 + 5.")
-    page.wait_for_function("[...document.querySelectorAll('.conv .title')].map(t => t.textContent).join() == 'Sums'")
+    page.wait_for_function(only_sums)
     page.fill("#search", "no such words anywhere")
     page.wait_for_function("document.querySelectorAll('.conv').length == 0")
 
@@ -183,30 +195,40 @@ def test_enter_sends_shift_enter_breaks_the_line_and_the_answer_tools_work(page,
 def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):
     """An untrained model writes noise until its context is full: stop it midway."""
     proc, base = start(None, "--max-seq-len", "1024", "--max-batch", "2", db=tmp_path / "c.db",
-                       env={"NANOSEEK_CACHE": str(tmp_path / "cache"), "NANOSEEK_DEFAULT_MODEL": "untrained"})
+                       env={"NANOSEEK_CACHE": str(tmp_path / "cache"),
+                            "NANOSEEK_DEFAULT_MODEL": "untrained"})
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
         page.goto(base)
         page.wait_for_selector("#notice", state="visible")
         assert "UNTRAINED" in page.inner_text("#notice")  # the default model, labelled as such
-        for _ in range(8):  # the noise hits end-of-sentence early now and then: then try again in a new chat
+        # the noise hits end-of-sentence early now and then: then try again in a new chat
+        for _ in range(8):
             page.click("#new-chat")
             page.fill("#input", "Tell me a long story.")
             page.keyboard.press("Enter")
-            # 200 characters of model text (reasoning + answer, not the panel's labels), or the reply ended
-            page.wait_for_function("(() => { const m = document.querySelector('.msg.assistant'); if (!m) return false;"
-                                   " if (!m.matches('.streaming')) return true; return (m.querySelector('.reasoning')"
-                                   ".textContent + m.querySelector('.answer').textContent).length > 200; })()")
+            # 200 characters of model text (reasoning + answer, not the panel's labels), or the
+            # reply ended
+            page.wait_for_function("(() => { const m = document.querySelector('.msg.assistant');"
+                                   " if (!m) return false;"
+                                   " if (!m.matches('.streaming')) return true;"
+                                   " return (m.querySelector('.reasoning')"
+                                   ".textContent + m.querySelector('.answer').textContent).length"
+                                   " > 200; })()")
             if page.locator(".streaming").count():
                 break
         page.click("#stop")
         page.wait_for_selector("#send", state="visible")
         assert page.inner_text(".msg.assistant .note") == "Stopped." and page.is_hidden("#stop")
-        shown = page.text_content(".msg.assistant .reasoning") + page.text_content(".msg.assistant .answer")
+        def shown():
+            return (page.text_content(".msg.assistant .reasoning")
+                    + page.text_content(".msg.assistant .answer"))
+
+        before = shown()
         assert wait_idle(base) == {"status": "ok", "running": 0, "waiting": 0}  # the slot was freed
         time.sleep(0.3)
-        assert page.text_content(".msg.assistant .reasoning") + page.text_content(".msg.assistant .answer") == shown
+        assert shown() == before
         page.reload()
         page.wait_for_selector(".msg.assistant .note:text-is('Stopped.')")
         saved = stored((base,), current_id(page))["messages"][1]
@@ -217,21 +239,24 @@ def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):
         proc.wait(timeout=10)
 
 
-XSS = ("<script>window.pwned = 'script'</script>\n\n<img src=x onerror=\"window.pwned = 'img'\">\n\n"
+XSS = ("<script>window.pwned = 'script'</script>\n\n"
+       "<img src=x onerror=\"window.pwned = 'img'\">\n\n"
        "[link](javascript:window.pwned='link') <svg onload=\"window.pwned = 'svg'\"></svg>\n\n"
        "```html\n<script>window.pwned = 'code'</script>\n```\n\n$x^2$")
 
 
 @pytest.mark.parametrize("page", [False, True], ids=["sanitiser-only", "with-csp"], indirect=True)
 def test_model_output_with_script_or_handlers_never_runs(page, app):
-    """Whatever the model wrote (here put straight into the store, as a model's reply is) shows as text."""
+    """Whatever the model wrote (here put straight into the store, as a model's reply is) shows as
+    text."""
     base, db = app
     cid = httpx.post(f"{base}/api/conversations").json()["id"]
     with sqlite3.connect(db) as con:
-        con.execute("INSERT INTO messages (conversation_id, role, content, created) VALUES (?, 'user', ?, 0)",
+        con.execute("INSERT INTO messages (conversation_id, role, content, created) "
+                    "VALUES (?, 'user', ?, 0)",
                     (cid, "<img src=x onerror=\"window.pwned = 'user'\">"))
-        con.execute("INSERT INTO messages (conversation_id, role, content, reasoning, thought_s, finish, created) "
-                    "VALUES (?, 'assistant', ?, ?, 2, 'stop', 0)",
+        con.execute("INSERT INTO messages (conversation_id, role, content, reasoning, thought_s, "
+                    "finish, created) VALUES (?, 'assistant', ?, ?, 2, 'stop', 0)",
                     (cid, XSS, "<img src=x onerror=\"window.pwned = 'reasoning'\">"))
         con.execute("UPDATE conversations SET title = ? WHERE id = ?",
                     ("<img src=x onerror=\"window.pwned = 'title'\">", cid))
@@ -239,10 +264,12 @@ def test_model_output_with_script_or_handlers_never_runs(page, app):
     page.wait_for_selector(".msg.assistant .answer math")
     page.wait_for_timeout(300)  # time for any image error handler to have fired
     assert page.evaluate("window.pwned") is None
-    assert page.locator("#messages script, #messages img, #messages svg, #conversations img").count() == 0
+    unsafe = "#messages script, #messages img, #messages svg, #conversations img"
+    assert page.locator(unsafe).count() == 0
     answer = page.text_content(".msg.assistant .answer")
     assert "<script>window.pwned = 'script'</script>" in answer and "<img src=x onerror" in answer
-    assert page.locator(".msg.assistant .answer math").count() == 1  # the real markdown still renders
+    # the real markdown still renders
+    assert page.locator(".msg.assistant .answer math").count() == 1
     assert page.text_content(".msg.assistant .reasoning").startswith("<img src=x")
     assert page.inner_text(".msg.user .bubble").startswith("<img src=x")
     assert page.inner_text(f".conv[data-id='{cid}'] .title").startswith("<img src=x")
@@ -251,25 +278,28 @@ def test_model_output_with_script_or_handlers_never_runs(page, app):
 
 
 def test_usable_at_phone_width(browser, app):
-    context = browser.new_context(viewport={"width": 380, "height": 740}, is_mobile=True, has_touch=True,
-                                  bypass_csp=True)
+    context = browser.new_context(viewport={"width": 380, "height": 740}, is_mobile=True,
+                                  has_touch=True, bypass_csp=True)
     try:
         page = context.new_page()
         page.goto(app[0])
-        assert page.evaluate("document.documentElement.scrollWidth") <= 380  # nothing sticks out sideways
-        assert page.evaluate("document.querySelector('#sidebar').getBoundingClientRect().right") <= 0
+        # nothing sticks out sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= 380
+        sidebar = "document.querySelector('#sidebar').getBoundingClientRect()"
+        assert page.evaluate(sidebar + ".right") <= 0
         box = page.locator("#input").bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 380 and box["y"] + box["height"] <= 740
         page.click("#menu")
-        page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().left >= 0")
+        page.wait_for_function(sidebar + ".left >= 0")
         page.click("#new-chat")  # picking something closes the sidebar again
-        page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().right <= 0")
+        page.wait_for_function(sidebar + ".right <= 0")
     finally:
         context.close()
 
 
 def test_conversations_survive_a_restart_and_a_kill(tiny_chat_dir, tmp_path):
-    """Saved conversations are there after a clean restart, and after the server is killed mid-reply."""
+    """Saved conversations are there after a clean restart, and after the server is killed
+    mid-reply."""
     db = tmp_path / "c.db"
 
     def ask(base, cid, text):
@@ -288,8 +318,8 @@ def test_conversations_survive_a_restart_and_a_kill(tiny_chat_dir, tmp_path):
 
     proc, base = start(tiny_chat_dir, db=db)
     assert stored((base,), cid) == before
-    with httpx.stream("POST", f"{base}/api/conversations/{cid}/reply", json={"content": "Calculate 2 + 2."},
-                      timeout=60):
+    with httpx.stream("POST", f"{base}/api/conversations/{cid}/reply",
+                      json={"content": "Calculate 2 + 2."}, timeout=60):
         proc.send_signal(signal.SIGKILL)  # while the reply is being generated and written
     proc.wait(timeout=10)
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -298,7 +328,8 @@ def test_conversations_survive_a_restart_and_a_kill(tiny_chat_dir, tmp_path):
     try:
         after = stored((base,), cid)
         assert after["messages"][:2] == before["messages"]
-        assert after["messages"][2]["content"] == "Calculate 2 + 2."  # the question was saved before the reply began
+        # the question was saved before the reply began
+        assert after["messages"][2]["content"] == "Calculate 2 + 2."
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -313,17 +344,19 @@ def test_the_app_api_answers_bad_requests_with_clear_400s_and_404s(app):
         assert r.status_code == status and set(r.json()["error"]) >= {"message", "type"}, r.text
         return r.json()["error"]["message"]
 
+    conversation, reply = f"/api/conversations/{cid}", f"/api/conversations/{cid}/reply"
     assert "no conversation 'nope'" in error("GET", "/api/conversations/nope", 404)
-    assert "no conversation" in error("POST", "/api/conversations/nope/reply", 404, json={"content": "hi"})
-    assert "title must be a non-empty string" in error("PATCH", f"/api/conversations/{cid}", 400, json={"title": " "})
-    assert "not valid JSON" in error("PATCH", f"/api/conversations/{cid}", 400, content=b'{"title": "\\ud800"}')
-    assert "not valid JSON" in error("POST", f"/api/conversations/{cid}/reply", 400, content=b"[" * 5000)
-    assert "top_p must be in [0, 1], got 2" in error("POST", f"/api/conversations/{cid}/reply", 400,
+    assert "no conversation" in error("POST", "/api/conversations/nope/reply", 404,
+                                      json={"content": "hi"})
+    assert "title must be a non-empty string" in error("PATCH", conversation, 400,
+                                                       json={"title": " "})
+    assert "not valid JSON" in error("PATCH", conversation, 400, content=b'{"title": "\\ud800"}')
+    assert "not valid JSON" in error("POST", reply, 400, content=b"[" * 5000)
+    assert "top_p must be in [0, 1], got 2" in error("POST", reply, 400,
                                                      json={"content": "hi", "top_p": 2})
-    assert "content must be a non-empty string" in error("POST", f"/api/conversations/{cid}/reply", 400,
-                                                         json={"content": ""})
-    assert "nothing to answer" in error("POST", f"/api/conversations/{cid}/reply", 400, json={})
+    assert "content must be a non-empty string" in error("POST", reply, 400, json={"content": ""})
+    assert "nothing to answer" in error("POST", reply, 400, json={})
     # a question longer than the context is refused with the numbers, and not kept
-    assert "max_seq_len is 256" in error("POST", f"/api/conversations/{cid}/reply", 400, json={"content": "7 " * 400})
+    assert "max_seq_len is 256" in error("POST", reply, 400, json={"content": "7 " * 400})
     assert stored(app, cid)["messages"] == []
     httpx.delete(f"{base}/api/conversations/{cid}")

@@ -625,7 +625,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from nanoseek.serve.api import ServerConfig, create_app
+    from nanoseek.serve.app import create_app
+    from nanoseek.serve.http import ServerConfig
     from nanoseek.serve.store import ConversationStore, StoreError
 
     keys = tuple(k for k in (args.api_key or os.environ.get("NANOSEEK_API_KEY"),) if k)

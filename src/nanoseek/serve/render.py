@@ -1,10 +1,10 @@
 """Model output (markdown) -> safe HTML for the chat app.
 
-Maintained libraries do every part: markdown-it-py parses (CommonMark + tables + strikethrough, raw HTML
-off, so a `<script>` in the text stays text), Pygments highlights code fences, latex2mathml turns
-$...$, $$...$$, \\(...\\) and \\[...\\] into MathML (which browsers draw natively: no JS on the page) and
-nh3 (Ammonia) sanitises the result against an allowlist, as a second wall should a parser let
-something through. The page inserts only what `render` returns.
+Maintained libraries do every part: markdown-it-py parses (CommonMark + tables + strikethrough, raw
+HTML off, so a `<script>` in the text stays text), Pygments highlights code fences, latex2mathml
+turns $...$, $$...$$, \\(...\\) and \\[...\\] into MathML (which browsers draw natively: no JS on
+the page) and nh3 (Ammonia) sanitises the result against an allowlist, as a second wall should a
+parser let something through. The page inserts only what `render` returns.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ from pygments.util import ClassNotFound
 CODE_CLASS = "hl"  # Pygments token spans carry short classes (k, s, mi ...) under <pre class="hl">
 _ALIGN = re.compile(r'style="text-align:(left|center|right)"')
 
-_MATHML = {"math", "semantics", "annotation", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msup", "msub",
-           "msubsup", "mfrac", "msqrt", "mroot", "mover", "munder", "munderover", "mtable", "mtr", "mtd", "mstyle",
-           "mpadded", "mphantom", "menclose", "merror"}
-_MATHML_ATTRS = {"display", "mathvariant", "stretchy", "fence", "separator", "lspace", "rspace", "accent",
-                 "accentunder", "columnalign", "rowalign", "width", "height", "depth", "displaystyle",
-                 "scriptlevel", "minsize", "maxsize", "movablelimits", "form", "linethickness", "notation",
-                 "columnspacing", "rowspacing", "symmetric", "largeop", "encoding"}
+_MATHML = {"math", "semantics", "annotation", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace",
+           "msup", "msub", "msubsup", "mfrac", "msqrt", "mroot", "mover", "munder", "munderover",
+           "mtable", "mtr", "mtd", "mstyle", "mpadded", "mphantom", "menclose", "merror"}
+_MATHML_ATTRS = {"display", "mathvariant", "stretchy", "fence", "separator", "lspace", "rspace",
+                 "accent", "accentunder", "columnalign", "rowalign", "width", "height", "depth",
+                 "displaystyle", "scriptlevel", "minsize", "maxsize", "movablelimits", "form",
+                 "linethickness", "notation", "columnspacing", "rowspacing", "symmetric", "largeop",
+                 "encoding"}
 # no <img>: a picture in model output would fetch whatever address the model wrote
-_TAGS = (nh3.ALLOWED_TAGS - {"img"}) | _MATHML | {"pre", "code", "span", "div", "table", "thead", "tbody", "tr",
-                                                 "th", "td", "del"}
+_TAGS = (nh3.ALLOWED_TAGS - {"img"}) | _MATHML | {"pre", "code", "span", "div", "table", "thead",
+                                                 "tbody", "tr", "th", "td", "del"}
 _ATTRS = {**{t: set(a) for t, a in nh3.ALLOWED_ATTRIBUTES.items()},
           **{t: _MATHML_ATTRS for t in _MATHML},
           "span": {"class"}, "div": {"class"}, "code": {"class"}, "pre": {"class"},
@@ -48,8 +49,12 @@ def _fence(content: str, lang: str, attrs) -> str:
         lexer = get_lexer_by_name(lang.split()[0]) if lang.strip() else None
     except ClassNotFound:
         lexer = None
-    code = html.escape(content) if lexer is None else highlight(content, lexer, HtmlFormatter(nowrap=True))
-    return f"<pre class=\"{CODE_CLASS}\"><code>{code}</code></pre>\n"  # starts with <pre: markdown-it adds none
+    if lexer is None:
+        code = html.escape(content)
+    else:
+        code = highlight(content, lexer, HtmlFormatter(nowrap=True))
+    # it starts with <pre, so markdown-it adds none
+    return f"<pre class=\"{CODE_CLASS}\"><code>{code}</code></pre>\n"
 
 
 def _math(display: bool):
@@ -65,8 +70,10 @@ def _math(display: bool):
 
 @cache
 def _parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False, "highlight": _fence}).enable(["table", "strikethrough"])
-    # $...$ as pandoc reads it: no space inside the dollars, no digit after the closing one ("$5 and $6")
+    md = MarkdownIt("commonmark", {"html": False, "highlight": _fence})
+    md.enable(["table", "strikethrough"])
+    # $...$ as pandoc reads it: no space inside the dollars, no digit after the closing one
+    # ("$5 and $6")
     md.use(dollarmath_plugin, allow_space=False, allow_digits=False, double_inline=True)
     md.use(texmath_plugin, delimiters="brackets")  # \( \) and \[ \], which R1-style models write
     for name in ("math_inline", "math_inline_double"):
@@ -79,15 +86,17 @@ def _parser() -> MarkdownIt:
 def _only_alignment(tag: str, attr: str, value: str) -> str | None:
     """The one style markdown writes (table column alignment); any other style is dropped."""
     if attr == "style":
-        return value if value in ("text-align:left", "text-align:center", "text-align:right") else None
+        aligned = value in ("text-align:left", "text-align:center", "text-align:right")
+        return value if aligned else None
     return value
 
 
 def render(markdown: str) -> str:
-    """Sanitised HTML of a model's markdown answer. Column alignment becomes a class (align-left|center|
-    right): the page's Content-Security-Policy allows no inline style."""
-    out = nh3.clean(_parser().render(markdown), tags=_TAGS, attributes=_ATTRS, attribute_filter=_only_alignment,
-                    url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer nofollow")
+    """Sanitised HTML of a model's markdown answer. Column alignment becomes a class
+    (align-left|center|right): the page's Content-Security-Policy allows no inline style."""
+    out = nh3.clean(_parser().render(markdown), tags=_TAGS, attributes=_ATTRS,
+                    attribute_filter=_only_alignment, url_schemes={"http", "https", "mailto"},
+                    link_rel="noopener noreferrer nofollow")
     return _ALIGN.sub(r'class="align-\1"', out)
 
 

@@ -1,9 +1,9 @@
 """The chat app's conversations, in SQLite.
 
-One file, WAL journal with synchronous=FULL: a write that returned is on disk, and a process killed in the
-middle of a write leaves the database as it was before that write (SQLite's atomic commit), so nothing
-already saved is ever lost. Every change is one transaction. The connection is shared by the server's
-threads behind a lock; each call is a few milliseconds.
+One file, WAL journal with synchronous=FULL: a write that returned is on disk, and a process killed
+in the middle of a write leaves the database as it was before that write (SQLite's atomic commit),
+so nothing already saved is ever lost. Every change is one transaction. The connection is shared by
+the server's threads behind a lock; each call is a few milliseconds.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS messages (
     role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
     content TEXT NOT NULL,
     reasoning TEXT NOT NULL DEFAULT '',
-    thought_s REAL,             -- seconds from the request to the first answer token (thinking time)
-    finish TEXT,                -- stop, length, aborted (the user pressed stop) ...
+    thought_s REAL,  -- seconds from the request to the first answer token (thinking time)
+    finish TEXT,     -- stop, length, aborted (the user pressed stop) ...
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, id);
@@ -89,8 +89,9 @@ class ConversationStore:
             self._db.execute("PRAGMA busy_timeout=5000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: conversation database version {version} is newer than this "
-                                 f"nanoseek understands ({SCHEMA_VERSION}); upgrade nanoseek")
+                raise StoreError(f"{self.path}: conversation database version {version} is newer "
+                                 f"than this nanoseek understands ({SCHEMA_VERSION}); upgrade "
+                                 "nanoseek")
             with self._transaction() as db:  # not executescript: it would commit on its own
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     db.execute(statement)
@@ -101,7 +102,8 @@ class ConversationStore:
 
     @contextmanager
     def _transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a change is all there or not at all."""
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a change is all there or not at
+        all."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -121,30 +123,34 @@ class ConversationStore:
         now = time.time()
         c = Conversation(uuid.uuid4().hex, _title(title), now, now)
         with self._transaction() as db:
-            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)", (c.id, c.title, c.created, c.updated))
+            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)",
+                       (c.id, c.title, c.created, c.updated))
         return c
 
     def list(self, query: str = "", limit: int = 200) -> list[Conversation]:
-        """Newest first; with a query, those whose title or any message contains it (case-insensitive)."""
+        """Newest first; with a query, those whose title or any message contains it
+        (case-insensitive)."""
         sql = "SELECT id, title, created, updated FROM conversations"
         args: tuple = ()
         if query:
             like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            sql += (" WHERE title LIKE ?1 ESCAPE '\\' OR id IN (SELECT conversation_id FROM messages "
-                    "WHERE content LIKE ?1 ESCAPE '\\' OR reasoning LIKE ?1 ESCAPE '\\')")
+            sql += (" WHERE title LIKE ?1 ESCAPE '\\' OR id IN (SELECT conversation_id FROM "
+                    "messages WHERE content LIKE ?1 ESCAPE '\\' OR reasoning LIKE ?1 ESCAPE '\\')")
             args = (like,)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY updated DESC LIMIT ?", (*args, limit)).fetchall()
+            rows = self._db.execute(sql + " ORDER BY updated DESC LIMIT ?",
+                                    (*args, limit)).fetchall()
         return [Conversation(*r) for r in rows]
 
     def get(self, cid: str) -> Conversation:
         with self._lock:
-            row = self._db.execute("SELECT id, title, created, updated FROM conversations WHERE id = ?",
-                                   (cid,)).fetchone()
+            row = self._db.execute("SELECT id, title, created, updated FROM conversations "
+                                   "WHERE id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
-            msgs = self._db.execute("SELECT id, role, content, reasoning, thought_s, finish FROM messages "
-                                    "WHERE conversation_id = ? ORDER BY id", (cid,)).fetchall()
+            msgs = self._db.execute("SELECT id, role, content, reasoning, thought_s, finish "
+                                    "FROM messages WHERE conversation_id = ? ORDER BY id",
+                                    (cid,)).fetchall()
         return Conversation(*row, messages=[Message(*m) for m in msgs])
 
     def rename(self, cid: str, title: str) -> Conversation:
@@ -161,19 +167,22 @@ class ConversationStore:
             if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
                 raise NotFound(f"no conversation {cid!r}")
 
-    def add_message(self, cid: str, role: str, content: str, reasoning: str = "", thought_s: float | None = None,
-                    finish: str | None = None) -> Message:
-        """Append a message; the first user message also titles a conversation still called 'New chat'."""
+    def add_message(self, cid: str, role: str, content: str, reasoning: str = "",
+                    thought_s: float | None = None, finish: str | None = None) -> Message:
+        """Append a message; the first user message also titles a conversation still called
+        'New chat'."""
         now = time.time()
         with self._transaction() as db:
             row = db.execute("SELECT title FROM conversations WHERE id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
-            mid = db.execute("INSERT INTO messages (conversation_id, role, content, reasoning, thought_s, finish, "
-                             "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            mid = db.execute("INSERT INTO messages (conversation_id, role, content, reasoning, "
+                             "thought_s, finish, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (cid, role, content, reasoning, thought_s, finish, now)).lastrowid
-            title = _title(content) if role == "user" and row[0] == "New chat" and content.strip() else row[0]
-            db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?", (now, title, cid))
+            untitled = role == "user" and row[0] == "New chat" and content.strip()
+            title = _title(content) if untitled else row[0]
+            db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
+                       (now, title, cid))
         return Message(mid, role, content, reasoning, thought_s, finish)
 
     def delete_message(self, mid: int) -> None:
@@ -181,10 +190,11 @@ class ConversationStore:
             db.execute("DELETE FROM messages WHERE id = ?", (mid,))
 
     def drop_last_reply(self, cid: str) -> None:
-        """Regenerate: the last message goes if it is the assistant's (the user's question stays)."""
+        """Regenerate: the last message goes if it is the assistant's (the user's question
+        stays)."""
         with self._transaction() as db:
-            db.execute("DELETE FROM messages WHERE id = (SELECT MAX(id) FROM messages WHERE conversation_id = ?) "
-                       "AND role = 'assistant'", (cid,))
+            db.execute("DELETE FROM messages WHERE id = (SELECT MAX(id) FROM messages "
+                       "WHERE conversation_id = ?) AND role = 'assistant'", (cid,))
 
 
 def _title(text: str) -> str:

@@ -1,17 +1,16 @@
 """The chat app: a page at / and the JSON + SSE routes under /api it talks to.
 
-Conversations live server-side (store.py), so a reload or a restart loses nothing. A reply streams as
-server-sent events: `reasoning` text, then `content` text with the answer so far rendered to sanitised
-HTML (render.py), then `done` with the saved message. A client that goes away (the stop button) aborts
-the generation and what was generated is saved, marked `aborted`, as DeepSeek's app keeps a stopped
-answer.
+Conversations live server-side (store.py), so a reload or a restart loses nothing. A reply streams
+as server-sent events: `reasoning` text, then `content` text with the answer so far rendered to
+sanitised HTML (render.py), then `done` with the saved message. A client that goes away (the stop
+button) aborts the generation and what was generated is saved, marked `aborted`, as DeepSeek's app
+keeps a stopped answer.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
@@ -20,7 +19,18 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from nanoseek.infer.sampling import SamplingParams
-from nanoseek.serve.api import RENAME_BODY, REPLY_BODY, APIError, EventStream, json_object, number
+from nanoseek.serve.http import (
+    KEEP_ALIVE,
+    TOP_P,
+    APIError,
+    Backend,
+    event_stream,
+    json_body,
+    json_object,
+    number,
+    range_schema,
+    sse,
+)
 from nanoseek.serve.render import code_css, render
 from nanoseek.serve.store import ConversationStore, NotFound, StoreError
 from nanoseek.tokenizer import render_chat
@@ -28,15 +38,19 @@ from nanoseek.tokenizer import render_chat
 STATIC = files("nanoseek.serve") / "static"
 RENDER_EVERY_S = 0.1  # re-render the streaming answer at most this often (and once at the end)
 
+# The bodies these routes read, as /openapi.json describes them (see http.json_body); an empty body
+# is {}.
+NON_BLANK = {"type": "string", "pattern": r"\S"}
+RENAME_BODY = json_body({"title": NON_BLANK}, required=("title",), body_required=False)
+REPLY_BODY = json_body({
+    "content": NON_BLANK | {"type": ["string", "null"], "description":
+                            "the new question; absent or null: regenerate the last answer"},
+    "thinking": {"type": "boolean"}, "temperature": range_schema("number", 0, 2), "top_p": TOP_P,
+    "max_tokens": range_schema("integer", 1)}, body_required=False)
 
-def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: Callable, cancel: Callable,
-                 info: dict) -> None:
-    """Routes of the page. `run(prompt, params)` queues a generation, `deltas(rid, queue, n)` yields it and
-    `cancel(rid)` drops it, all from the API server, so the app shares its engine loop, queue limit, timeout
-    and metrics."""
 
-    def fail(e: StoreError) -> APIError:
-        return APIError(404, str(e), type="not_found_error") if isinstance(e, NotFound) else APIError(400, str(e))
+def add_chat_routes(app: FastAPI, backend: Backend) -> None:
+    """The page, its static files, and the conversations it reads and answers."""
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -51,7 +65,19 @@ def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: 
     @app.get("/api/info")
     def server_info():
         """The model's name and a notice for the page (e.g. that the model is untrained), or ""."""
-        return info
+        return {"model": backend.config.model_name, "notice": backend.config.notice}
+
+    _add_conversation_routes(app, backend.store)
+
+    @app.post("/api/conversations/{cid}/reply", openapi_extra=REPLY_BODY)
+    async def reply(cid: str, request: Request):
+        """{"content": the user's new message (absent: regenerate the last answer), "thinking":
+        bool, "temperature", "top_p", "max_tokens"} -> an event stream of the answer."""
+        return await _reply(backend, cid, await _json(request))
+
+
+def _add_conversation_routes(app: FastAPI, store: ConversationStore) -> None:
+    """List, create, read, rename and delete conversations."""
 
     @app.get("/api/conversations")
     def list_conversations(q: str = ""):
@@ -66,7 +92,7 @@ def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: 
         try:
             c = store.get(cid)
         except StoreError as e:
-            raise fail(e) from None
+            raise _fail(e) from None
         out = c.to_json()
         for m in out["messages"]:
             m["html"] = render(m["content"]) if m["role"] == "assistant" else None
@@ -78,55 +104,52 @@ def add_chat_app(app: FastAPI, store: ConversationStore, run: Callable, deltas: 
         try:
             return store.rename(cid, body.get("title")).to_json() | {"messages": None}
         except StoreError as e:
-            raise fail(e) from None
+            raise _fail(e) from None
 
     @app.delete("/api/conversations/{cid}")
     def delete_conversation(cid: str):
         try:
             store.delete(cid)
         except StoreError as e:
-            raise fail(e) from None
+            raise _fail(e) from None
         return {"id": cid, "deleted": True}
 
-    @app.post("/api/conversations/{cid}/reply", openapi_extra=REPLY_BODY)
-    async def reply(cid: str, request: Request):
-        """{"content": the user's new message (absent: regenerate the last answer), "thinking": bool,
-        "temperature", "top_p", "max_tokens"} -> an event stream of the answer."""
-        body = await _json(request)
-        params = _params(body)
-        thinking = body.get("thinking", True)
-        content = body.get("content")
-        if not isinstance(thinking, bool):
-            raise APIError(400, "thinking must be true or false", param="thinking")
-        if content is not None and (not isinstance(content, str) or not content.strip()):
-            raise APIError(400, "content must be a non-empty string", param="content")
-        try:
-            if content is None:
-                store.drop_last_reply(cid)
-                asked = None
-            else:
-                asked = store.add_message(cid, "user", content)
-            history = store.get(cid).messages
-        except StoreError as e:
-            raise fail(e) from None
-        if not history or history[-1].role != "user":
-            raise APIError(400, "nothing to answer: the conversation has no question after its last answer")
-        prompt = render_chat([{"role": m.role, "content": m.content} for m in history], thinking=thinking)
-        try:
-            rid, queue = await run(prompt, params)
-        except APIError:  # refused (too long, queue full): the question was not asked
-            if asked is not None:
-                store.delete_message(asked.id)
-            raise
-        return EventStream(_events(store, cid, deltas(rid, queue, 1)), media_type="text/event-stream",
-                           on_close=lambda: cancel(rid),
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+async def _reply(backend: Backend, cid: str, body: dict) -> Response:
+    store = backend.store
+    params = _params(body)
+    thinking = body.get("thinking", True)
+    content = body.get("content")
+    if not isinstance(thinking, bool):
+        raise APIError(400, "thinking must be true or false", param="thinking")
+    if content is not None and (not isinstance(content, str) or not content.strip()):
+        raise APIError(400, "content must be a non-empty string", param="content")
+    try:
+        if content is None:
+            store.drop_last_reply(cid)
+            asked = None
+        else:
+            asked = store.add_message(cid, "user", content)
+        history = store.get(cid).messages
+    except StoreError as e:
+        raise _fail(e) from None
+    if not history or history[-1].role != "user":
+        raise APIError(400, "nothing to answer: the conversation has no question after its last "
+                            "answer")
+    messages = [{"role": m.role, "content": m.content} for m in history]
+    prompt = render_chat(messages, thinking=thinking)
+    try:
+        rid, queue = await backend.submit(prompt, params)
+    except APIError:  # refused (too long, queue full): the question was not asked
+        if asked is not None:
+            store.delete_message(asked.id)
+        raise
+    return event_stream(_events(store, cid, backend.deltas(rid, queue, 1)),
+                        on_close=lambda: backend.cancel(rid))
 
 
-async def _events(store: ConversationStore, cid: str, source: AsyncIterator) -> AsyncIterator[bytes]:
-    def event(obj: dict) -> bytes:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
-
+async def _events(store: ConversationStore, cid: str,
+                  source: AsyncIterator) -> AsyncIterator[bytes]:
     start, thought, rendered_at = time.monotonic(), None, 0.0
     reasoning, content, finish, saved = "", "", None, False
 
@@ -136,11 +159,11 @@ async def _events(store: ConversationStore, cid: str, source: AsyncIterator) -> 
     try:
         async for d in source:
             if d is None:
-                yield b": keep-alive\n\n"
+                yield KEEP_ALIVE
                 continue
             if d.reasoning:
                 reasoning += d.reasoning
-                yield event({"type": "reasoning", "text": d.reasoning})
+                yield sse({"type": "reasoning", "text": d.reasoning})
             if d.content:
                 if thought is None:
                     thought = round(time.monotonic() - start, 1)
@@ -149,13 +172,14 @@ async def _events(store: ConversationStore, cid: str, source: AsyncIterator) -> 
                 out = {"type": "content", "text": d.content, "thought_s": thought}
                 if now - rendered_at >= RENDER_EVERY_S:
                     out["html"], rendered_at = render(content), now
-                yield event(out)
+                yield sse(out)
             finish = d.finish_reason or finish
         message = save()
         saved = True
-        yield event({"type": "done", "message": {**message.__dict__, "html": render(content)}})
-    except Exception as e:  # noqa: BLE001 (e.g. the server's timeout): the stream says so, the part is saved
-        yield event({"type": "error", "message": getattr(e, "message", "generation failed")})
+        yield sse({"type": "done", "message": {**message.__dict__, "html": render(content)}})
+    except Exception as e:  # noqa: BLE001 (e.g. the server's timeout)
+        # the stream says so; what was generated is saved below
+        yield sse({"type": "error", "message": getattr(e, "message", "generation failed")})
     finally:
         if not saved:  # stopped by the user, or failed: keep what was generated
             try:
@@ -164,12 +188,19 @@ async def _events(store: ConversationStore, cid: str, source: AsyncIterator) -> 
                 pass
 
 
+def _fail(e: StoreError) -> APIError:
+    if isinstance(e, NotFound):
+        return APIError(404, str(e), type="not_found_error")
+    return APIError(400, str(e))
+
+
 async def _json(request: Request) -> dict:
     return json_object(await request.body() or b"{}")
 
 
 def _params(body: dict) -> SamplingParams:
-    """The app's settings: temperature, top_p, max_tokens; R1's recommended 0.6 and 0.95 by default."""
+    """The app's settings: temperature, top_p, max_tokens; R1's recommended 0.6 and 0.95 by
+    default."""
     try:
         return SamplingParams(temperature=number(body, "temperature", 0.6, lo=0, hi=2),
                               top_p=number(body, "top_p", 0.95, lo=0, hi=1),

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from nanoseek.infer.engine import Delta, Engine, Usage
+from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sequence import Delta, Usage
 from nanoseek.serve.http import (
     KEEP_ALIVE,
     TOP_P,

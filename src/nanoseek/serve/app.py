@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from nanoseek.infer.engine import Delta, Engine, Usage
+from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
+from nanoseek.infer.sequence import Delta, Usage
 from nanoseek.serve.api import add_api_routes
 from nanoseek.serve.http import APIError, Backend, ServerConfig
 from nanoseek.serve.store import ConversationStore

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from nanoseek.infer.engine import Delta, Engine
+from nanoseek.infer.engine import Engine
+from nanoseek.infer.sequence import Delta
 from nanoseek.serve.store import ConversationStore
 
 

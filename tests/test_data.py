@@ -1,4 +1,4 @@
-"""Corpus readers, tokenized token files, the packing loader and the reasoning-gym corpora."""
+"""Corpus readers, tokenized token files and the packing loader."""
 
 import gzip
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nanoseek.data import PackedLoader, chat_tokens, derive_trace, gym_documents, prepare_corpus, read_documents
-from nanoseek.files import DataError, write_jsonl
+from nanoseek.data import PackedLoader, chat_tokens, prepare_corpus, read_documents
+from nanoseek.files import DataError
 from nanoseek.model.model import IGNORE_INDEX
-from nanoseek.tokenizer import EOS, THINK_END, THINK_START, render_chat, render_completion, train_tokenizer
+from nanoseek.tokenizer import EOS, render_chat, render_completion, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -154,32 +154,6 @@ def test_loader_refuses_data_smaller_than_a_batch(tmp_path):
         PackedLoader(make_bin(tmp_path, 100), seq_len=64, batch_size=2)
 
 
-def test_arithmetic_traces_are_correct():
-    trace = derive_trace({"metadata": {"expression": "5 - 3 * 4 + 27 * 13"}})
-    assert trace.splitlines() == ["3 * 4 = 12", "5 - 12 = -7", "27 * 10 + 27 * 3 = 270 + 81 = 351", "-7 + 351 = 344"]
-    gcd = derive_trace({"metadata": {"source_dataset": "gcd", "numbers": [780, 462], "result": 6}})
-    assert gcd.endswith("is 6.") and "780 = 1 * 462 + 318" in gcd
-    assert derive_trace({"metadata": {}}) is None
-
-
-def test_gym_documents_are_chat_documents_with_think_traces(tmp_path):
-    rows = list(gym_documents("basic_arithmetic", size=20, seed=5))
-    assert len(rows) == 20
-    for r in rows:
-        user, assistant = r["messages"]
-        text = r["text"]
-        assert text.count(THINK_START) == 1 and text.count(THINK_END) == 1 and text.endswith(EOS)
-        assert text.index(user["content"]) < text.index(THINK_START) < text.index(THINK_END) < text.rindex(r["answer"])
-        # the trace ends with the answer itself: it is a worked solution, not decoration
-        last = assistant["reasoning_content"].splitlines()[-1]
-        assert float(last.split("= ")[-1]) == pytest.approx(float(r["answer"]))
-    assert [r["text"] for r in gym_documents("basic_arithmetic", size=20, seed=5)] == [r["text"] for r in rows]
-    assert write_jsonl(iter(rows), tmp_path / "g.jsonl") == 20
-    assert texts(str(tmp_path / "g.jsonl")) == [r["text"] for r in rows]
-    with pytest.raises(DataError, match="no_such_task"):
-        list(gym_documents("no_such_task", size=2))
-
-
 def chats(n):
     return [{"messages": [{"role": "system", "content": "Be brief."},
                           {"role": "user", "content": f"What is {i} + {i}?"},
@@ -242,7 +216,8 @@ def test_every_jsonl_reader_reports_a_bad_line_the_same_way(tmp_path, line, mess
     """Corpora, task files and batch requests all read JSONL through files.jsonl_objects."""
     from nanoseek.infer.batch import read_requests
     from nanoseek.infer.sampling import SamplingParams
-    from nanoseek.tasks.task import TaskError, load_task
+    from nanoseek.tasks.load import load_task
+    from nanoseek.tasks.task import TaskError
 
     f = tmp_path / "in.jsonl"
     f.write_text(line + "\n")

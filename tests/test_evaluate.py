@@ -17,7 +17,7 @@ def test_numbers_by_hand():
     """Two prompts, k = 4. Prompt 1 (answer 12): answers 12, 12.0, 7, none -> 2 correct; majority of 4 is
     12 (12 and 12.0 vote together). Prompt 2 (answer 5): 3, 3, 5, 4 -> 1 correct; majority of 4 is 3
     (wrong), of 2 is 3 (wrong), of 1 is 3 (wrong)."""
-    task = Task("t", [Example("a", "12"), Example("b", "5")], math_scorer)
+    task = Task("t", [Example("a", "12"), Example("b", "5")], math_scorer, answers="math")
     texts = ["x\n</think>\n\n12", "y\n</think>\n\n12.0", "z\n</think>\n\n7", "w\n</think>\n\nno idea",
              "\n</think>\n\n3", "\n</think>\n\n3", "\n</think>\n\n5", "\n</think>\n\n4"]
     res = score_samples(task, task.examples, [completion(t) for t in texts], k=4)
@@ -42,7 +42,7 @@ def engine(tiny_chat_dir):
 
 
 def sums_task(tmp_path) -> Task:
-    from nanoseek.tasks.task import jsonl_task
+    from nanoseek.tasks.load import jsonl_task
 
     path = tmp_path / "sums.jsonl"
     rows = [{"prompt": f"Calculate {a} + {b}.", "answer": a + b} for a, b in [(3, 4), (12, 7), (20, 5), (8, 8)]]

@@ -51,7 +51,8 @@ def test_jsonl_formats(tmp_path):
     ("[1, 2]", ":2: expected a JSON object, got list"),
     ('{"answer": "1"}', ":2: needs a non-empty 'question'"),
     ('{"problem": "x"}', ":2: needs an 'answer'"),
-    ('{"question": "x", "answer": "no marker"}', ":2: a GSM8K 'answer' must end with '#### <number>'"),
+    ('{"question": "x", "answer": "no marker"}',
+     ":2: a GSM8K 'answer' must end with '#### <number>'"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, line, needle):
     f = tmp_path / "bad.jsonl"
@@ -76,9 +77,11 @@ def test_user_task_file(tmp_path):
     f.write_text(USER)
     t = load_task(str(f), size=4)
     assert [e.prompt for e in t.examples] == ["Say 0.", "Say 1.", "Say 2.", "Say 3."]
-    assert t.score("ok</think>3", t.examples[3]) == 1.0 and t.score("ok</think>2", t.examples[3]) == 0.0
+    assert t.score("ok</think>3", t.examples[3]) == 1.0
+    assert t.score("ok</think>2", t.examples[3]) == 0.0
     train, test = t.split(1, seed=0)
-    assert len(train.examples) == 3 and len(test.examples) == 1 and test.examples[0] not in train.examples
+    assert len(train.examples) == 3 and len(test.examples) == 1
+    assert test.examples[0] not in train.examples
 
 
 @pytest.mark.parametrize("source,needle", [
@@ -86,9 +89,12 @@ def test_user_task_file(tmp_path):
     ("import no_such_module_here\n", r"say\.py:1: importing the task raised ModuleNotFoundError"),
     ("def prompts():\n    return []\n", r"must define score\(\)"),
     ("def score(c, r):\n    return 1\n", r"must define prompts\(\)"),
-    ("def prompts():\n    return [42]\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) item 0 must be"),
-    ("def prompts():\n    return []\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) gave no examples"),
-    ("def prompts():\n    raise KeyError('x')\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) raised KeyError"),
+    ("def prompts():\n    return [42]\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) item 0 must be"),
+    ("def prompts():\n    return []\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) gave no examples"),
+    ("def prompts():\n    raise KeyError('x')\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) raised KeyError"),
 ])
 def test_user_task_errors_are_clear(tmp_path, source, needle):
     f = tmp_path / "say.py"
@@ -109,11 +115,13 @@ def test_a_scorer_that_misbehaves_is_named(tmp_path):
             return "yes" if completion == "text" else 1 / 0
     """))
     t = load_task(str(f))
-    with pytest.raises(TaskError, match=r"task say: score\(\) must return a number in \[0, 1\], got 2.0"):
+    with pytest.raises(TaskError,
+                       match=r"task say: score\(\) must return a number in \[0, 1\], got 2.0"):
         t.score("high", t.examples[0])
     with pytest.raises(TaskError, match="got 'yes'"):
         t.score("text", t.examples[0])
-    with pytest.raises(TaskError, match=r"say\.py:8: score\(\) raised ZeroDivisionError: division by zero"):
+    with pytest.raises(TaskError,
+                       match=r"say\.py:8: score\(\) raised ZeroDivisionError: division by zero"):
         t.score("other", t.examples[0])
 
 

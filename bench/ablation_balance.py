@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 
-from nanoseek.data import PackedLoader, gym_documents, prepare_corpus
+from nanoseek.data import PackedLoader, prepare_corpus
 from nanoseek.files import write_jsonl
 from nanoseek.model.model import MoE, Transformer
+from nanoseek.tasks.gym import gym_documents
 from nanoseek.tokenizer import train_tokenizer
 from nanoseek.train.pretrain import TrainConfig, train
 

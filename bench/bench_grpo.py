@@ -29,8 +29,8 @@ import torch
 
 from nanoseek.hardware import cpu_model
 from nanoseek.infer.bundled import default_checkpoint
+from nanoseek.tasks.gym import gym_task
 from nanoseek.tasks.rewards import RewardConfig, reward
-from nanoseek.tasks.task import gym_task
 from nanoseek.tokenizer import render_chat
 from nanoseek.train.grpo import GRPOConfig, train_grpo
 

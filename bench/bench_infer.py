@@ -42,13 +42,14 @@ import torch
 import transformers
 
 from nanoseek.checkpoint import load_model
-from nanoseek.data import gym_documents, prepare_corpus
+from nanoseek.data import prepare_corpus
 from nanoseek.files import write_jsonl
 from nanoseek.hardware import cpu_model
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.prefix_cache import PrefixCache
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.model.model import MoE
+from nanoseek.tasks.gym import gym_documents
 from nanoseek.tokenizer import Tokenizer, render_chat, train_tokenizer
 from nanoseek.train.pretrain import TrainConfig, latest_checkpoint, train
 

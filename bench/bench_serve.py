@@ -428,8 +428,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_infer import EVAL_SEED, GYM_CONFIG, build_checkpoint, cpu_busy, system_prompt
 
-    from nanoseek.data import gym_documents
     from nanoseek.hardware import cpu_model
+    from nanoseek.tasks.gym import gym_documents
     from nanoseek.tokenizer import Tokenizer
 
     if args.checkpoint:

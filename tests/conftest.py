@@ -10,8 +10,9 @@ import torch
 @pytest.fixture(scope="session")
 def tiny_chat_dir(tmp_path_factory) -> Path:
     """A checkpoint directory (model + tokenizer) of `tiny` trained on R1-style arithmetic chats."""
-    from nanoseek.data import gym_documents, prepare_corpus
+    from nanoseek.data import prepare_corpus
     from nanoseek.files import write_jsonl
+    from nanoseek.tasks.gym import gym_documents
     from nanoseek.tokenizer import train_tokenizer
     from nanoseek.train.pretrain import TrainConfig, latest_checkpoint, train
 

@@ -10,9 +10,11 @@ CASES = [  # completion, reference, extracted, correct
     ("<think>2 + 3 = 5, or is it 6?</think>\n\nThe answer is 5.", "5", "5", True),
     ("<think>7</think>It is 1,234 apples.", "1234", "1234", True),
     ("<think>x</think> <answer>\\frac{1}{2}</answer>", "0.5", "\\frac{1}{2}", True),
-    ("<think>x</think> <answer>so \\boxed{42}</answer>", "42", "42", True),  # a box inside the answer tags
+    # a box inside the answer tags
+    ("<think>x</think> <answer>so \\boxed{42}</answer>", "42", "42", True),
     ("reasoning</think>hence \\boxed{3\\sqrt{2}}", "\\sqrt{18}", "3\\sqrt{2}", True),
-    ("</think>\\boxed{\\frac{a}{b^{2}}} and not \\boxed{1}", "a/b^2", "1", False),  # the last box counts
+    # the last box counts
+    ("</think>\\boxed{\\frac{a}{b^{2}}} and not \\boxed{1}", "a/b^2", "1", False),
     ("</think>\\boxed{\\frac{a}{b^{2}}}", "a/b^2", "\\frac{a}{b^{2}}", True),
     ("</think>\\boxed{(1, 2)}", "(1,2)", "(1, 2)", True),
     ("</think><answer>Paris</answer>", "paris", "Paris", True),

@@ -1,4 +1,4 @@
-"""Corpus readers, tokenized token files, the packing loader and the reasoning-gym corpora."""
+"""Corpus readers, tokenized token files and the packing loader."""
 
 import gzip
 import json
@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from nanoseek.data import PackedLoader, chat_tokens, derive_trace, gym_documents, prepare_corpus, read_documents
-from nanoseek.files import DataError, write_jsonl
+from nanoseek.data import PackedLoader, chat_tokens, prepare_corpus, read_documents
+from nanoseek.files import DataError
 from nanoseek.model.model import IGNORE_INDEX
-from nanoseek.tokenizer import EOS, THINK_END, THINK_START, render_chat, render_completion, train_tokenizer
+from nanoseek.tokenizer import EOS, render_chat, render_completion, train_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer([f"the number {i} is {i * 7} and {i}+{i}={2 * i}" for i in range(300)], vocab_size=300)
+    return train_tokenizer([f"the number {i} is {i * 7} and {i}+{i}={2 * i}" for i in range(300)],
+                           vocab_size=300)
 
 
 def texts(pattern, **kw):
@@ -30,7 +31,8 @@ def test_txt_files_and_blocks(tmp_path):
     assert texts(str(tmp_path / "*.txt*"), txt_mode="file") == [
         "first block\nstill first\n\n\nsecond block\n", "zipped one\n\nzipped two"]
     docs = list(read_documents(str(tmp_path / "*.txt*"), txt_mode="blocks"))
-    assert [d.text for d in docs] == ["first block\nstill first", "second block", "zipped one", "zipped two"]
+    assert [d.text for d in docs] == ["first block\nstill first", "second block", "zipped one",
+                                      "zipped two"]
     assert docs[1].source.endswith("a.txt:5")  # the line a block starts at
 
 
@@ -38,10 +40,12 @@ def test_jsonl_and_parquet(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
-    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one", "id": 1}) + "\n\n" + json.dumps({"text": "two"}))
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "one", "id": 1}) + "\n\n"
+                                      + json.dumps({"text": "two"}))
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
         f.write(json.dumps({"body": "x", "text": "three"}) + "\n")
-    pq.write_table(pa.table({"content": ["four", None, "five"]}), tmp_path / "c.parquet", row_group_size=1)
+    pq.write_table(pa.table({"content": ["four", None, "five"]}), tmp_path / "c.parquet",
+                   row_group_size=1)
     assert texts(str(tmp_path / "*.jsonl*")) == ["one", "two", "three"]
     assert texts(str(tmp_path / "*.parquet"), field="content") == ["four", "five"]
 
@@ -53,7 +57,8 @@ def test_jsonl_and_parquet(tmp_path):
     ("num.jsonl", '{"text": 3}\n', "text", r"num.jsonl:1: field 'text' is int"),
     ("latin.txt", b"caf\xe9\n", "text", r"latin.txt:1: not UTF-8"),
     ("notgz.txt.gz", b"plain bytes", "text", r"notgz.txt.gz:1: cannot read"),
-    ("cut.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 100)[:-12], "text", r"cut.jsonl.gz:\d+: cannot read"),
+    ("cut.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 100)[:-12], "text",
+     r"cut.jsonl.gz:\d+: cannot read"),
     ("data.csv", "a,b\n", "text", r"unsupported file type '.csv'"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, name, content, field, message):
@@ -84,17 +89,21 @@ def test_empty_glob_missing_column_unreadable_file(tmp_path):
 def test_prepare_corpus_round_trips_documents(tmp_path, tok):
     docs = [f"document {i}: {i} plus {i} is {2 * i}" for i in range(200)]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    meta = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out", val_fraction=0.1, progress=False)
+    meta = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out", val_fraction=0.1,
+                          progress=False)
     assert meta["train_documents"] + meta["val_documents"] == 200 and meta["val_documents"] > 5
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
     train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
     assert len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
-    # every document comes back whole, once, followed by EOS; the split does not depend on file order
+    # every document comes back whole, once, followed by EOS; the split does not depend on file
+    # order
     back = tok.decode(train.tolist()).split(EOS)[:-1] + tok.decode(val.tolist()).split(EOS)[:-1]
     assert sorted(back) == sorted(docs)
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in reversed(docs)))
-    again = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out2", val_fraction=0.1, progress=False)
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                              for d in reversed(docs)))
+    again = prepare_corpus(str(tmp_path / "c.jsonl"), tok, tmp_path / "out2", val_fraction=0.1,
+                           progress=False)
     assert again["val_tokens"] == meta["val_tokens"]
 
 
@@ -128,11 +137,13 @@ def test_loader_rows_overlap_by_one_and_cover_an_epoch(tmp_path):
 def test_loader_shards_ranks_like_one_process(tmp_path):
     path = make_bin(tmp_path, 64 * 37 + 5)
     one = PackedLoader(path, seq_len=64, batch_size=6, seed=3)
-    ranks = [PackedLoader(path, seq_len=64, batch_size=2, rank=r, world_size=3, seed=3) for r in range(3)]
+    ranks = [PackedLoader(path, seq_len=64, batch_size=2, rank=r, world_size=3, seed=3)
+             for r in range(3)]
     for _ in range(20):  # several epochs
         x, _ = one.next_batch()
         assert torch.equal(x, torch.cat([r.next_batch()[0] for r in ranks]))
-    assert not torch.equal(PackedLoader(path, 64, 6, seed=4).next_batch()[0], PackedLoader(path, 64, 6).next_batch()[0])
+    assert not torch.equal(PackedLoader(path, 64, 6, seed=4).next_batch()[0],
+                           PackedLoader(path, 64, 6).next_batch()[0])
 
 
 def test_loader_resumes_mid_epoch(tmp_path):
@@ -154,36 +165,11 @@ def test_loader_refuses_data_smaller_than_a_batch(tmp_path):
         PackedLoader(make_bin(tmp_path, 100), seq_len=64, batch_size=2)
 
 
-def test_arithmetic_traces_are_correct():
-    trace = derive_trace({"metadata": {"expression": "5 - 3 * 4 + 27 * 13"}})
-    assert trace.splitlines() == ["3 * 4 = 12", "5 - 12 = -7", "27 * 10 + 27 * 3 = 270 + 81 = 351", "-7 + 351 = 344"]
-    gcd = derive_trace({"metadata": {"source_dataset": "gcd", "numbers": [780, 462], "result": 6}})
-    assert gcd.endswith("is 6.") and "780 = 1 * 462 + 318" in gcd
-    assert derive_trace({"metadata": {}}) is None
-
-
-def test_gym_documents_are_chat_documents_with_think_traces(tmp_path):
-    rows = list(gym_documents("basic_arithmetic", size=20, seed=5))
-    assert len(rows) == 20
-    for r in rows:
-        user, assistant = r["messages"]
-        text = r["text"]
-        assert text.count(THINK_START) == 1 and text.count(THINK_END) == 1 and text.endswith(EOS)
-        assert text.index(user["content"]) < text.index(THINK_START) < text.index(THINK_END) < text.rindex(r["answer"])
-        # the trace ends with the answer itself: it is a worked solution, not decoration
-        last = assistant["reasoning_content"].splitlines()[-1]
-        assert float(last.split("= ")[-1]) == pytest.approx(float(r["answer"]))
-    assert [r["text"] for r in gym_documents("basic_arithmetic", size=20, seed=5)] == [r["text"] for r in rows]
-    assert write_jsonl(iter(rows), tmp_path / "g.jsonl") == 20
-    assert texts(str(tmp_path / "g.jsonl")) == [r["text"] for r in rows]
-    with pytest.raises(DataError, match="no_such_task"):
-        list(gym_documents("no_such_task", size=2))
-
-
 def chats(n):
     return [{"messages": [{"role": "system", "content": "Be brief."},
                           {"role": "user", "content": f"What is {i} + {i}?"},
-                          {"role": "assistant", "content": f"{2 * i}", "reasoning_content": f"{i} + {i} = {2 * i}"},
+                          {"role": "assistant", "content": f"{2 * i}",
+                           "reasoning_content": f"{i} + {i} = {2 * i}"},
                           {"role": "user", "content": "And doubled?"},
                           {"role": "assistant", "content": f"{4 * i}"}]} for i in range(n)]
 
@@ -193,7 +179,8 @@ def test_chat_tokens_mask_only_the_assistants_completions(tok):
     ids, mask = chat_tokens(tok, m)
     assert len(ids) == len(mask)
     kept = [t for t, k in zip(ids, mask) if k]
-    # exactly the two completions (the first with its reasoning, the second with an empty think block)
+    # exactly the two completions (the first with its reasoning, the second with an empty think
+    # block)
     assert tok.decode(kept) == render_completion("0 + 0 = 0", "0") + render_completion(None, "0")
     # and each follows its context exactly as the engine renders it (earlier reasoning dropped)
     assert tok.decode(ids) == (render_chat(m[:2]) + render_completion("0 + 0 = 0", "0")
@@ -202,8 +189,8 @@ def test_chat_tokens_mask_only_the_assistants_completions(tok):
 
 def test_chat_corpus_gives_a_loss_only_on_assistant_tokens(tmp_path, tok):
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats(60)))
-    meta = prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", val_fraction=0.1, chat=True,
-                          progress=False)
+    meta = prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", val_fraction=0.1,
+                          chat=True, progress=False)
     assert meta["chat"] and meta["train_documents"] + meta["val_documents"] == 60
     tokens = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
     mask = np.fromfile(tmp_path / "out" / "train.mask", dtype=np.uint8)
@@ -214,7 +201,8 @@ def test_chat_corpus_gives_a_loss_only_on_assistant_tokens(tmp_path, tok):
     for r, (xr, yr) in enumerate(zip(x, y)):
         start = rows[r] * 32
         assert xr.tolist() == tokens[start: start + 32].tolist()
-        want = [t if k else IGNORE_INDEX for t, k in zip(tokens[start + 1: start + 33], mask[start + 1: start + 33])]
+        want = [t if k else IGNORE_INDEX
+                for t, k in zip(tokens[start + 1: start + 33], mask[start + 1: start + 33])]
         assert yr.tolist() == want
     assert (y == IGNORE_INDEX).any() and (y != IGNORE_INDEX).any()
 
@@ -224,25 +212,30 @@ def test_chat_corpus_gives_a_loss_only_on_assistant_tokens(tmp_path, tok):
     ({"messages": "hi"}, "sft.jsonl:1: field 'messages' is str, not a list"),
     ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl:1: messages\[0\] must be"),
     ({"messages": [{"role": "user", "content": "x"}]}, "sft.jsonl:1: no assistant message"),
-    ({"messages": [{"role": "assistant", "content": "x"}]}, "sft.jsonl:1: the conversation starts with the assistant"),
-    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "reasoning_content": 3}]},
+    ({"messages": [{"role": "assistant", "content": "x"}]},
+     "sft.jsonl:1: the conversation starts with the assistant"),
+    ({"messages": [{"role": "user", "content": "x"},
+                   {"role": "assistant", "content": "y", "reasoning_content": 3}]},
      r"sft.jsonl:1: messages\[1\] must be"),
 ])
 def test_bad_chat_data_names_file_and_line(tmp_path, tok, row, message):
     (tmp_path / "sft.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match=message):
-        prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", chat=True, progress=False)
+        prepare_corpus(str(tmp_path / "sft.jsonl"), tok, tmp_path / "out", chat=True,
+                       progress=False)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"prompt": "a"', ":1: malformed JSON (Expecting ',' delimiter at column 15)"),  # just past the "a"
+    # column 15: just past the "a"
+    ('{"prompt": "a"', ":1: malformed JSON (Expecting ',' delimiter at column 15)"),
     ("[1]", ":1: expected a JSON object, got list")])
 def test_every_jsonl_reader_reports_a_bad_line_the_same_way(tmp_path, line, message):
     """Corpora, task files and batch requests all read JSONL through files.jsonl_objects."""
     from nanoseek.infer.batch import read_requests
     from nanoseek.infer.sampling import SamplingParams
-    from nanoseek.tasks.task import TaskError, load_task
+    from nanoseek.tasks.load import load_task
+    from nanoseek.tasks.task import TaskError
 
     f = tmp_path / "in.jsonl"
     f.write_text(line + "\n")

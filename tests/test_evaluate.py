@@ -15,11 +15,12 @@ def completion(text: str, tokens: int = 5, finish: str = "stop") -> Completion:
 
 
 def test_numbers_by_hand():
-    """Two prompts, k = 4. Prompt 1 (answer 12): answers 12, 12.0, 7, none -> 2 correct; majority of 4 is
-    12 (12 and 12.0 vote together). Prompt 2 (answer 5): 3, 3, 5, 4 -> 1 correct; majority of 4 is 3
-    (wrong), of 2 is 3 (wrong), of 1 is 3 (wrong)."""
-    task = Task("t", [Example("a", "12"), Example("b", "5")], math_scorer)
-    texts = ["x\n</think>\n\n12", "y\n</think>\n\n12.0", "z\n</think>\n\n7", "w\n</think>\n\nno idea",
+    """Two prompts, k = 4. Prompt 1 (answer 12): answers 12, 12.0, 7, none -> 2 correct; majority
+    of 4 is 12 (12 and 12.0 vote together). Prompt 2 (answer 5): 3, 3, 5, 4 -> 1 correct; majority
+    of 4 is 3 (wrong), of 2 is 3 (wrong), of 1 is 3 (wrong)."""
+    task = Task("t", [Example("a", "12"), Example("b", "5")], math_scorer, answers="math")
+    texts = ["x\n</think>\n\n12", "y\n</think>\n\n12.0", "z\n</think>\n\n7",
+             "w\n</think>\n\nno idea",
              "\n</think>\n\n3", "\n</think>\n\n3", "\n</think>\n\n5", "\n</think>\n\n4"]
     res = score_samples(task, task.examples, [completion(t) for t in texts], k=4)
     assert res["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
@@ -39,14 +40,16 @@ def test_bad_config():
 
 @pytest.fixture(scope="module")
 def engine(tiny_chat_dir):
-    return Engine.from_checkpoint(str(tiny_chat_dir), max_batch=32, max_seq_len=128, speculative=False)
+    return Engine.from_checkpoint(str(tiny_chat_dir), max_batch=32, max_seq_len=128,
+                                  speculative=False)
 
 
 def sums_task(tmp_path) -> Task:
-    from nanoseek.tasks.task import jsonl_task
+    from nanoseek.tasks.load import jsonl_task
 
     path = tmp_path / "sums.jsonl"
-    rows = [{"prompt": f"Calculate {a} + {b}.", "answer": a + b} for a, b in [(3, 4), (12, 7), (20, 5), (8, 8)]]
+    rows = [{"prompt": f"Calculate {a} + {b}.", "answer": a + b}
+            for a, b in [(3, 4), (12, 7), (20, 5), (8, 8)]]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return jsonl_task(path)
 
@@ -61,10 +64,12 @@ def test_evaluate_writes_every_result(engine, tmp_path):
         assert len(p["completions"]) == 4 and p["correct"] == sum(s == 1.0 for s in p["scores"])
     b2, b16 = res["budgets"]
     assert b2["budget"] == 2 and b2["mean_thinking_tokens"] <= 2 and b2["cut"] == 1.0
-    assert b16["mean_thinking_tokens"] <= 16 and b16["cut"] < 1.0  # the tiny model's sums think in < 16 tokens
+    # the tiny model's sums think in < 16 tokens
+    assert b16["mean_thinking_tokens"] <= 16 and b16["cut"] < 1.0
     files = write_results(res, tmp_path / "out", "tiny on sums")
     names = {f.name for f in files}
-    assert {"eval.json", "eval.md", "samples.jsonl", "accuracy_vs_k.png", "accuracy_vs_budget.png"} <= names
+    assert {"eval.json", "eval.md", "samples.jsonl", "accuracy_vs_k.png",
+            "accuracy_vs_budget.png"} <= names
     summary = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert summary["pass@1"] == res["pass@1"] and "per_prompt" not in summary
     md = (tmp_path / "out" / "eval.md").read_text()
@@ -76,7 +81,8 @@ def test_budget_forcing_closes_the_reasoning(engine, tmp_path):
     """At a budget of 3 tokens every reasoning is cut and closed; the answer is generated after the
     closing tag, so the score reads a real answer, not the cut reasoning."""
     task = sums_task(tmp_path)
-    r = budget_forced(engine, task, task.examples, EvalConfig(budget_samples=2, answer_tokens=8), budget=3)
+    r = budget_forced(engine, task, task.examples, EvalConfig(budget_samples=2, answer_tokens=8),
+                      budget=3)
     assert r["cut"] == 1.0 and r["mean_thinking_tokens"] == 3
     assert 0 <= r["accuracy"] <= 1
 
@@ -86,12 +92,14 @@ def test_cli(tiny_chat_dir, tmp_path, capsys):
 
     sums_task(tmp_path)
     out = tmp_path / "ev"
-    assert main(["eval", str(tiny_chat_dir), "--task", str(tmp_path / "sums.jsonl"), "--k", "2", "--max-tokens",
-                 "24", "--max-seq-len", "96", "--budgets", "4,8", "--out-dir", str(out), "--quiet",
+    sums = str(tmp_path / "sums.jsonl")
+    assert main(["eval", str(tiny_chat_dir), "--task", sums, "--k", "2", "--max-tokens", "24",
+                 "--max-seq-len", "96", "--budgets", "4,8", "--out-dir", str(out), "--quiet",
                  "--no-speculative"]) == 0
     text = capsys.readouterr().out
     assert "| pass@1 (mean over 2 samples) |" in text and (out / "accuracy_vs_budget.png").exists()
-    assert main(["eval", str(tiny_chat_dir), "--task", str(tmp_path / "none.jsonl"), "--quiet"]) == 2
+    assert main(["eval", str(tiny_chat_dir), "--task", str(tmp_path / "none.jsonl"),
+                 "--quiet"]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert main(["eval", str(tiny_chat_dir), "--task", str(tmp_path / "sums.jsonl"), "--budgets", "4,x"]) == 2
+    assert main(["eval", str(tiny_chat_dir), "--task", sums, "--budgets", "4,x"]) == 2
     assert "--budgets" in capsys.readouterr().err

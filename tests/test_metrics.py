@@ -9,8 +9,8 @@ from nanoseek.eval.metrics import majority, pass_at_k
 from nanoseek.tasks.answers import is_correct
 
 
-@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (8, 1, 4), (10, 0, 5), (6, 6, 2),
-                                   (7, 3, 5)])
+@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (8, 1, 4),
+                                   (10, 0, 5), (6, 6, 2), (7, 3, 5)])
 def test_pass_at_k_equals_the_share_of_k_subsets_with_a_correct_sample(n, c, k):
     samples = [True] * c + [False] * (n - c)
     subsets = list(itertools.combinations(range(n), k))
@@ -27,7 +27,8 @@ def test_pass_at_1_is_the_share_correct_and_large_n_is_stable():
 
 
 def test_majority_votes_answers_equal_as_math_together():
-    assert majority(["0.5", "3", "1/2", "\\frac{1}{2}", "3"], is_correct) == "0.5"  # 3 votes for one half
+    # 3 votes for one half
+    assert majority(["0.5", "3", "1/2", "\\frac{1}{2}", "3"], is_correct) == "0.5"
     assert majority(["7", "8", "8", "7"], is_correct) == "7"  # a tie goes to the first seen
     assert majority([None, None, "2"], is_correct) == "2"  # no answer casts no vote
     assert majority([None, None], is_correct) is None

@@ -5,8 +5,8 @@ import json
 from nanoseek.cli import main
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
+from nanoseek.tasks.load import load_task
 from nanoseek.tasks.rewards import format_reward
-from nanoseek.tasks.task import load_task
 from nanoseek.train.rejection import rejection_sample, write_samples
 
 ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}

@@ -52,7 +52,8 @@ def test_language_consistency_counts_letters_in_the_prompts_script():
     assert language_consistency("first add, then carry", "What is 2 + 3?") == 1.0
     assert language_consistency("abcd 数学", "What is 2 + 3?") == pytest.approx(4 / 6)
     assert language_consistency("先加后进位", "二加三是多少") == 1.0
-    assert language_consistency("123 + 4", "What?") == 1.0  # no letters in the reasoning: nothing drifted
+    # no letters in the reasoning: nothing drifted
+    assert language_consistency("123 + 4", "What?") == 1.0
 
 
 @pytest.mark.parametrize("n,expect", [(0, 0.0), (80, 0.0), (90, -0.5), (100, -1.0), (101, -1.0)])
@@ -65,8 +66,10 @@ def test_total_weights_each_part_and_keeps_them_apart():
     r = reward("add\n</think>\n\n5", 1.0, cfg, prompt="What is 2 + 3?", n_tokens=90)
     assert (r.accuracy, r.format, r.language, r.overlong) == (1.0, 1.0, 1.0, -0.5)
     assert r.total == pytest.approx(1.0 + 0.1 + 0.2 - 0.25)
-    bare = reward("5", 0.0, RewardConfig())  # defaults: accuracy + a small format term, nothing else
-    assert bare.to_dict() == {"accuracy": 0.0, "format": 0.0, "language": 0.0, "overlong": 0.0, "total": 0.0}
+    # defaults: accuracy + a small format term, nothing else
+    bare = reward("5", 0.0, RewardConfig())
+    assert bare.to_dict() == {"accuracy": 0.0, "format": 0.0, "language": 0.0, "overlong": 0.0,
+                              "total": 0.0}
 
 
 def test_bad_configs_say_what_is_wrong():

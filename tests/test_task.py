@@ -1,11 +1,17 @@
-"""Tasks from reasoning-gym, benchmark JSONL files and user files; their scorers; clear errors."""
+"""Tasks from reasoning-gym, benchmark JSONL files and user files; their scorers and how their
+answers compare; clear errors; reasoning-gym's chat documents with worked traces."""
 
 import json
 import textwrap
 
 import pytest
 
-from nanoseek.tasks.task import Task, TaskError, final_text, load_task
+from nanoseek.data import read_documents
+from nanoseek.files import DataError, write_jsonl
+from nanoseek.tasks.gym import derive_trace, gym_documents
+from nanoseek.tasks.load import load_task
+from nanoseek.tasks.task import Task, TaskError, final_text
+from nanoseek.tokenizer import EOS, THINK_END, THINK_START
 
 
 def test_gym_task_scores_with_the_datasets_own_scorer():
@@ -45,7 +51,8 @@ def test_jsonl_formats(tmp_path):
     ("[1, 2]", ":2: expected a JSON object, got list"),
     ('{"answer": "1"}', ":2: needs a non-empty 'question'"),
     ('{"problem": "x"}', ":2: needs an 'answer'"),
-    ('{"question": "x", "answer": "no marker"}', ":2: a GSM8K 'answer' must end with '#### <number>'"),
+    ('{"question": "x", "answer": "no marker"}',
+     ":2: a GSM8K 'answer' must end with '#### <number>'"),
 ])
 def test_jsonl_errors_name_file_and_line(tmp_path, line, needle):
     f = tmp_path / "bad.jsonl"
@@ -70,9 +77,11 @@ def test_user_task_file(tmp_path):
     f.write_text(USER)
     t = load_task(str(f), size=4)
     assert [e.prompt for e in t.examples] == ["Say 0.", "Say 1.", "Say 2.", "Say 3."]
-    assert t.score("ok</think>3", t.examples[3]) == 1.0 and t.score("ok</think>2", t.examples[3]) == 0.0
+    assert t.score("ok</think>3", t.examples[3]) == 1.0
+    assert t.score("ok</think>2", t.examples[3]) == 0.0
     train, test = t.split(1, seed=0)
-    assert len(train.examples) == 3 and len(test.examples) == 1 and test.examples[0] not in train.examples
+    assert len(train.examples) == 3 and len(test.examples) == 1
+    assert test.examples[0] not in train.examples
 
 
 @pytest.mark.parametrize("source,needle", [
@@ -80,9 +89,12 @@ def test_user_task_file(tmp_path):
     ("import no_such_module_here\n", r"say\.py:1: importing the task raised ModuleNotFoundError"),
     ("def prompts():\n    return []\n", r"must define score\(\)"),
     ("def score(c, r):\n    return 1\n", r"must define prompts\(\)"),
-    ("def prompts():\n    return [42]\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) item 0 must be"),
-    ("def prompts():\n    return []\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) gave no examples"),
-    ("def prompts():\n    raise KeyError('x')\n\ndef score(c, r):\n    return 1\n", r"prompts\(\) raised KeyError"),
+    ("def prompts():\n    return [42]\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) item 0 must be"),
+    ("def prompts():\n    return []\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) gave no examples"),
+    ("def prompts():\n    raise KeyError('x')\n\ndef score(c, r):\n    return 1\n",
+     r"prompts\(\) raised KeyError"),
 ])
 def test_user_task_errors_are_clear(tmp_path, source, needle):
     f = tmp_path / "say.py"
@@ -103,11 +115,13 @@ def test_a_scorer_that_misbehaves_is_named(tmp_path):
             return "yes" if completion == "text" else 1 / 0
     """))
     t = load_task(str(f))
-    with pytest.raises(TaskError, match=r"task say: score\(\) must return a number in \[0, 1\], got 2.0"):
+    with pytest.raises(TaskError,
+                       match=r"task say: score\(\) must return a number in \[0, 1\], got 2.0"):
         t.score("high", t.examples[0])
     with pytest.raises(TaskError, match="got 'yes'"):
         t.score("text", t.examples[0])
-    with pytest.raises(TaskError, match=r"say\.py:8: score\(\) raised ZeroDivisionError: division by zero"):
+    with pytest.raises(TaskError,
+                       match=r"say\.py:8: score\(\) raised ZeroDivisionError: division by zero"):
         t.score("other", t.examples[0])
 
 
@@ -120,8 +134,53 @@ def test_unknown_specs_and_misplaced_configs():
         load_task("/nonexistent/x.py")
 
 
+def test_a_task_says_how_its_answers_compare(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text(json.dumps({"prompt": "half?", "answer": "0.5"}) + "\n"
+                 + json.dumps({"prompt": "twice 2?", "answer": 4}) + "\n")
+    math, gym = load_task(str(f)), load_task("gym:number_sorting", size=2, seed=0)
+    assert (math.answers, gym.answers) == ("math", "text")
+    # math: the extracted answer, equal as math; text: the final text, equal once stripped
+    assert math.answer("so</think>it is \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert math.same("\\frac{1}{2}", "0.5") and not gym.same("\\frac{1}{2}", "0.5")
+    assert gym.answer("r</think> <answer> 1, 2, 3 </answer>") == "1, 2, 3"
+    assert gym.same(" 1, 2, 3", "1, 2, 3 ") and gym.answer("r</think>  ") is None
+    assert all(t.answers == "math" for t in math.split(1))  # a split keeps the comparison
+    with pytest.raises(TaskError, match="task t: answers must be one of text, math, got 'numbers'"):
+        Task("t", [], final_text, answers="numbers")
+
+
 def test_final_text():
     assert final_text("r</think> <answer> 1, 2, 3 </answer>") == "1, 2, 3"
     assert final_text("r</think>so \\boxed{x+1}") == "x+1"
     assert final_text("r</think>\n  plain words  ") == "plain words"
     assert isinstance(load_task("gym:basic_arithmetic", size=1), Task)
+
+
+def test_arithmetic_traces_are_correct():
+    trace = derive_trace({"metadata": {"expression": "5 - 3 * 4 + 27 * 13"}})
+    assert trace.splitlines() == ["3 * 4 = 12", "5 - 12 = -7", "27 * 10 + 27 * 3 = 270 + 81 = 351",
+                                  "-7 + 351 = 344"]
+    gcd = derive_trace({"metadata": {"source_dataset": "gcd", "numbers": [780, 462], "result": 6}})
+    assert gcd.endswith("is 6.") and "780 = 1 * 462 + 318" in gcd
+    assert derive_trace({"metadata": {}}) is None
+
+
+def test_gym_documents_are_chat_documents_with_think_traces(tmp_path):
+    rows = list(gym_documents("basic_arithmetic", size=20, seed=5))
+    assert len(rows) == 20
+    for r in rows:
+        user, assistant = r["messages"]
+        text = r["text"]
+        assert text.count(THINK_START) == 1 and text.count(THINK_END) == 1 and text.endswith(EOS)
+        assert (text.index(user["content"]) < text.index(THINK_START) < text.index(THINK_END)
+                < text.rindex(r["answer"]))
+        # the trace ends with the answer itself: it is a worked solution, not decoration
+        last = assistant["reasoning_content"].splitlines()[-1]
+        assert float(last.split("= ")[-1]) == pytest.approx(float(r["answer"]))
+    again = gym_documents("basic_arithmetic", size=20, seed=5)
+    assert [r["text"] for r in again] == [r["text"] for r in rows]
+    assert write_jsonl(iter(rows), tmp_path / "g.jsonl") == 20
+    assert [d.text for d in read_documents(str(tmp_path / "g.jsonl"))] == [r["text"] for r in rows]
+    with pytest.raises(DataError, match="no_such_task"):
+        list(gym_documents("no_such_task", size=2))

@@ -1,4 +1,5 @@
-"""Tokenizer: byte-level round trip, DeepSeek control tokens, R1 chat template parity with transformers."""
+"""Tokenizer: byte-level round trip, DeepSeek control tokens, R1 chat template parity with
+transformers."""
 
 import json
 import random
@@ -21,8 +22,9 @@ from nanoseek.tokenizer import (
     train_tokenizer,
 )
 
-WORDS = ("the of and to a in is you that it he was for on are as with his they I at be this have from "
-         "think answer question reason step first then so because 0 1 2 3 42 1000 3.14 x = y + z ; ( ) "
+WORDS = ("the of and to a in is you that it he was for on are as with his they I at be this have "
+         "from think answer question reason step first then so because 0 1 2 3 42 1000 3.14 "
+         "x = y + z ; ( ) "
          "日本語 中文 한국어 émigré naïve Straße привет мир مرحبا שלום 🙂 🚀").split()
 
 
@@ -35,7 +37,8 @@ def make_corpus(n: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-# Hard strings for the round trip (lone surrogates are not encodable as UTF-8, so they are not valid input).
+# Hard strings for the round trip (lone surrogates are not encodable as UTF-8, so they are not valid
+# input).
 HARD = [
     "", " ", "  ", "\n", "\n\n\n", "\t", "\r\n", "\x00", "\x00a\x00", "\x7f\x01\x1b[0m",
     "  leading and trailing  ", "Hello, world!", "don't stop", "a . b , c", "multiple   spaces",
@@ -52,7 +55,8 @@ def random_strings(n: int, seed: int = 1234) -> list[str]:
     rng = random.Random(seed)
     # mostly from a few interesting ranges, sometimes from anywhere in Unicode (surrogates excluded)
     ranges = [(0x00, 0x7F), (0x80, 0x7FF), (0x0300, 0x036F), (0x0590, 0x06FF), (0x3040, 0x30FF),
-              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0xFE00, 0xFFFF), (0, 0x10FFFF)]
+              (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0xFE00, 0xFFFF),
+              (0, 0x10FFFF)]
     out = []
     for _ in range(n):
         chars = []
@@ -152,7 +156,8 @@ def test_control_token_ids(tok):
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2)
     assert (tok.think_start_id, tok.think_end_id) == (5, 6)
     assert CONTROL_TOKENS == [BOS, EOS, PAD, USER, ASSISTANT, THINK_START, THINK_END]
-    assert BOS == "<\uff5cbegin\u2581of\u2581sentence\uff5c>" and PAD == "<\uff5c\u2581pad\u2581\uff5c>"
+    assert BOS == "<\uff5cbegin\u2581of\u2581sentence\uff5c>"
+    assert PAD == "<\uff5c\u2581pad\u2581\uff5c>"
     for i, s in enumerate(CONTROL_TOKENS):
         assert tok.token_to_id(s) == i
         assert tok.encode(s) == [i]
@@ -172,7 +177,8 @@ def test_control_tokens_single_when_glued(tok):
 
 def test_skip_special_tokens_keeps_think_tags(tok):
     body = "q<think>\nreasoning\n</think>\n\nanswer"
-    ids = [tok.bos_id] + tok.encode(USER + "q" + ASSISTANT) + tok.encode(body) + [tok.eos_id, tok.pad_id]
+    ids = ([tok.bos_id] + tok.encode(USER + "q" + ASSISTANT) + tok.encode(body)
+           + [tok.eos_id, tok.pad_id])
     assert tok.decode(ids, skip_special_tokens=True) == "q" + body
     assert tok.decode(ids) == BOS + USER + "q" + ASSISTANT + body + EOS + PAD
 
@@ -186,7 +192,8 @@ def test_render_chat_exact():
         + USER + "  spaces kept in user turns\n" + ASSISTANT + "<think>\n"
     )
     one = [{"role": "user", "content": "Hi"}]
-    assert render_chat(one, thinking=False) == BOS + USER + "Hi" + ASSISTANT + "<think>\n\n</think>\n\n"
+    assert (render_chat(one, thinking=False)
+            == BOS + USER + "Hi" + ASSISTANT + "<think>\n\n</think>\n\n")
     assert render_chat(one, add_generation_prompt=False) == BOS + USER + "Hi"
     assert render_chat(CONVERSATIONS["two_systems"], add_generation_prompt=False) == (
         BOS + "Be brief.\n\nAnswer in French." + USER + "Hi")
@@ -194,9 +201,11 @@ def test_render_chat_exact():
 
 def test_render_completion():
     assert render_completion("r", "A") == "r\n</think>\n\nA" + EOS
-    # prompt + completion reads as one well-formed assistant turn; no reasoning == the thinking=False prompt
+    # prompt + completion reads as one well-formed assistant turn; no reasoning == the
+    # thinking=False prompt
     one = [{"role": "user", "content": "Hi"}]
-    assert render_chat(one) + render_completion(None, "A") == render_chat(one, thinking=False) + "A" + EOS
+    assert (render_chat(one) + render_completion(None, "A")
+            == render_chat(one, thinking=False) + "A" + EOS)
     turn = (render_chat(one) + render_completion("hmm", "A")).split(ASSISTANT)[-1].removesuffix(EOS)
     assert render_chat(one + [{"role": "assistant", "content": turn}],
                        add_generation_prompt=False) == BOS + USER + "Hi" + ASSISTANT + "A" + EOS
@@ -223,14 +232,16 @@ def test_chat_template_matches_transformers(tok, hf, name):
 
 
 def test_transformers_tokenizer_matches(tok, hf):
-    assert hf.bos_token_id == tok.bos_id and hf.eos_token_id == tok.eos_id and hf.pad_token_id == tok.pad_id
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.bos_id, tok.eos_id,
+                                                                   tok.pad_id)
     assert len(hf) == tok.vocab_size
     for s in HARD + random_strings(100, seed=99):
         ids = tok.encode(s)
         assert hf.encode(s) == ids, repr(s)
         assert hf(s)["input_ids"] == ids, repr(s)
         assert hf.decode(ids) == s, repr(s)
-        assert hf.decode(ids, skip_special_tokens=True) == tok.decode(ids, skip_special_tokens=True), repr(s)
+        skipped = tok.decode(ids, skip_special_tokens=True)
+        assert hf.decode(ids, skip_special_tokens=True) == skipped, repr(s)
 
 
 def test_transformers_template_rejects_bad_role(hf):

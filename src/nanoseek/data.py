@@ -1,21 +1,19 @@
-"""Pretraining data: read a corpus, tokenize it once into flat token files, and serve packed rows.
+"""Training data: read a corpus, tokenize it once into flat token files, and serve packed rows.
 
-  corpus files (.txt / .jsonl / .parquet, optionally .gz)  --prepare_corpus-->  train.bin, val.bin, meta.json
+  corpus files (.txt / .jsonl / .parquet, optionally .gz)
+      --prepare_corpus-->  train.bin, val.bin, meta.json (+ train.mask, val.mask for SFT chats)
   train.bin  --PackedLoader-->  (x, y) batches of seq_len tokens, sharded over data-parallel ranks
 
-Documents are concatenated with an EOS after each and cut into fixed rows with no cross-document mask, as
-V3 was trained. Reading is streaming (a corpus larger than memory works); the token files are memory-mapped.
-`gym_documents` renders reasoning-gym tasks as chat documents with worked <think> traces where they can be
-derived: the synthetic reasoning corpus of the toy R1 pipeline.
+Documents are concatenated with an EOS after each and cut into fixed rows with no cross-document
+mask, as V3 was trained. Reading is streaming (a corpus larger than memory works); the token files
+are memory-mapped. The synthetic reasoning corpus (reasoning-gym chats) is tasks/gym.py's.
 """
 
 from __future__ import annotations
 
-import ast
 import glob
 import hashlib
 import json
-import operator
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,11 +34,13 @@ from nanoseek.tokenizer import Tokenizer, render_chat, render_completion
 @dataclass
 class Document:
     text: str
-    source: str  # "file:line" (or "file" / "file:row N"): where an error or a duplicate can be traced to
+    # "file:line" (or "file" / "file:row N"): where an error or a duplicate can be traced to
+    source: str
 
 
 def corpus_files(pattern: str) -> list[Path]:
-    """Files matching a glob (`**` recurses), sorted so every run and every rank sees the same order."""
+    """Files matching a glob (`**` recurses), sorted so every run and every rank sees the same
+    order."""
     files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
     if not files:
         raise DataError(f"no files match {pattern!r}")
@@ -52,12 +52,13 @@ def _suffix(path: Path) -> str:
     return "".join(s[-2:]) if s[-1:] == [".gz"] else "".join(s[-1:])
 
 
-def read_documents(pattern: str, *, field: str = "text", txt_mode: str = "file") -> Iterator[Document]:
+def read_documents(pattern: str, *, field: str = "text",
+                   txt_mode: str = "file") -> Iterator[Document]:
     """Stream documents from every file matching `pattern`.
 
     .txt: the whole file is one document (txt_mode="file") or each blank-line-separated block is
-    (txt_mode="blocks"); .jsonl: the string field `field` of every line; .parquet: the column `field`.
-    Any of them may be gzip-compressed (.txt.gz, .jsonl.gz)."""
+    (txt_mode="blocks"); .jsonl: the string field `field` of every line; .parquet: the column
+    `field`. Any of them may be gzip-compressed (.txt.gz, .jsonl.gz)."""
     if txt_mode not in ("file", "blocks"):
         raise DataError(f"txt_mode must be 'file' or 'blocks', got {txt_mode!r}")
     files = corpus_files(pattern)
@@ -88,7 +89,8 @@ def _read_txt(path: Path, mode: str) -> Iterator[Document]:
             start = n
         block.append(line)
     if block and "".join(block).strip():
-        yield Document("".join(block).strip("\n") if mode == "blocks" else "".join(block), f"{path}:{start}")
+        text = "".join(block)
+        yield Document(text.strip("\n") if mode == "blocks" else text, f"{path}:{start}")
 
 
 def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
@@ -96,12 +98,15 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
 
 
 def _read_jsonl_rows(path: Path, field: str, kind: type) -> Iterator[Document]:
-    """The `field` of every line (a `kind`: a str, or the messages list of a chat) with its file:line."""
+    """The `field` of every line (a `kind`: a str, or the messages list of a chat) with its
+    file:line."""
     for where, row in jsonl_objects(path):
         if field not in row:
-            raise DataError(f"{where}: no field {field!r} (has: {', '.join(row)}); choose it with --field")
+            raise DataError(f"{where}: no field {field!r} (has: {', '.join(row)}); "
+                            "choose it with --field")
         if not isinstance(row[field], kind):
-            raise DataError(f"{where}: field {field!r} is {type(row[field]).__name__}, not a {kind.__name__}")
+            raise DataError(f"{where}: field {field!r} is {type(row[field]).__name__}, "
+                            f"not a {kind.__name__}")
         yield Document(row[field], where)
 
 
@@ -109,7 +114,8 @@ def _read_parquet(path: Path, column: str) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'nanoseek[parquet]'") from None
+        raise DataError(f"{path}: reading .parquet needs pyarrow: "
+                        "pip install 'nanoseek[parquet]'") from None
     try:
         pf = pq.ParquetFile(path)
     except OSError as e:
@@ -118,41 +124,48 @@ def _read_parquet(path: Path, column: str) -> Iterator[Document]:
         raise DataError(f"{path}: no column {column!r} (has: {', '.join(pf.schema_arrow.names)}); "
                         "choose it with --field")
     row = 0
-    for batch in pf.iter_batches(columns=[column], batch_size=1024):  # streaming, one row group at a time
+    # streaming, one row group at a time
+    for batch in pf.iter_batches(columns=[column], batch_size=1024):
         for text in batch.column(0).to_pylist():
             row += 1
             if text is None:
                 continue
             if not isinstance(text, str):
-                raise DataError(f"{path}: row {row}: column {column!r} is {type(text).__name__}, not a string")
+                raise DataError(f"{path}: row {row}: column {column!r} is "
+                                f"{type(text).__name__}, not a string")
             yield Document(text, f"{path}:row {row}")
 
 
 def read_chats(pattern: str) -> Iterator[Document]:
-    """SFT conversations from .jsonl(.gz) files: a `messages` list of {role, content} with an optional
-    `reasoning_content` on assistant turns. Each Document's text is the messages as JSON."""
+    """SFT conversations from .jsonl(.gz) files: a `messages` list of {role, content} with an
+    optional `reasoning_content` on assistant turns. Each Document's text is the messages as
+    JSON."""
     for path in corpus_files(pattern):
         if _suffix(path).removesuffix(".gz") != ".jsonl":
-            raise DataError(f"{path}: chat data must be .jsonl (one {{\"messages\": [...]}} per line)")
+            raise DataError(f"{path}: chat data must be .jsonl "
+                            "(one {\"messages\": [...]} per line)")
         for doc in _read_jsonl_rows(path, "messages", list):
             for i, m in enumerate(doc.text):
                 ok = (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
                       and isinstance(m.get("content"), str)
                       and isinstance(m.get("reasoning_content") or "", str))
                 if not ok:
-                    raise DataError(f"{doc.source}: messages[{i}] must be {{role: system|user|assistant, content: "
-                                    f"str, reasoning_content?: str}}, got {m!r:.80}")
+                    raise DataError(f"{doc.source}: messages[{i}] must be {{role: "
+                                    "system|user|assistant, content: str, "
+                                    f"reasoning_content?: str}}, got {m!r:.80}")
             if not any(m["role"] == "assistant" for m in doc.text):
                 raise DataError(f"{doc.source}: no assistant message to learn from")
             if doc.text[0]["role"] == "assistant":
-                raise DataError(f"{doc.source}: the conversation starts with the assistant; nothing prompts it")
+                raise DataError(f"{doc.source}: the conversation starts with the assistant; "
+                                "nothing prompts it")
             yield Document(json.dumps(doc.text, ensure_ascii=False), doc.source)
 
 
 def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(ids, mask) of a conversation for SFT: one sequence per assistant turn, each its context rendered
-    with the generation prompt exactly as the engine will see it (mask 0) followed by the turn's
-    completion — reasoning, </think>, answer, EOS — (mask 1, the only tokens with a loss)."""
+    """(ids, mask) of a conversation for SFT: one sequence per assistant turn, each its context
+    rendered with the generation prompt exactly as the engine will see it (mask 0) followed by the
+    turn's completion — reasoning, </think>, answer, EOS — (mask 1, the only tokens with a
+    loss)."""
     ids: list[int] = []
     mask: list[int] = []
     for i, m in enumerate(messages):
@@ -176,13 +189,14 @@ def _is_val(text: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(h, "little") / 2**64 < fraction
 
 
-def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, val_fraction: float = 0.01,
-                   seed: int = 0, field: str = "text", txt_mode: str = "file", chat: bool = False,
-                   progress: bool = True, batch_docs: int = 512) -> dict[str, Any]:
-    """Tokenize a corpus into `out_dir`/{train.bin, val.bin, meta.json}; returns the meta. Each document
-    gets an EOS after it. With chat=True the corpus is SFT conversations (read_chats) and train.mask /
-    val.mask (one byte per token) mark the tokens that carry a loss (chat_tokens). Written atomically: a
-    failed or killed run leaves no half-written directory."""
+def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
+                   val_fraction: float = 0.01, seed: int = 0, field: str = "text",
+                   txt_mode: str = "file", chat: bool = False, progress: bool = True,
+                   batch_docs: int = 512) -> dict[str, Any]:
+    """Tokenize a corpus into `out_dir`/{train.bin, val.bin, meta.json}; returns the meta. Each
+    document gets an EOS after it. With chat=True the corpus is SFT conversations (read_chats) and
+    train.mask / val.mask (one byte per token) mark the tokens that carry a loss (chat_tokens).
+    Written atomically: a failed or killed run leaves no half-written directory."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
@@ -193,7 +207,8 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, v
 
     with atomic_directory(out_dir) as tmp, ExitStack() as files:
         out = {split: files.enter_context(open(tmp / f"{split}.bin", "wb")) for split in counts}
-        masks = {split: files.enter_context(open(tmp / f"{split}.mask", "wb")) for split in counts} if chat else {}
+        masks = ({split: files.enter_context(open(tmp / f"{split}.mask", "wb")) for split in counts}
+                 if chat else {})
         bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
 
         def flush(batch: list[str]) -> None:
@@ -223,10 +238,13 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *, v
         bar.close()
         for split, (n_docs, _) in counts.items():
             if n_docs == 0:
-                raise DataError(f"{pattern!r}: the {split} split is empty ({counts['train'][0] + counts['val'][0]} "
-                                f"documents, val_fraction {val_fraction}); add documents or change val_fraction")
-        meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name, "eos_id": tokenizer.eos_id,
-                "source": pattern, "field": "messages" if chat else field, "txt_mode": txt_mode, "chat": chat,
+                total = counts["train"][0] + counts["val"][0]
+                raise DataError(f"{pattern!r}: the {split} split is empty ({total} documents, "
+                                f"val_fraction {val_fraction}); add documents or change "
+                                "val_fraction")
+        meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
+                "eos_id": tokenizer.eos_id, "source": pattern,
+                "field": "messages" if chat else field, "txt_mode": txt_mode, "chat": chat,
                 "val_fraction": val_fraction, "seed": seed,
                 "train_documents": counts["train"][0], "train_tokens": counts["train"][1],
                 "val_documents": counts["val"][0], "val_tokens": counts["val"][1]}
@@ -247,32 +265,35 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
 
 
 class PackedLoader:
-    """Rows of seq_len + 1 tokens (x = row[:-1], y = row[1:]) cut from a token file; consecutive rows
-    overlap by one token so no target is lost. Every epoch visits the rows in a fresh order drawn from
-    (seed, epoch), the same on every rank; the global batch at step i is rows [i*B*W, (i+1)*B*W) of that
-    order and rank r takes its slice [r*B, (r+1)*B). So W ranks with batch B see exactly what one process
-    with batch B*W sees, and the whole position is two integers, which is what state_dict() saves."""
+    """Rows of seq_len + 1 tokens (x = row[:-1], y = row[1:]) cut from a token file; consecutive
+    rows overlap by one token so no target is lost. Every epoch visits the rows in a fresh order
+    drawn from (seed, epoch), the same on every rank; the global batch at step i is rows
+    [i*B*W, (i+1)*B*W) of that order and rank r takes its slice [r*B, (r+1)*B). So W ranks with
+    batch B see exactly what one process with batch B*W sees, and the whole position is two
+    integers, which is what state_dict() saves."""
 
-    def __init__(self, bin_path: str | Path, seq_len: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0):
+    def __init__(self, bin_path: str | Path, seq_len: int, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
         bin_path = Path(bin_path)
         meta = read_meta(bin_path.parent)
         self.tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
-        mask = bin_path.with_suffix(".mask")  # SFT data: targets outside the assistant's turns carry no loss
+        # SFT data: targets outside the assistant's turns carry no loss
+        mask = bin_path.with_suffix(".mask")
         self.mask = np.memmap(mask, dtype=np.uint8, mode="r") if mask.exists() else None
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.n_rows = (len(self.tokens) - 1) // seq_len
         per_step = batch_size * world_size
         if self.n_rows < per_step:
-            raise DataError(f"{bin_path}: {len(self.tokens):,} tokens make {self.n_rows} rows of {seq_len + 1}, fewer "
-                            f"than one global batch ({batch_size} x {world_size} ranks); use more data, or a "
-                            "smaller batch or seq_len")
+            raise DataError(f"{bin_path}: {len(self.tokens):,} tokens make {self.n_rows} rows of "
+                            f"{seq_len + 1}, fewer than one global batch ({batch_size} x "
+                            f"{world_size} ranks); use more data, or a smaller batch or seq_len")
         self.epoch, self.pos = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> torch.Tensor:
-        return torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return torch.randperm(self.n_rows, generator=generator)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -280,7 +301,8 @@ class PackedLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         per_step = self.batch_size * self.world_size
-        if self.pos + per_step > self.n_rows:  # the tail that does not fill a global batch is skipped
+        # the tail that does not fill a global batch is skipped
+        if self.pos + per_step > self.n_rows:
             self.epoch, self.pos = self.epoch + 1, 0
             self._order = self._permutation()
         mine = self._order[self.pos + self.rank * self.batch_size:][: self.batch_size].tolist()
@@ -290,7 +312,8 @@ class PackedLoader:
         rows = torch.from_numpy(rows)
         x, y = rows[:, :-1], rows[:, 1:].clone()
         if self.mask is not None:
-            keep = torch.from_numpy(np.stack([self.mask[i * T + 1: i * T + T + 1] for i in mine]).astype(bool))
+            keep = np.stack([self.mask[i * T + 1: i * T + T + 1] for i in mine]).astype(bool)
+            keep = torch.from_numpy(keep)
             y[~keep] = IGNORE_INDEX
         return x, y
 
@@ -302,102 +325,11 @@ class PackedLoader:
         mine = self.state_dict()
         for key in ("seed", "seq_len", "n_rows", "global_batch"):
             if state[key] != mine[key]:
-                raise DataError(f"loader state does not fit this data: {key} was {state[key]}, is now {mine[key]}")
+                raise DataError(f"loader state does not fit this data: {key} was {state[key]}, "
+                                f"is now {mine[key]}")
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._order = self._permutation()
 
 
-# ---------------------------------------------------------------------------------------------
-# synthetic reasoning corpora from reasoning-gym
-
-
-_BINOPS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub), ast.Mult: ("*", operator.mul),
-           ast.Div: ("/", operator.truediv)}
-
-
-def _arith_steps(expression: str) -> list[str] | None:
-    """Evaluate an arithmetic expression one operation at a time, innermost first: the scratchpad a
-    student writes. Multiplications of multi-digit numbers get their partial products."""
-    try:
-        tree = ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval").body
-    except SyntaxError:
-        return None
-    steps: list[str] = []
-
-    def fmt(v: float) -> str:
-        return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            v = ev(node.operand)
-            if not isinstance(node.operand, ast.Constant):  # negating a result is a step of its own
-                steps.append(f"-({fmt(v)}) = {fmt(-v)}")
-            return -v
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            a, b = ev(node.left), ev(node.right)
-            sym, fn = _BINOPS[type(node.op)]
-            if sym == "/" and b == 0:
-                raise ZeroDivisionError
-            r = fn(a, b)
-            if sym == "*" and abs(b) >= 10 and float(a).is_integer() and float(b).is_integer():
-                digits = str(abs(int(b)))
-                parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits) if d != "0"]
-                sign = -1 if b < 0 else 1
-                steps.append(" + ".join(f"{fmt(a)} * {fmt(sign * p)}" for p in parts)
-                             + " = " + " + ".join(fmt(a * sign * p) for p in parts) + f" = {fmt(r)}")
-            else:
-                steps.append(f"{fmt(a)} {sym} {fmt(b)} = {fmt(r)}")
-            return r
-        raise ValueError(node)
-
-    try:
-        ev(tree)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return steps
-
-
-def derive_trace(entry: dict[str, Any]) -> str | None:
-    """A worked reasoning trace for a reasoning-gym entry, where its metadata makes one derivable."""
-    meta = entry.get("metadata", {})
-    if "expression" in meta:
-        steps = _arith_steps(meta["expression"])
-        if steps:
-            if "target" in meta:  # countdown: show that the expression reaches the target
-                steps.append(f"That makes {meta['target']}, using each number at most once.")
-            return "\n".join(steps)
-    if "numbers" in meta and "result" in meta and meta.get("source_dataset") == "gcd":
-        a, b = meta["numbers"][:2]
-        lines = []
-        while b:
-            lines.append(f"{a} = {a // b} * {b} + {a % b}")
-            a, b = b, a % b
-        return "\n".join(lines + [f"The last non-zero remainder is {a}."])
-    if "sorted_numbers" in meta:
-        return f"In {meta['direction']} order: {', '.join(meta['sorted_numbers'])}."
-    return None
-
-
-def gym_documents(name: str, size: int, seed: int = 0, config: dict[str, Any] | None = None) -> Iterator[dict]:
-    """`size` entries of a reasoning-gym dataset as chat documents: {"messages": [user, assistant with
-    reasoning_content], "text": the rendered conversation (a pretraining document), "answer", "task"}."""
-    try:
-        import reasoning_gym
-    except ImportError:
-        raise DataError("reasoning-gym is not installed: pip install reasoning-gym") from None
-    try:
-        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **(config or {}))
-    except (KeyError, ValueError, TypeError, AssertionError) as e:
-        raise DataError(f"reasoning-gym dataset {name!r} (config {config or {}}): {e}") from None
-    for entry in dataset:
-        trace = derive_trace(entry)
-        user = {"role": "user", "content": entry["question"]}
-        assistant = {"role": "assistant", "content": str(entry["answer"]), "reasoning_content": trace or ""}
-        text = render_chat([user]) + render_completion(trace, assistant["content"])
-        yield {"messages": [user, assistant], "text": text, "answer": str(entry["answer"]), "task": name}
-
-
-__all__ = ["DataError", "Document", "PackedLoader", "corpus_files", "derive_trace", "gym_documents",
-           "prepare_corpus", "read_documents", "read_meta"]
+__all__ = ["Document", "PackedLoader", "chat_tokens", "corpus_files", "prepare_corpus",
+           "read_chats", "read_documents", "read_meta"]

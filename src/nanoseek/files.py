@@ -1,11 +1,12 @@
 """Files that survive a crash, and where nanoseek keeps them.
 
-One policy for every write that must not be lost or seen half-done: write a temporary sibling, fsync it,
-rename it over the target (atomic on POSIX), fsync the parent directory so the rename itself is durable.
-A crash at any moment (even SIGKILL) leaves the old version or the new one, never a part. Every atomic
-write in nanoseek goes through here.
+One policy for every write that must not be lost or seen half-done: write a temporary sibling,
+fsync it, rename it over the target (atomic on POSIX), fsync the parent directory so the rename
+itself is durable. A crash at any moment (even SIGKILL) leaves the old version or the new one, never
+a part. Every atomic write in nanoseek goes through here.
 
-JSONL is read here too, so a bad line reads the same wherever it is: its file and line, then what is wrong.
+JSONL is read here too, so a bad line reads the same wherever it is: its file and line, then what is
+wrong.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class DataError(UserError):
 
 
 def cache_dir() -> Path:
-    """What nanoseek can rebuild (the CPU's measured peak, the untrained fallback model): $NANOSEEK_CACHE,
-    else ~/.cache/nanoseek."""
+    """What nanoseek can rebuild (the CPU's measured peak, the untrained fallback model):
+    $NANOSEEK_CACHE, else ~/.cache/nanoseek."""
     return Path(os.environ.get("NANOSEEK_CACHE") or Path.home() / ".cache" / "nanoseek")
 
 
@@ -57,9 +58,9 @@ def fsync_path(path: Path) -> None:
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path of `path` to write (by any means: open(), safetensors, savefig);
-    on success it is fsynced and renamed over `path`; on an exception it is removed. Temporary names end
-    in `.tmp`, so a reader can sweep up what a killed writer left."""
+    """Yield a temporary sibling path of `path` to write (by any means: open(), safetensors,
+    savefig); on success it is fsynced and renamed over `path`; on an exception it is removed.
+    Temporary names end in `.tmp`, so a reader can sweep up what a killed writer left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -86,8 +87,8 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 @contextmanager
 def atomic_directory(directory: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `directory` to fill; on success it replaces `directory` in one rename,
-    so a crash at any moment leaves the previous version intact and loadable."""
+    """Yield a temporary sibling of `directory` to fill; on success it replaces `directory` in one
+    rename, so a crash at any moment leaves the previous version intact and loadable."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -113,9 +114,10 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a plain or gzipped UTF-8 text file, with unreadable files, bad gzip and bad
-    UTF-8 reported at their file and line. Lines are decoded one by one (a text stream decodes ahead in
-    chunks, so it would blame an earlier line), and end in "\\n" whatever the file's line endings."""
+    """(line number, line) of a plain or gzipped UTF-8 text file, with unreadable files, bad gzip
+    and bad UTF-8 reported at their file and line. Lines are decoded one by one (a text stream
+    decodes ahead in chunks, so it would blame an earlier line), and end in "\\n" whatever the
+    file's line endings."""
     n = 0
     try:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
@@ -128,20 +130,22 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, text[:-2] + "\n" if text.endswith("\r\n") else text
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{n}: not UTF-8 text ({e.reason})") from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz is an EOFError
+    # gzip.BadGzipFile is an OSError; a truncated .gz is an EOFError
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}:{n + 1}: cannot read: {e}") from None
 
 
 def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """("FILE:LINE", the object) for every non-blank line of a .jsonl (or .jsonl.gz) file. Every reader of
-    JSONL (corpora, chats, task files, batch requests) goes through here."""
+    """("FILE:LINE", the object) for every non-blank line of a .jsonl (or .jsonl.gz) file. Every
+    reader of JSONL (corpora, chats, task files, batch requests) goes through here."""
     path = Path(path)
     for n, line in numbered_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{n}"
         try:
-            row = json.loads(line.rstrip("\r\n"))  # (else an error at the end reads "column 1" of a next line)
+            # stripped, else an error at the end reads "column 1" of a next line
+            row = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):

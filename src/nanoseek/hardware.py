@@ -1,8 +1,10 @@
-"""What the hardware can do: the dense peak FLOP/s that model FLOPs utilisation (MFU) is measured against.
+"""What the hardware can do: the dense peak FLOP/s that model FLOPs utilisation (MFU) is measured
+against.
 
-GPUs have datasheet peaks; a CPU has none that PyTorch can reach, so its peak is measured once per machine
-by a matmul probe and cached. Peaks are dense (no 2:4 sparsity) tensor-core figures: the datasheets'
-headline numbers are often the sparse ones, twice as large, which would halve every MFU.
+GPUs have datasheet peaks; a CPU has none that PyTorch can reach, so its peak is measured once per
+machine by a matmul probe and cached. Peaks are dense (no 2:4 sparsity) tensor-core figures: the
+datasheets' headline numbers are often the sparse ones, twice as large, which would halve every
+MFU.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from nanoseek.files import atomic_write, cache_dir
 if TYPE_CHECKING:  # torch is imported where it is used: `nanoseek cost` and `info` start without it
     import torch
 
-# Dense peak FLOP/s per dtype, from NVIDIA's datasheets (H100/H800/H200, A100/A800, L4, L40, L40S, A10,
-# B200 / HGX B200 (8-GPU figures / 8), T4, V100) and architecture whitepapers (Ada for the RTX 4090, Ampere
-# GA102 for the RTX 3090). bf16/fp16/fp8/tf32 are tensor-core rates with fp32 accumulation, the mode PyTorch
-# uses (GeForce cards run at half their fp16-accumulate rate there); fp32 is the plain CUDA-core rate.
-# A bare name is the SXM part, what torch.cuda.get_device_name() calls e.g. "NVIDIA H100 80GB HBM3".
-_HOPPER_SXM = {"bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12, "tf32": 494.7e12, "fp32": 66.9e12}
-_HOPPER_PCIE = {"bf16": 756.0e12, "fp16": 756.0e12, "fp8": 1513.0e12, "tf32": 378.0e12, "fp32": 51.2e12}
+# Dense peak FLOP/s per dtype, from NVIDIA's datasheets (H100/H800/H200, A100/A800, L4, L40, L40S,
+# A10, B200 / HGX B200 (8-GPU figures / 8), T4, V100) and architecture whitepapers (Ada for the RTX
+# 4090, Ampere GA102 for the RTX 3090). bf16/fp16/fp8/tf32 are tensor-core rates with fp32
+# accumulation, the mode PyTorch uses (GeForce cards run at half their fp16-accumulate rate there);
+# fp32 is the plain CUDA-core rate. A bare name is the SXM part, what torch.cuda.get_device_name()
+# calls e.g. "NVIDIA H100 80GB HBM3".
+_HOPPER_SXM = {"bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12, "tf32": 494.7e12,
+               "fp32": 66.9e12}
+_HOPPER_PCIE = {"bf16": 756.0e12, "fp16": 756.0e12, "fp8": 1513.0e12, "tf32": 378.0e12,
+                "fp32": 51.2e12}
 _HOPPER_NVL = {"bf16": 835.5e12, "fp16": 835.5e12, "fp8": 1670.5e12}
 _AMPERE_DC = {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}
 PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -39,18 +44,23 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "L4": {"bf16": 121e12, "fp16": 121e12, "fp8": 242.5e12, "tf32": 60e12, "fp32": 30.3e12},
     "L40": {"bf16": 181e12, "fp16": 181e12, "fp8": 362e12, "tf32": 90.5e12, "fp32": 90.5e12},
     "L40S": {"bf16": 362e12, "fp16": 362e12, "fp8": 733e12, "tf32": 183e12, "fp32": 91.6e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},  # not the A10G: no figure
-    "RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "fp8": 330.3e12, "tf32": 82.6e12, "fp32": 82.6e12},
+    # not the A10G: no figure on file for it
+    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    "RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "fp8": 330.3e12, "tf32": 82.6e12,
+                 "fp32": 82.6e12},
     "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12},
     "V100": {"fp16": 125e12, "fp32": 15.7e12},  # SXM2; no bf16 tensor cores
     "T4": {"fp16": 65e12, "fp32": 8.1e12},  # no bf16 tensor cores
 }
-_VARIANTS = ("PCIE", "NVL", "LAPTOP")  # words that change the part's clocks or SM count, hence its peak
+# words that change the part's clocks or SM count, hence its peak
+_VARIANTS = ("PCIE", "NVL", "LAPTOP")
 
 
 def gpu_name(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3', 'h800', 'NVIDIA A100-SXM4-80GB', 'NVIDIA GeForce RTX 4090' -> a PEAK_FLOPS key."""
-    words = [w for w in re.sub(r"[-_/,()]", " ", name.upper()).split() if w not in ("NVIDIA", "TESLA", "GEFORCE")]
+    """'NVIDIA H100 80GB HBM3', 'h800', 'NVIDIA A100-SXM4-80GB', 'NVIDIA GeForce RTX 4090' -> a
+    PEAK_FLOPS key."""
+    words = [w for w in re.sub(r"[-_/,()]", " ", name.upper()).split()
+             if w not in ("NVIDIA", "TESLA", "GEFORCE")]
     if words and words[0] == "RTX" and len(words) > 1:
         words[:2] = [f"RTX {words[1]}"]
     variant = next((v for v in _VARIANTS if any(w.startswith(v) for w in words[1:])), "")
@@ -58,7 +68,8 @@ def gpu_name(name: str) -> str:
     for key in PEAK_FLOPS:
         if key.upper() == want:
             return key
-    raise ValueError(f"unknown GPU {name!r}: no peak FLOP/s on file for it; known: {', '.join(PEAK_FLOPS)}")
+    raise ValueError(f"unknown GPU {name!r}: no peak FLOP/s on file for it; "
+                     f"known: {', '.join(PEAK_FLOPS)}")
 
 
 def peak_flops(gpu: str, dtype: str = "bf16") -> float:
@@ -85,8 +96,9 @@ def cpu_model() -> str:
 
 
 def _matmul_probe(dtype: torch.dtype, budget_s: float = 1.0) -> float:
-    """Best FLOP/s of square matmuls at the current thread count: the CPU's practical peak (vendor peaks
-    assume AVX-512 FMA on every core at boost clock, which PyTorch never sees, so MFU would read low)."""
+    """Best FLOP/s of square matmuls at the current thread count: the CPU's practical peak (vendor
+    peaks assume AVX-512 FMA on every core at boost clock, which PyTorch never sees, so MFU would
+    read low)."""
     import torch
 
     n = 2048  # big enough to reach the kernel's peak, small enough for ~50 ms a rep on two cores
@@ -103,9 +115,10 @@ def _matmul_probe(dtype: torch.dtype, budget_s: float = 1.0) -> float:
 
 
 def cpu_peak_flops(dtype: str = "fp32", refresh: bool = False) -> float:
-    """Measured matmul FLOP/s of this CPU, cached in $NANOSEEK_CACHE (or ~/.cache/nanoseek)/cpu_peak_flops.json
-    under CPU model, thread count and torch version, so every run on a machine shares one denominator.
-    refresh=True measures again and keeps the higher figure (a probe taken on a busy machine reads low)."""
+    """Measured matmul FLOP/s of this CPU, cached in
+    $NANOSEEK_CACHE (or ~/.cache/nanoseek)/cpu_peak_flops.json under CPU model, thread count and
+    torch version, so every run on a machine shares one denominator. refresh=True measures again and
+    keeps the higher figure (a probe taken on a busy machine reads low)."""
     if dtype not in _CPU_DTYPES:
         raise ValueError(f"no CPU peak for {dtype!r}; the probe measures: {', '.join(_CPU_DTYPES)}")
     path = cache_dir() / "cpu_peak_flops.json"
@@ -114,8 +127,9 @@ def cpu_peak_flops(dtype: str = "fp32", refresh: bool = False) -> float:
     key = f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
     try:
         cache = json.loads(path.read_text())
-        if isinstance(cache, dict) and isinstance(cache.get(key), int | float) and cache[key] > 0 and not refresh:
-            return float(cache[key])
+        cached = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(cached, int | float) and cached > 0 and not refresh:
+            return float(cached)
     except (OSError, ValueError):
         cache = {}  # absent or corrupt: measure again and rewrite
     if not isinstance(cache, dict):
@@ -145,5 +159,6 @@ def device_peak_flops(device: torch.device | str, dtype: str = "bf16") -> float:
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
-    """Model FLOPs utilisation: the model's FLOP/s (from its formula, not the kernels') over the peak."""
+    """Model FLOPs utilisation: the model's FLOP/s (from its formula, not the kernels') over the
+    peak."""
     return tokens_per_s * flops_per_token / peak

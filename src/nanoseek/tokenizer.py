@@ -14,7 +14,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
-# Special tokens exactly as DeepSeek writes them: the bars are U+FF5C, the underscore-like mark U+2581.
+# Special tokens exactly as DeepSeek writes them: the bars are U+FF5C, the underscore-like mark
+# U+2581.
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 PAD = "<｜▁pad▁｜>"
@@ -22,19 +23,21 @@ USER = "<｜User｜>"
 ASSISTANT = "<｜Assistant｜>"
 THINK_START = "<think>"
 THINK_END = "</think>"
-# Fixed ids 0..6 in this order. <think>/</think> are added but NOT special (as in DeepSeek's tokenizer):
-# they are part of the model's visible output, so decode(skip_special_tokens=True) must keep them.
+# Fixed ids 0..6 in this order. <think>/</think> are added but NOT special (as in DeepSeek's
+# tokenizer): they are part of the model's visible output, so decode(skip_special_tokens=True) must
+# keep them.
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
 CONTROL_TOKENS = SPECIAL_TOKENS + [THINK_START, THINK_END]
 ROLES = ("system", "user", "assistant")
 
 # The R1 chat template. It and render_chat below must stay in lockstep (tests compare them through
-# transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template does;
-# earlier assistant turns keep only the answer after their last </think>; the generation prompt opens
-# the reasoning block, or with thinking=False an empty, already-closed one.
+# transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template
+# does; earlier assistant turns keep only the answer after their last </think>; the generation
+# prompt opens the reasoning block, or with thinking=False an empty, already-closed one.
 CHAT_TEMPLATE = r"""{%- for m in messages -%}
   {%- if m['role'] not in ['system', 'user', 'assistant'] or m['content'] is not string -%}
-    {{- raise_exception('message ' ~ loop.index0 ~ ': need role system/user/assistant and str content') -}}
+    {{- raise_exception('message ' ~ loop.index0
+                        ~ ': need role system/user/assistant and str content') -}}
   {%- endif -%}
 {%- endfor -%}
 {{- '<｜begin▁of▁sentence｜>' -}}
@@ -62,16 +65,19 @@ def _check_messages(messages: list[dict]) -> None:
             raise ValueError(f"message {i}: content must be a str, got {m.get('content')!r}")
 
 
-def render_chat(messages: list[dict], add_generation_prompt: bool = True, thinking: bool = True) -> str:
-    """Python twin of CHAT_TEMPLATE: same string as transformers' apply_chat_template(tokenize=False)."""
+def render_chat(messages: list[dict], add_generation_prompt: bool = True,
+                thinking: bool = True) -> str:
+    """Python twin of CHAT_TEMPLATE: same string as transformers'
+    apply_chat_template(tokenize=False)."""
     _check_messages(messages)
     out = [BOS, "\n\n".join(m["content"] for m in messages if m["role"] == "system")]
     for m in messages:
         if m["role"] == "user":
             out.append(USER + m["content"])
         elif m["role"] == "assistant":
-            # Reasoning of earlier turns is dropped (and any reasoning_content key ignored): R1 is trained
-            # to see only final answers in its context, which also keeps multi-turn prompts short.
+            # Reasoning of earlier turns is dropped (and any reasoning_content key ignored): R1 is
+            # trained to see only final answers in its context, which also keeps multi-turn prompts
+            # short.
             out.append(ASSISTANT + m["content"].split(THINK_END)[-1].lstrip() + EOS)
     if add_generation_prompt:
         out.append(ASSISTANT + THINK_START + "\n" + ("" if thinking else "\n" + THINK_END + "\n\n"))
@@ -102,7 +108,8 @@ class Tokenizer:
         return self.tok.token_to_id(s)
 
     def encode(self, text: str) -> list[int]:
-        # No BOS here: render_chat writes it, and plain-text pretraining docs get it from the data loader.
+        # No BOS here: render_chat writes it, and plain-text pretraining docs get it from the data
+        # loader.
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -116,7 +123,8 @@ class Tokenizer:
         return self.encode(render_chat(messages, add_generation_prompt, thinking))
 
     def save(self, path: str | Path, model_max_length: int = 16384) -> None:
-        """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) in the HF layout."""
+        """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) in the HF
+        layout."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(path / "tokenizer.json"))
@@ -126,8 +134,8 @@ class Tokenizer:
             "eos_token": EOS,
             "pad_token": PAD,
             "unk_token": None,
-            # BOS comes from the chat template. transformers 5 passes add_special_tokens=False when it
-            # tokenizes a rendered chat anyway, but add_bos_token=True would make tok(text) and
+            # BOS comes from the chat template. transformers 5 passes add_special_tokens=False when
+            # it tokenizes a rendered chat anyway, but add_bos_token=True would make tok(text) and
             # tok.encode(text) disagree with our encode(), so it is off, as is EOS.
             "add_bos_token": False,
             "add_eos_token": False,
@@ -155,27 +163,30 @@ class Tokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
                     show_progress: bool = False) -> Tokenizer:
-    """Train a byte-level BPE on an iterator of strings; any Unicode string round-trips through it."""
+    """Train a byte-level BPE on an iterator of strings; any Unicode string round-trips through
+    it."""
     if vocab_size <= 256 + len(CONTROL_TOKENS):
         raise ValueError(f"vocab_size must exceed 256 bytes + {len(CONTROL_TOKENS)} control tokens "
                          f"= {256 + len(CONTROL_TOKENS)}, got {vocab_size}")
     tok = tokenizers.Tokenizer(models.BPE())
-    # GPT-2 style split (words, numbers, punctuation, whitespace) then bytes -> printable unicode chars.
-    # DeepSeek uses a finer regex (e.g. digits in groups of 3); this is the simple standard choice.
+    # GPT-2 style split (words, numbers, punctuation, whitespace) then bytes -> printable unicode
+    # chars. DeepSeek uses a finer regex (e.g. digits in groups of 3); this is the simple standard
+    # choice.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         show_progress=show_progress,
-        # all 256 bytes are in the vocab even if the corpus never shows them: nothing is ever unknown
+        # all 256 bytes are in the vocab even if the corpus never shows them: nothing is ever
+        # unknown
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         # listed first, so they get ids 0..6 in order
         special_tokens=[AddedToken(s, normalized=False) for s in CONTROL_TOKENS],
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    # The trainer registers all of its special_tokens as special; un-flag the think tags so decode keeps
-    # them. There is no API to change the flag in place, so edit the serialized form.
+    # The trainer registers all of its special_tokens as special; un-flag the think tags so decode
+    # keeps them. There is no API to change the flag in place, so edit the serialized form.
     state = json.loads(tok.to_str())
     for t in state["added_tokens"]:
         t["special"] = t["content"] in SPECIAL_TOKENS

@@ -1,9 +1,12 @@
-"""R1's evaluation numbers from k sampled answers per prompt (GUIDE §3's convention).
+"""R1's evaluation numbers from k sampled answers per prompt.
 
-- pass@1: the share of correct samples, averaged over prompts (R1 samples k at temperature 0.6, top-p 0.95
-  rather than decoding greedily, which repeats itself on reasoning models);
-- cons@k: the majority answer of the k samples is correct (answers that are equal as math vote together);
-- pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021), for n samples, c correct.
+R1's convention: sample k answers per prompt at temperature 0.6, top-p 0.95, rather than decode
+greedily (greedy decoding repeats itself on reasoning models), and report
+- pass@1: the share of correct samples among the k, averaged over prompts;
+- cons@k: whether the majority answer of the k samples is correct (answers that are equal as math
+  vote together);
+- pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021), for n samples,
+  c correct.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> str | None:
-    """The answer most samples agree on (`same` decides agreement, e.g. equal as math); ties go to the
-    answer seen first; None when no sample gave an answer."""
+    """The answer most samples agree on (`same` decides agreement, e.g. equal as math); ties go to
+    the answer seen first; None when no sample gave an answer."""
     groups: list[list[str]] = []
     for a in answers:
         if a is None:

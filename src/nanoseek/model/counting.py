@@ -1,4 +1,5 @@
-"""How big a model is, what a token costs, and what its KV cache holds: arithmetic on a ModelConfig.
+"""How big a model is, what a token costs, and what its KV cache holds: arithmetic on a
+ModelConfig.
 
 Nothing here builds a model, so the 671B DeepSeek-V3 shape is counted as fast as the tiny one. The
 parameter counts follow the Hugging Face `DeepseekV3ForCausalLM` layout module by module, and must
@@ -8,11 +9,13 @@ Per decoder layer (d = hidden_size, H = num_attention_heads):
   attention  q_a_proj d->q_lora_rank (+bias if attention_bias), q_a_layernorm,
              q_b_proj q_lora_rank->H*qk_head_dim
              (or one q_proj d->H*qk_head_dim, never biased, when q_lora_rank is null);
-             kv_a_proj_with_mqa d->kv_lora_rank+qk_rope_head_dim (+bias), kv_a_layernorm (kv_lora_rank),
+             kv_a_proj_with_mqa d->kv_lora_rank+qk_rope_head_dim (+bias),
+             kv_a_layernorm (kv_lora_rank),
              kv_b_proj kv_lora_rank->H*(qk_nope_head_dim+v_head_dim), o_proj H*v_head_dim->d (+bias)
-  FFN        dense SwiGLU (gate/up/down, intermediate_size) for layers < first_k_dense_replace, else MoE:
-             router weight (n_routed_experts x d), n_routed_experts SwiGLU experts of moe_intermediate_size,
-             shared experts as one SwiGLU of moe_intermediate_size * n_shared_experts
+  FFN        dense SwiGLU (gate/up/down, intermediate_size) for layers < first_k_dense_replace,
+             else MoE: router weight (n_routed_experts x d), n_routed_experts SwiGLU experts of
+             moe_intermediate_size, shared experts as one SwiGLU of
+             moe_intermediate_size * n_shared_experts
   norms      input_layernorm + post_attention_layernorm (d each)
 Plus the embedding, the final norm and lm_head (absent when tie_word_embeddings).
 """
@@ -42,10 +45,12 @@ def _attention(cfg: ModelConfig) -> _Attention:
         q_other = 0
     else:
         q_mat = d * cfg.q_lora_rank + cfg.q_lora_rank * h * cfg.qk_head_dim
-        q_other = cfg.q_lora_rank + (cfg.q_lora_rank if bias else 0)  # q_a_layernorm (+ q_a_proj bias)
+        # q_a_layernorm (+ q_a_proj bias)
+        q_other = cfg.q_lora_rank + (cfg.q_lora_rank if bias else 0)
     kv_out = cfg.kv_lora_rank + cfg.qk_rope_head_dim
     kv_mat = d * kv_out + cfg.kv_lora_rank * h * (cfg.qk_nope_head_dim + cfg.v_head_dim)
-    kv_other = cfg.kv_lora_rank + (kv_out if bias else 0)  # kv_a_layernorm (+ kv_a_proj_with_mqa bias)
+    # kv_a_layernorm (+ kv_a_proj_with_mqa bias)
+    kv_other = cfg.kv_lora_rank + (kv_out if bias else 0)
     o_mat = h * cfg.v_head_dim * d
     o_other = d if bias else 0
     matmul = q_mat + kv_mat + o_mat
@@ -68,18 +73,19 @@ class _Layer:
 
     @property
     def total(self) -> int:
-        return (self.attention + self.dense_ffn + self.routed_experts + self.shared_experts + self.router
-                + self.norms)
+        return (self.attention + self.dense_ffn + self.routed_experts + self.shared_experts
+                + self.router + self.norms)
 
     @property
     def active(self) -> int:
-        return (self.attention + self.dense_ffn + self.routed_active + self.shared_experts + self.router
-                + self.norms)
+        return (self.attention + self.dense_ffn + self.routed_active + self.shared_experts
+                + self.router + self.norms)
 
     @property
     def active_matmul(self) -> int:
         # the router is a matmul over every expert's row, so all of it counts
-        return self.attention_matmul + self.dense_ffn + self.routed_active + self.shared_experts + self.router
+        return (self.attention_matmul + self.dense_ffn + self.routed_active + self.shared_experts
+                + self.router)
 
 
 def _layer(cfg: ModelConfig, layer_id: int) -> _Layer:
@@ -92,10 +98,11 @@ def _layer(cfg: ModelConfig, layer_id: int) -> _Layer:
                       routed_experts=cfg.n_routed_experts * expert,
                       routed_active=cfg.num_experts_per_tok * expert,
                       shared_experts=_swiglu(d, cfg.moe_intermediate_size * cfg.n_shared_experts),
-                      router=cfg.n_routed_experts * d, router_buffer=cfg.n_routed_experts, norms=norms)
+                      router=cfg.n_routed_experts * d, router_buffer=cfg.n_routed_experts,
+                      norms=norms)
     return _Layer(attention=att.params, attention_matmul=att.matmul,
-                  dense_ffn=_swiglu(d, cfg.intermediate_size),
-                  routed_experts=0, routed_active=0, shared_experts=0, router=0, router_buffer=0, norms=norms)
+                  dense_ffn=_swiglu(d, cfg.intermediate_size), routed_experts=0, routed_active=0,
+                  shared_experts=0, router=0, router_buffer=0, norms=norms)
 
 
 @dataclass(frozen=True)
@@ -103,16 +110,18 @@ class ParamCount:
     """Parameter counts of a DeepSeek-V3 model (exact integers).
 
     total          the main model (what `DeepseekV3ForCausalLM` holds), MTP excluded
-    active         parameters a token touches: embedding + lm_head + attention + dense FFN + shared experts
-                   + num_experts_per_tok routed experts + router + norms
-    mtp            the MTP modules (enorm, hnorm, eh_proj 2d->d, shared_head.norm, one decoder layer body
-                   each); they share the main embedding and head, which are not counted again. (The released
-                   V3 checkpoint stores its own copy of both in layer 61: 11.6B + 1.9B is DeepSeek's "14B".)
+    active         parameters a token touches: embedding + lm_head + attention + dense FFN + shared
+                   experts + num_experts_per_tok routed experts + router + norms
+    mtp            the MTP modules (enorm, hnorm, eh_proj 2d->d, shared_head.norm, one decoder layer
+                   body each); they share the main embedding and head, which are not counted again.
+                   (The released V3 checkpoint stores its own copy of both in layer 61: 11.6B + 1.9B
+                   is DeepSeek's "14B".)
     embedding      embed_tokens (vocab x d)
-    breakdown      total split into attention, dense_ffn, routed_experts, shared_experts, router, norms,
-                   embedding, lm_head (0 when tied); the values sum to total
-    active_matmul  the active parameters that enter a matmul: active minus the embedding lookup, norms and
-                   biases, plus the head's d x vocab when it is tied (the matmul still happens) — the N of 6N
+    breakdown      total split into attention, dense_ffn, routed_experts, shared_experts, router,
+                   norms, embedding, lm_head (0 when tied); the values sum to total
+    active_matmul  the active parameters that enter a matmul: active minus the embedding lookup,
+                   norms and biases, plus the head's d x vocab when it is tied (the matmul still
+                   happens) — the N of 6N
     buffers        e_score_correction_bias elements of the main model: state, not parameters
     """
 
@@ -130,7 +139,8 @@ class ParamCount:
 
     @property
     def active_non_embedding(self) -> int:
-        """active without the embedding lookup: the convention of DeepSeek's "37B" / V2-Lite's "2.4B"."""
+        """active without the embedding lookup: the convention of DeepSeek's "37B" / V2-Lite's
+        "2.4B"."""
         return self.active - self.embedding
 
 
@@ -155,7 +165,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     mtp = 0
     for k in range(cfg.num_nextn_predict_layers):
         body = _layer(cfg, cfg.num_hidden_layers + k)
-        mtp += 3 * d + 2 * d * d + body.total  # enorm, hnorm, shared_head.norm; eh_proj; the layer body
+        # enorm, hnorm, shared_head.norm; eh_proj; the layer body
+        mtp += 3 * d + 2 * d * d + body.total
     return ParamCount(total=total, active=active, mtp=mtp, embedding=embedding, breakdown=breakdown,
                       active_matmul=active_matmul, buffers=sum(x.router_buffer for x in layers))
 
@@ -171,23 +182,27 @@ def _flops(cfg: ModelConfig, seq_len: int, passes: int, include_mtp: bool) -> in
             n += 2 * cfg.hidden_size**2 + _layer(cfg, cfg.num_hidden_layers + k).active_matmul
             n += cfg.vocab_size * cfg.hidden_size
         n_layers += cfg.num_nextn_predict_layers
-    # scores q.k (qk_head_dim) and the weighted sum of v (v_head_dim), 2 FLOPs per multiply-add, over
-    # seq_len / 2 keys on average under the causal mask: 2 * (dqk + dv) * seq_len / 2 per head per layer
+    # scores q.k (qk_head_dim) and the weighted sum of v (v_head_dim), 2 FLOPs per multiply-add,
+    # over seq_len / 2 keys on average under the causal mask: 2 * (dqk + dv) * seq_len / 2 per head
+    # per layer
     attn = n_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim) * seq_len
     return passes * (2 * n + attn)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, include_mtp: bool = False) -> int:
-    """Training FLOPs per token (forward + backward), the Kaplan/Chinchilla convention extended to MoE:
+    """Training FLOPs per token (forward + backward), the Kaplan/Chinchilla convention extended to
+    MoE:
 
-        6 * N_active_matmul + 3 * 2 * num_hidden_layers * heads * (qk_head_dim + v_head_dim) * seq_len / 2
+        6 * N_active_matmul
+          + 3 * 2 * num_hidden_layers * heads * (qk_head_dim + v_head_dim) * seq_len / 2
 
-    N_active_matmul counts the weights a token multiplies by (attention projections, dense FFN, shared and
-    num_experts_per_tok routed experts, router, lm_head; not the embedding lookup, norms or biases): 2 FLOPs
-    per weight forward, 4 backward. The attention term is the part of the score and value matmuls that
-    grows with context: a query sees on average half the sequence under the causal mask. Softmax, norms,
-    RoPE and the MLA absorption rewrite (decode only) are ignored. With include_mtp, the MTP modules'
-    forward/backward (eh_proj, their layer body, the shared head) are added, as when training with MTP.
+    N_active_matmul counts the weights a token multiplies by (attention projections, dense FFN,
+    shared and num_experts_per_tok routed experts, router, lm_head; not the embedding lookup, norms
+    or biases): 2 FLOPs per weight forward, 4 backward. The attention term is the part of the score
+    and value matmuls that grows with context: a query sees on average half the sequence under the
+    causal mask. Softmax, norms, RoPE and the MLA absorption rewrite (decode only) are ignored. With
+    include_mtp, the MTP modules' forward/backward (eh_proj, their layer body, the shared head) are
+    added, as when training with MTP.
     """
     return _flops(cfg, seq_len, passes=3, include_mtp=include_mtp)
 
@@ -201,7 +216,8 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, *, include_mtp: bool
 class KVCacheSize:
     """Bytes of KV cache per token (all main layers; MTP layers are not counted).
 
-    mla_latent  what nanoseek's absorbed cache stores: c_kv (kv_lora_rank) and k_pe (qk_rope_head_dim)
+    mla_latent  what nanoseek's absorbed cache stores: c_kv (kv_lora_rank) and k_pe
+                (qk_rope_head_dim)
     naive       per-head K (qk_head_dim) and V (v_head_dim) materialised from the latent
     mha         plain multi-head attention of the same width: K and V of v_head_dim per head
     gqa         grouped-query attention with gqa_groups KV heads of v_head_dim
@@ -227,13 +243,15 @@ class KVCacheSize:
         return self.gqa / self.mla_latent
 
 
-def kv_cache_bytes_per_token(cfg: ModelConfig, dtype_bytes: int = 2, gqa_groups: int = 8) -> KVCacheSize:
+def kv_cache_bytes_per_token(cfg: ModelConfig, dtype_bytes: int = 2,
+                             gqa_groups: int = 8) -> KVCacheSize:
     """KV cache bytes per token under four layouts; gqa_groups is capped at the head count.
 
-    Note: transformers 5's DeepseekV3Attention also caches the compressed latent (kv_a_layernorm(c_kv) and
-    the roped k_pe, as two one-head tensors) and re-expands it through kv_b_proj at every step, so its
-    DynamicCache holds `mla_latent` bytes; `naive` is what a cache of expanded per-head K/V would hold
-    (transformers 4.x and the reference "naive" attention of the official V3 code did this).
+    Note: transformers 5's DeepseekV3Attention also caches the compressed latent
+    (kv_a_layernorm(c_kv) and the roped k_pe, as two one-head tensors) and re-expands it through
+    kv_b_proj at every step, so its DynamicCache holds `mla_latent` bytes; `naive` is what a cache
+    of expanded per-head K/V would hold (transformers 4.x and the reference "naive" attention of the
+    official V3 code did this).
     """
     if dtype_bytes < 1:
         raise ValueError(f"dtype_bytes must be >= 1 (got {dtype_bytes})")
@@ -251,5 +269,5 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype_bytes: int = 2, gqa_groups:
     )
 
 
-__all__ = ["KVCacheSize", "ParamCount", "count_params", "flops_per_token", "forward_flops_per_token",
-           "kv_cache_bytes_per_token"]
+__all__ = ["KVCacheSize", "ParamCount", "count_params", "flops_per_token",
+           "forward_flops_per_token", "kv_cache_bytes_per_token"]

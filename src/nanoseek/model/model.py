@@ -1,11 +1,12 @@
 """DeepSeek-V3 in one file: Multi-head Latent Attention, DeepSeekMoE, Multi-Token Prediction.
 
 Names follow the paper and the Hugging Face checkpoint (c_kv, k_pe, e_score_correction_bias,
-kv_a_proj_with_mqa, ...), so a reader can hold this file, the V3 report and a checkpoint side by side.
-Numerics follow transformers' DeepseekV3ForCausalLM, which the tests check to ~1e-7 in fp32.
+kv_a_proj_with_mqa, ...), so a reader can hold this file, the V3 report and a checkpoint side by
+side. Numerics follow transformers' DeepseekV3ForCausalLM, which the tests check to ~1e-7 in fp32.
 
 Conventions: `labels` are next-token targets aligned with `input_ids` (labels[:, i] is the token
-after input_ids[:, i]; -100 is ignored), as in nanoGPT: a packed row r gives input r[:-1], labels r[1:].
+after input_ids[:, i]; -100 is ignored), as in nanoGPT: a packed row r gives input r[:-1], labels
+r[1:].
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
     original = rs["original_max_position_embeddings"]
     beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
 
-    def correction_dim(n_rot: float) -> float:  # the dim whose wavelength fits n_rot times in `original`
+    def correction_dim(n_rot: float) -> float:
+        """The dim whose wavelength fits n_rot times in `original`."""
         return dim * math.log(original / (n_rot * 2 * math.pi)) / (2 * math.log(base))
 
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
@@ -91,18 +93,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleave: bool) -> Tensor:
 
 
 class KVCache:
-    """Preallocated absorbed-MLA cache: per layer, row and position the normed latent c_kv and the rotated
-    k_pe side by side (kv_lora_rank + qk_rope_head_dim numbers: 576 for V3, against 2*128*128 for MHA of
-    the same width). Side by side because the absorbed attention reads them as one key. Layer ids
-    num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b sharing the storage, so an
-    engine can run a forward on some of its slots."""
+    """Preallocated absorbed-MLA cache: per layer, row and position the normed latent c_kv and the
+    rotated k_pe side by side (kv_lora_rank + qk_rope_head_dim numbers: 576 for V3, against
+    2*128*128 for MHA of the same width). Side by side because the absorbed attention reads them as
+    one key. Layer ids num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b
+    sharing the storage, so an engine can run a forward on some of its slots."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, n_layers: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers if n_layers is None else n_layers
+        if n_layers is None:
+            n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
         self.max_len, self.rank = max_len, cfg.kv_lora_rank
-        self.kv = torch.zeros(n_layers, batch_size, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
-                              dtype=dtype, device=device)
+        self.kv = torch.zeros(n_layers, batch_size, max_len,
+                              cfg.kv_lora_rank + cfg.qk_rope_head_dim, dtype=dtype, device=device)
 
     @property
     def c_kv(self) -> Tensor:
@@ -118,8 +121,8 @@ class KVCache:
         return view
 
     def update(self, layer_id: int, positions: Tensor, kv: Tensor, kv_len: int) -> Tensor:
-        """Write the new entries kv (b, s, rank + rope) at their positions (b, s); return the first kv_len
-        entries of each row (b, kv_len, rank + rope)."""
+        """Write the new entries kv (b, s, rank + rope) at their positions (b, s); return the first
+        kv_len entries of each row (b, kv_len, rank + rope)."""
         cache = self.kv[layer_id, : positions.shape[0]]
         cache.scatter_(1, positions[..., None].expand(-1, -1, kv.shape[-1]), kv.to(cache.dtype))
         return cache[:, :kv_len]
@@ -155,7 +158,10 @@ class MLA(nn.Module):
                 absorb: bool = False) -> Tensor:
         """x (b, s, d); cos/sin (b, s, rope/2); mask (b, s, kv) bool or None for plain causal."""
         b, s, _ = x.shape
-        q = self.q_proj(x) if self.cfg.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        if self.cfg.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(b, s, self.n_heads, self.nope + self.rope)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
         q_pe = apply_rope(q_pe, cos[:, :, None], sin[:, :, None], self.cfg.rope_interleave)
@@ -167,32 +173,41 @@ class MLA(nn.Module):
             c_kv, k_pe = kv.split([self.rank, self.rope], dim=-1)
         elif absorb:
             kv = torch.cat([c_kv, k_pe], dim=-1)
-        o = self._absorbed(q_nope, q_pe, kv, mask) if absorb else self._naive(q_nope, q_pe, c_kv, k_pe, mask)
+        if absorb:
+            o = self._absorbed(q_nope, q_pe, kv, mask)
+        else:
+            o = self._naive(q_nope, q_pe, c_kv, k_pe, mask)
         return self.o_proj(o.flatten(2))
 
-    def _naive(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
+    def _naive(self, q_nope: Tensor, q_pe: Tensor, c_kv: Tensor, k_pe: Tensor,
+               mask: Tensor | None) -> Tensor:
         """Materialise per-head keys and values from the latent (training and prefill)."""
         b, t, _ = c_kv.shape
         kv = self.kv_b_proj(c_kv).view(b, t, self.n_heads, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
-        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1).transpose(1, 2)
-        # SDPA's flash kernels need v as wide as q and k, else it falls back to its slower math path:
-        # pad v with zeros and drop those output columns (as transformers' flash-attention path does)
+        k_pe_heads = k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)  # one rope key, every head
+        k = torch.cat([k_nope, k_pe_heads], dim=-1).transpose(1, 2)
+        # SDPA's flash kernels need v as wide as q and k, else it falls back to its slower math
+        # path: pad v with zeros and drop those output columns (as transformers' flash-attention
+        # path does)
         v = F.pad(v, (0, max(0, q.shape[-1] - self.v_dim))).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
+        o = F.scaled_dot_product_attention(q, k, v,
+                                           attn_mask=None if mask is None else mask[:, None],
                                            is_causal=mask is None, scale=self.softmax_scale)
         return o.transpose(1, 2)[..., : self.v_dim]  # (b, s, h, v_dim)
 
     def _absorbed(self, q_nope: Tensor, q_pe: Tensor, kv: Tensor, mask: Tensor | None) -> Tensor:
-        """Fold kv_b_proj's key half into the query and its value half after attention, so that attention
-        runs on the cached latent directly. It is then multi-query attention with one key [c_kv; k_pe]
-        (rank + rope wide) shared by all heads, whose value is the same tensor (the first rank outputs are
-        kept). A shared key lets the heads be stacked as extra queries: one (s * h) x t attention per row."""
+        """Fold kv_b_proj's key half into the query and its value half after attention, so that
+        attention runs on the cached latent directly. It is then multi-query attention with one key
+        [c_kv; k_pe] (rank + rope wide) shared by all heads, whose value is the same tensor (the
+        first rank outputs are kept). A shared key lets the heads be stacked as extra queries: one
+        (s * h) x t attention per row."""
         b, s, h, _ = q_nope.shape
         t = kv.shape[1]
         w = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, self.rank)
-        # einsum runs these as one (h)-batched matmul over all b * s tokens; matmul would copy w per row
+        # einsum runs these as one (h)-batched matmul over all b * s tokens; matmul would copy w per
+        # row
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w[:, : self.nope])
         q = torch.cat([q_lat, q_pe], dim=-1).view(b, s * h, -1)
         # bmm, not SDPA: it reads the cache rows in place, where SDPA copies a strided cache view
@@ -229,10 +244,12 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
         # b in the V3 report: steers selection only, never the gate weights; updated by
         # update_correction_bias() after each optimizer step, not by gradients
-        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+        self.register_buffer("e_score_correction_bias",
+                             torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (T, d) -> gate weights (T, K), expert ids (T, K), scores s (T, E), all routing in fp32."""
+        """x (T, d) -> gate weights (T, K), expert ids (T, K), scores s (T, E), all routing in
+        fp32."""
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())
         scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
@@ -261,14 +278,16 @@ class Experts(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, d, I = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
-        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, d))  # [gate_proj; up_proj] of each expert
+        # [gate_proj; up_proj] of each expert
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, d))
         self.down_proj = nn.Parameter(torch.empty(E, d, I))
 
     def forward(self, x: Tensor, weights: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
         T, K = idx.shape
         order = idx.flatten().argsort(stable=True)  # (T*K,) assignments grouped by expert
         token = order // K
-        xs = x.index_select(0, token)  # not x[token]: its backward (index_put_) is 6x slower on CPU
+        # not x[token]: its backward (index_put_) is much slower on CPU (bench/bench_train.py)
+        xs = x.index_select(0, token)
         offs = counts.cumsum(0).to(torch.int32)
         gate, up = grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
         ys = grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs)
@@ -278,7 +297,8 @@ class Experts(nn.Module):
     def gathered(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         """The same result for a few tokens with static shapes, for a compiled decode step: each
         (token, expert) pair gathers its expert's weights and runs as one batched matrix-vector
-        product. It copies T*K experts' weights, so it pays only when that is fewer than all of them."""
+        product. It copies T*K experts' weights, so it pays only when that is fewer than all of
+        them."""
         T, K = idx.shape
         xs = x.repeat_interleave(K, dim=0)[:, :, None]  # (T*K, d, 1)
         gate, up = torch.bmm(self.gate_up_proj[idx.flatten()], xs).squeeze(-1).chunk(2, dim=-1)
@@ -288,7 +308,8 @@ class Experts(nn.Module):
 
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """Rows of x sorted by group; group g (rows offs[g-1]:offs[g]) times w[g] (in, out).
-    torch's grouped GEMM where it exists (bf16 on any device, fp32 on CPU), else one matmul per expert."""
+    torch's grouped GEMM where it exists (bf16 on any device, fp32 on CPU), else one matmul per
+    expert."""
     if hasattr(F, "grouped_mm") and x.dtype == torch.bfloat16:
         return F.grouped_mm(x, w, offs=offs)
     if hasattr(F, "grouped_mm") and x.device.type == "cpu":
@@ -310,8 +331,8 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.gate = Gate(cfg)
         self.experts = Experts(cfg)
-        self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts) \
-            if cfg.n_shared_experts > 0 else None
+        shared = cfg.moe_intermediate_size * cfg.n_shared_experts
+        self.shared_experts = MLP(cfg.hidden_size, shared) if cfg.n_shared_experts > 0 else None
         # tokens routed to each expert since the last bias update (summed over micro-batches)
         self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
         self.last_load: Tensor | None = None  # load of the latest forward, for logging
@@ -322,7 +343,8 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)
         weights, idx, scores = self.gate(flat)
         E = self.cfg.n_routed_experts
-        if torch.compiler.is_compiling() and idx.numel() <= E:  # a compiled decode step (infer.engine)
+        # a compiled decode step (infer.engine)
+        if torch.compiler.is_compiling() and idx.numel() <= E:
             counts = torch.zeros(E, dtype=torch.long, device=x.device).index_add_(
                 0, idx.flatten(), torch.ones_like(idx.flatten()))
             y = self.experts.gathered(flat, weights, idx)
@@ -336,7 +358,8 @@ class MoE(nn.Module):
         if self.training:
             self.expert_load += counts.to(self.expert_load.dtype)
             if self.cfg.aux_loss_alpha > 0:
-                self.balance_loss = self.sequence_balance_loss(scores.view(b, s, -1), idx.view(b, s, -1))
+                self.balance_loss = self.sequence_balance_loss(scores.view(b, s, -1),
+                                                               idx.view(b, s, -1))
         return y.view(b, s, d)
 
     def sequence_balance_loss(self, scores: Tensor, idx: Tensor) -> Tensor:
@@ -355,12 +378,12 @@ class MoE(nn.Module):
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """logits = h @ w.T and their mean cross-entropy against labels (IGNORE_INDEX skipped), a block of
-    rows at a time, so that each block's logits are still in cache when their softmax and the gradients
-    of h and w are taken. The loss is a scalar: those gradients are final up to the incoming scale, so
-    they are computed here, and no (tokens, vocab) softmax or gradient is ever written out (1.25x faster
-    than cross_entropy(lm_head(h)) for cpu-small on 2 cores). The logits come back too, still
-    differentiable, for callers that look at them."""
+    """logits = h @ w.T and their mean cross-entropy against labels (IGNORE_INDEX skipped), a block
+    of rows at a time, so that each block's logits are still in cache when their softmax and the
+    gradients of h and w are taken. The loss is a scalar: those gradients are final up to the
+    incoming scale, so they are computed here, and no (tokens, vocab) softmax or gradient is ever
+    written out (faster than cross_entropy(lm_head(h)) on CPU: bench/bench_train.py measures the
+    step). The logits come back too, still differentiable, for callers that look at them."""
 
     @staticmethod
     def forward(ctx, h: Tensor, w: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -368,7 +391,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         n = valid.sum()
         target, scale = labels.where(valid, 0)[:, None], (valid / n.clamp_min(1))[:, None]
         logits = h.new_empty(h.shape[0], w.shape[0])
-        need_h, need_w = ctx.needs_input_grad[:2]  # both False under no_grad (validation): skip the work
+        # both False under no_grad (validation): skip the work
+        need_h, need_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros_like(w, dtype=torch.float32) if need_w else None
         loss = h.new_zeros((), dtype=torch.float32)
@@ -376,7 +400,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         for i in range(0, h.shape[0], rows):
             r = slice(i, i + rows)
             z = torch.mm(h[r], w.t(), out=logits[r]).float()
-            # softmax by hand: keeps the max and the sum for the loss; 3x faster on CPU than logsumexp + exp
+            # softmax by hand: keeps the max and the sum for the loss; on CPU much faster than
+            # logsumexp + exp
             m = z.amax(dim=-1, keepdim=True)
             e = (z - m).exp_()
             total = e.sum(dim=-1, keepdim=True)
@@ -409,10 +434,14 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(h: Tensor, w: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean cross-entropy, logits) of h (..., d) through the head w (vocab, d) against labels (...)."""
-    if torch.compiler.is_compiling():  # inductor fuses the plain form well, and compiles the loop badly
+    """(mean cross-entropy, logits) of h (..., d) through the head w (vocab, d) against labels
+    (...)."""
+    # inductor fuses the plain form well, and compiles the loop badly
+    if torch.compiler.is_compiling():
         logits = F.linear(h, w)
-        return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX), logits
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(),
+                               ignore_index=IGNORE_INDEX)
+        return loss, logits
     loss, logits = LinearCrossEntropy.apply(h.flatten(0, -2), w, labels.flatten())
     return loss, logits.view(*h.shape[:-1], w.shape[0])
 
@@ -425,7 +454,8 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.self_attn = MLA(cfg, layer_id)
-        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer_id) else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = (MoE(cfg) if cfg.is_moe_layer(layer_id)
+                    else MLP(cfg.hidden_size, cfg.intermediate_size))
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -444,7 +474,8 @@ class SharedHead(nn.Module):
 
 class MTPLayer(Block):
     """MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h_i^{k-1})]) -> a decoder block ->
-    shared_head.norm -> the shared lm_head. A checkpoint stores it as layer num_hidden_layers + k - 1."""
+    shared_head.norm -> the shared lm_head. A checkpoint stores it as layer
+    num_hidden_layers + k - 1."""
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__(cfg, layer_id)
@@ -453,11 +484,14 @@ class MTPLayer(Block):
         self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.shared_head = SharedHead(cfg)
 
-    def forward(self, emb: Tensor, h: Tensor, **attn) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """Returns (h^k, shared_head.norm(h^k)): the state the next depth takes, and what the head reads.
-        The norm runs inside forward so that FSDP has this module's parameters gathered for it."""
+    def forward(self, emb: Tensor, h: Tensor,  # type: ignore[override]
+                **attn) -> tuple[Tensor, Tensor]:
+        """Returns (h^k, shared_head.norm(h^k)): the state the next depth takes, and what the head
+        reads. The norm runs inside forward so that FSDP has this module's parameters gathered for
+        it."""
         # embedding first, as the released checkpoints and every server do
-        h = super().forward(self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1)), **attn)
+        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
+        h = super().forward(x, **attn)
         return h, self.shared_head.norm(h)
 
 
@@ -493,7 +527,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, initializer_range) for every matrix (V3: 0.006), ones for norms, zero biases."""
+        """Normal(0, initializer_range) for every matrix (V3: 0.006), ones for norms, zero
+        biases."""
         std = self.cfg.initializer_range
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -510,7 +545,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(m.down_proj, std=std)
 
     # routing state and rope frequencies stay fp32 whatever dtype the weights are cast to
-    # (transformers keeps e_score_correction_bias fp32 too); a bf16 bias could not move by gamma=1e-3
+    # (transformers keeps e_score_correction_bias fp32 too); a bf16 bias could not move by
+    # gamma=1e-3
     FP32_BUFFERS = ("e_score_correction_bias", "expert_load", "inv_freq")
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
@@ -527,38 +563,44 @@ class Transformer(nn.Module):
 
     def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         freqs = positions[..., None].float() * self.inv_freq  # same op order as transformers
-        return ((freqs.cos() * self.rope_attn_factor).to(dtype), (freqs.sin() * self.rope_attn_factor).to(dtype))
+        return ((freqs.cos() * self.rope_attn_factor).to(dtype),
+                (freqs.sin() * self.rope_attn_factor).to(dtype))
 
     def hidden_states(self, input_ids: Tensor, positions: Tensor, *, cache: KVCache | None = None,
                       mask: Tensor | None = None, absorb: bool = False) -> Tensor:
-        """The final normed hidden states (b, s, d) of tokens at positions (b, s). With a cache, their
-        latents are written at those positions and mask (b, s, kv_len) says what each query sees."""
+        """The final normed hidden states (b, s, d) of tokens at positions (b, s). With a cache,
+        their latents are written at those positions and mask (b, s, kv_len) says what each query
+        sees."""
         kv_len = input_ids.shape[1] if mask is None else mask.shape[-1]
         if cache is not None and kv_len > cache.max_len:
             raise ValueError(f"position {kv_len - 1} is past the cache length {cache.max_len}")
         h = self.embed_tokens(input_ids)
         cos, sin = self.rope(positions, h.dtype)
         for layer in self.layers:
-            h = layer(h, cos=cos, sin=sin, mask=mask, cache=cache, positions=positions, kv_len=kv_len, absorb=absorb)
+            h = layer(h, cos=cos, sin=sin, mask=mask, cache=cache, positions=positions,
+                      kv_len=kv_len, absorb=absorb)
         return self.norm(h)
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, cache: KVCache | None = None,
-                start_pos: int | Tensor = 0, absorb: bool | None = None, mtp: bool | None = None) -> ModelOutput:
-        """input_ids (b, s). With a cache, tokens go at start_pos (an int, or a (b,) tensor of per-row
-        offsets) and attend to everything cached before them; the absorbed path is the default there.
-        MTP heads run when labels are given (training) or mtp=True."""
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, *,
+                cache: KVCache | None = None, start_pos: int | Tensor = 0,
+                absorb: bool | None = None, mtp: bool | None = None) -> ModelOutput:
+        """input_ids (b, s). With a cache, tokens go at start_pos (an int, or a (b,) tensor of
+        per-row offsets) and attend to everything cached before them; the absorbed path is the
+        default there. MTP heads run when labels are given (training) or mtp=True."""
         b, s = input_ids.shape
         dev = input_ids.device
         if absorb is None:
             absorb = cache is not None
         start = torch.as_tensor(start_pos, device=dev).reshape(-1, 1).expand(b, 1)
         positions = start + torch.arange(s, device=dev)
-        if cache is None and not (isinstance(start_pos, int) and start_pos == 0) and not bool((start == 0).all()):
+        at_zero = isinstance(start_pos, int) and start_pos == 0
+        if cache is None and not at_zero and not bool((start == 0).all()):
             raise ValueError("start_pos > 0 needs a cache holding the earlier tokens")
         mask = None
         if cache is not None:
             # a query at position p sees cache entries 0..p of its own row
-            mask = torch.arange(int(positions.max()) + 1, device=dev)[None, None, :] <= positions[:, :, None]
+            seen = torch.arange(int(positions.max()) + 1, device=dev)
+            mask = seen[None, None, :] <= positions[:, :, None]
         h = self.hidden_states(input_ids, positions, cache=cache, mask=mask, absorb=absorb)
         if labels is None:
             out = ModelOutput(logits=self.lm_head(h), hidden=h)
@@ -572,7 +614,8 @@ class Transformer(nn.Module):
         if moe:
             out.expert_load = torch.stack([m.last_load for m in moe])
             out.max_vio = max_violation(out.expert_load)
-        parts = [m.balance_loss for layer in ran if isinstance(m := layer.mlp, MoE) and m.balance_loss is not None]
+        parts = [m.balance_loss for layer in ran
+                 if isinstance(m := layer.mlp, MoE) and m.balance_loss is not None]
         if parts and out.loss is not None:
             out.balance_loss = torch.stack(parts).sum()
             out.loss = out.loss + out.balance_loss
@@ -593,8 +636,8 @@ class Transformer(nn.Module):
             # position of the token whose embedding enters, as servers feed the MTP block
             pos = positions[:, k:]
             cos, sin = self.rope(pos, h.dtype)
-            h, hk = layer(self.embed_tokens(input_ids[:, k:]), h[:, :-1], cos=cos, sin=sin, mask=None, cache=None,
-                          positions=pos, kv_len=s - k, absorb=False)
+            h, hk = layer(self.embed_tokens(input_ids[:, k:]), h[:, :-1], cos=cos, sin=sin,
+                          mask=None, cache=None, positions=pos, kv_len=s - k, absorb=False)
             if labels is None:
                 out.mtp_logits.append(self.lm_head(hk))
             else:
@@ -616,8 +659,8 @@ def max_violation(load: Tensor) -> Tensor:
 @torch.no_grad()
 def update_correction_bias(model: Transformer, gamma: float | None = None) -> Tensor | None:
     """The aux-loss-free balancing step, called by the trainer after each optimizer step:
-    b_i <- b_i + gamma * sign(mean load - load_i), with loads summed over every micro-batch since the
-    last call and over all data-parallel ranks. Returns the per-layer MaxVio of those loads."""
+    b_i <- b_i + gamma * sign(mean load - load_i), with loads summed over every micro-batch since
+    the last call and over all data-parallel ranks. Returns the per-layer MaxVio of those loads."""
     moe = model.moe_layers()
     if not moe:
         return None

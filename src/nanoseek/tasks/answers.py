@@ -1,9 +1,9 @@
 """Final answers: find one in a completion, and check it against a reference.
 
 Extraction looks only at what follows the reasoning (after the last `</think>`), in R1's order of
-explicitness: the last `<answer>…</answer>`, else the last `\\boxed{…}`, else the last number. Checking is
-math-verify's (LaTeX and plain expressions parsed to SymPy and compared as math: 0.5 = \\frac{1}{2},
-3\\sqrt{2} = \\sqrt{18}); what it cannot parse is compared as normalised text.
+explicitness: the last `<answer>…</answer>`, else the last `\\boxed{…}`, else the last number.
+Checking is math-verify's (LaTeX and plain expressions parsed to SymPy and compared as math:
+0.5 = \\frac{1}{2}, 3\\sqrt{2} = \\sqrt{18}); what it cannot parse is compared as normalised text.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 THINK_END = "</think>"
-MAX_ANSWER_CHARS = 300  # longer "answers" are not checked symbolically: SymPy could take very long on them
+# longer "answers" are not checked symbolically: SymPy could take very long on them
+MAX_ANSWER_CHARS = 300
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -66,9 +67,10 @@ def _math(s: str):
 
     from math_verify import parse
 
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns at every call that timeouts are off
-    # no timeouts: math-verify implements them with signals, which work only in the main thread (the
-    # server and GRPO score in others); MAX_ANSWER_CHARS bounds the work instead
+    # it warns at every call that timeouts are off
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # no timeouts: math-verify implements them with signals, which work only in the main thread
+    # (the server and GRPO score in others); MAX_ANSWER_CHARS bounds the work instead
     # an extracted answer is bare math: as LaTeX first (parsed plainly, 3\sqrt{2} would read as 3)
     return parse(f"${s}$", parsing_timeout=None) or parse(s, parsing_timeout=None)
 

@@ -1,15 +1,17 @@
 """R1's rule-based rewards, each part kept apart so that training can log it.
 
-- accuracy: the task's score of the final answer (1/0 for checked answers, reasoning-gym's own scores);
+- accuracy: the task's score of the final answer (1/0 for checked answers, reasoning-gym's own
+  scores);
 - format: the reasoning inside exactly one think block, then a non-empty answer. Small, and hard to
   game: an empty think block, a second one, or an answer inside the reasoning earn nothing;
 - language (R1): the share of the reasoning's letters written in the prompt's script, so a chain of
   thought that drifts into another language earns less;
-- overlong (DAPO's soft punishment): 0 up to max_tokens - overlong_buffer tokens, falling linearly to -1
-  at max_tokens, -1 beyond.
+- overlong (DAPO's soft punishment): 0 up to max_tokens - overlong_buffer tokens, falling linearly
+  to -1 at max_tokens, -1 beyond.
 
-Two templates: `chat` (R1's: the prompt ends with `<think>\\n`, so the completion holds the reasoning, then
-`</think>`, then the answer) and `r1-zero` (the completion writes `<think>…</think> <answer>…</answer>`).
+Two templates, which `render_prompt` renders: `chat` (R1's: the prompt ends with `<think>\\n`, so
+the completion holds the reasoning, then `</think>`, then the answer) and `r1-zero` (the completion
+writes `<think>…</think> <answer>…</answer>`).
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ from nanoseek.tokenizer import BOS, render_chat
 
 TEMPLATES = ("chat", "r1-zero")
 R1_ZERO_TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
-    "assistant first thinks about the reasoning process in the mind and then provides the user with the "
-    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
-    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
-    "User: {prompt}. Assistant:")
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>. User: {prompt}. Assistant:")
 _R1_ZERO = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 
 
 def render_prompt(question: str, template: str) -> str:
-    """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text template."""
+    """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text
+    template."""
     if template == "r1-zero":
         return BOS + R1_ZERO_TEMPLATE.format(prompt=question)
     return render_chat([{"role": "user", "content": question}])
@@ -50,10 +53,11 @@ class RewardConfig:
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
-            raise ValueError(f"RewardConfig.template must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
+            raise ValueError(f"RewardConfig.template must be one of {', '.join(TEMPLATES)}, "
+                             f"got {self.template!r}")
         if self.overlong and not 0 <= self.overlong_buffer <= self.max_tokens:
-            raise ValueError("RewardConfig: the overlong penalty needs 0 <= overlong_buffer <= max_tokens, got "
-                             f"{self.overlong_buffer} and {self.max_tokens}")
+            raise ValueError("RewardConfig: the overlong penalty needs 0 <= overlong_buffer <= "
+                             f"max_tokens, got {self.overlong_buffer} and {self.max_tokens}")
 
 
 @dataclass
@@ -77,7 +81,8 @@ def split(completion: str, template: str) -> tuple[str, str] | None:
         if completion.count(THINK_END) != 1 or "<think>" in completion:
             return None
         parts = tuple(completion.split(THINK_END))
-    if parts is None or any(t in p for p in parts for t in ("<think>", "</think>", "<answer>", "</answer>")):
+    tags = ("<think>", "</think>", "<answer>", "</answer>")
+    if parts is None or any(t in p for p in parts for t in tags):
         return None
     reasoning, answer = (p.strip() for p in parts)
     return (reasoning, answer) if reasoning and answer else None
@@ -93,7 +98,8 @@ def _script(ch: str) -> str:
 
 
 def language_consistency(reasoning: str, prompt: str) -> float:
-    """Share of the reasoning's letters in the prompt's main script (1 when either has no letters)."""
+    """Share of the reasoning's letters in the prompt's main script (1 when either has no
+    letters)."""
     letters = [c for c in prompt if c.isalpha()]
     if not letters:
         return 1.0
@@ -104,15 +110,18 @@ def language_consistency(reasoning: str, prompt: str) -> float:
 
 
 def overlong_penalty(n_tokens: int, max_tokens: int, buffer: int) -> float:
-    """DAPO's soft overlong punishment: 0, then a linear ramp to -1 over the last `buffer` tokens, -1 past."""
+    """DAPO's soft overlong punishment: 0, then a linear ramp to -1 over the last `buffer` tokens,
+    -1 past."""
     if n_tokens > max_tokens:
         return -1.0
     free = max_tokens - buffer
     return 0.0 if n_tokens <= free else (free - n_tokens) / buffer
 
 
-def reward(completion: str, accuracy: float, cfg: RewardConfig, prompt: str = "", n_tokens: int = 0) -> Reward:
-    """The parts and their weighted total; `accuracy` is the task's score of the completion's answer."""
+def reward(completion: str, accuracy: float, cfg: RewardConfig, prompt: str = "",
+           n_tokens: int = 0) -> Reward:
+    """The parts and their weighted total; `accuracy` is the task's score of the completion's
+    answer."""
     parts = split(completion, cfg.template)
     fmt = 1.0 if parts is not None else 0.0
     reasoning = parts[0] if parts else completion.rsplit(THINK_END, 1)[0]

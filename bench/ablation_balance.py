@@ -234,9 +234,8 @@ def main() -> None:
                               micro_batch_size=args.batch, max_steps=args.steps, lr=args.lr,
                               warmup_steps=args.warmup, eval_every=args.steps, eval_batches=8, save_every=0,
                               keep_last=1, seed=args.seed, device=args.device, progress=sys.stderr.isatty(),
-                              extra={"bias_update_speed": gamma, "aux_loss_alpha": alpha})
-            if (run / "metrics.jsonl").exists():  # a fresh run, not an append to an old one
-                (run / "metrics.jsonl").unlink()
+                              extra={"bias_update_speed": gamma, "aux_loss_alpha": alpha},
+                              overwrite=True)  # a fresh run, not an append to an old one
             model, last = train(cfg)
             if last.get("step") != args.steps:
                 sys.exit(f"{name}: training stopped at step {last.get('step')} of {args.steps}")

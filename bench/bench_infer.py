@@ -51,7 +51,8 @@ from nanoseek.infer.sampling import SamplingParams
 from nanoseek.model.model import MoE
 from nanoseek.tasks.gym import gym_documents
 from nanoseek.tokenizer import Tokenizer, render_chat, train_tokenizer
-from nanoseek.train.pretrain import TrainConfig, latest_checkpoint, train
+from nanoseek.train.pretrain import TrainConfig, train
+from nanoseek.train.runtime import latest_checkpoint
 
 EVAL_SEED = 1_000_003  # questions and prompt text of another seed than the training documents (seed 0)
 # short sums of 1-2 digit numbers: 300 steps teach a cpu-small model the R1 format (think, answer, EOS)

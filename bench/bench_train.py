@@ -1,17 +1,20 @@
-"""Full training steps: nanoseek's against a transformers DeepseekV3ForCausalLM step, and nanoseek's own loop.
+"""Full training steps: nanoseek's against a transformers DeepseekV3ForCausalLM step, and nanoseek's
+own loop.
 
-A training step here is everything an optimizer step costs: forward, backward, gradient clipping at 1.0,
-AdamW (0.9, 0.95, weight decay 0.1 on matrices), and for nanoseek the aux-loss-free bias update. Both
-models start from the same weights (nanoseek saves, transformers loads) and see the same batches from
-nanoseek's PackedLoader; their steps alternate so they share the machine's noise, and medians are reported.
-Then `nanoseek.train.pretrain.train` runs the same configuration end to end (data loading, metrics,
-checkpoint at the end), and its logged tokens/s are reported too: the throughput a user actually gets.
+A training step here is everything an optimizer step costs: forward, backward, gradient clipping at
+1.0, AdamW (0.9, 0.95, weight decay 0.1 on matrices, the fused kernel), and for nanoseek the
+aux-loss-free bias update. Both models start from the same weights (nanoseek saves, transformers
+loads) and see the same batches from nanoseek's PackedLoader; their steps alternate so they share
+the machine's noise, and medians are reported. Then `nanoseek.train.pretrain.train` runs the same
+configuration end to end (data loading, metrics, checkpoint at the end), and its logged tokens/s are
+reported too: the throughput a user actually gets.
 
-FLOPs come from nanoseek.model.counting.flops_per_token; the peak is the best large fp32 matmul measured in
-this process, and also nanoseek's cached probe (what `nanoseek train` divides by for its MFU).
+FLOPs come from nanoseek.model.counting.flops_per_token; the peak is the best large fp32 matmul
+measured in this process, and also nanoseek's cached probe (what `nanoseek train` divides by for its
+MFU).
 
-    python bench/bench_train.py                    # cpu-small, 8 x 256, MTP off (transformers has none)
-    python bench/bench_train.py --mtp              # nanoseek trains its MTP module too (more FLOPs)
+    python bench/bench_train.py           # cpu-small, 8 x 256, MTP off (transformers has none)
+    python bench/bench_train.py --mtp     # nanoseek trains its MTP module too (more FLOPs)
     python bench/bench_train.py --json
 """
 
@@ -75,8 +78,8 @@ def main() -> None:
     nano = Transformer(cfg).train()
     save_model(nano, work / "init")
     hf = DeepseekV3ForCausalLM.from_pretrained(work / "init", dtype=torch.float32).train()
-    tcfg = TrainConfig(model=str(work / "init"), data=str(data), seq_len=args.seq, micro_batch_size=args.batch,
-                       lr=1e-3, warmup_steps=0, schedule="constant")
+    tcfg = TrainConfig(model=str(work / "init"), data=str(data), seq_len=args.seq,
+                       micro_batch_size=args.batch, lr=1e-3, warmup_steps=0, schedule="constant")
     opts = {"nanoseek": build_optimizer(nano, tcfg), "transformers": build_optimizer(hf, tcfg)}
     loaders = {k: PackedLoader(data / "train.bin", args.seq, args.batch) for k in opts}
 
@@ -111,43 +114,52 @@ def main() -> None:
                 times[name].append(dt)
 
     # the real loop, same configuration and weights: what `nanoseek train` logs
-    tcfg.max_steps, tcfg.eval_every, tcfg.save_every, tcfg.progress = args.warmup + args.steps, 0, 0, False
+    tcfg.max_steps = args.warmup + args.steps
+    tcfg.eval_every, tcfg.save_every, tcfg.progress = 0, 0, False
     tcfg.out_dir = str(work / "run")
     train(tcfg)
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     loop_tps = statistics.median(r["tokens_per_s"] for r in rows[args.warmup:])
 
-    rec = dict(preset=args.preset, mtp=args.mtp, batch=args.batch, seq=args.seq, threads=args.threads,
+    rec = dict(preset=args.preset, mtp=args.mtp, batch=args.batch, seq=args.seq,
+               threads=args.threads,
                device=cpu_model(), torch=torch.__version__, transformers=transformers.__version__,
                gflop_per_step=round(fpt * tokens / 1e9, 2), matmul_peak_gflops=round(peak / 1e9, 1),
                probe_peak_gflops=round(probe / 1e9, 1), steps=args.steps)
     for name, ts in times.items():
         med = statistics.median(ts)
-        f = fpt if name == "nanoseek" else flops_per_token(cfg, args.seq)  # transformers trains no MTP module
+        # transformers trains no MTP module
+        f = fpt if name == "nanoseek" else flops_per_token(cfg, args.seq)
         rec[name] = dict(step_ms=round(1e3 * med, 1), tokens_per_s=round(tokens / med),
-                         gflops=round(f * tokens / med / 1e9, 1), pct_peak=round(100 * f * tokens / med / peak, 1),
+                         gflops=round(f * tokens / med / 1e9, 1),
+                         pct_peak=round(100 * f * tokens / med / peak, 1),
                          first_loss=round(losses[name][0], 5), last_loss=round(losses[name][-1], 5))
     rec["ratio"] = round(rec["nanoseek"]["tokens_per_s"] / rec["transformers"]["tokens_per_s"], 2)
     rec["train_loop"] = dict(tokens_per_s=round(loop_tps), gflops=round(loop_tps * fpt / 1e9, 1),
-                             pct_peak=round(100 * loop_tps * fpt / peak, 1), mfu_logged=rows[-1]["mfu"])
+                             pct_peak=round(100 * loop_tps * fpt / peak, 1),
+                             mfu_logged=rows[-1]["mfu"])
     if args.json:
         print(json.dumps(rec))
         return
-    print(f"{args.preset} (MTP {'on' if args.mtp else 'off'}), fp32, {rec['device']}, {args.threads} threads, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"{args.preset} (MTP {'on' if args.mtp else 'off'}), fp32, {rec['device']}, "
+          f"{args.threads} threads, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}")
     print(f"batch {args.batch} x {args.seq}: {rec['gflop_per_step']} GFLOP per step; matmul peak "
-          f"{rec['matmul_peak_gflops']} GFLOP/s ({args.peak_n}^3), nanoseek's cached probe {rec['probe_peak_gflops']}")
+          f"{rec['matmul_peak_gflops']} GFLOP/s ({args.peak_n}^3), nanoseek's cached probe "
+          f"{rec['probe_peak_gflops']}")
     print(f"\nfull training step (fwd, bwd, clip, AdamW; nanoseek also updates its router biases), "
           f"median of {args.steps}:")
-    print(f"  {'':14}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'loss 1st':>10}{'loss last':>10}")
+    print(f"  {'':14}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'loss 1st':>10}"
+          f"{'loss last':>10}")
     for k in ("nanoseek", "transformers"):
         v = rec[k]
         print(f"  {k:14}{v['step_ms']:>9}{v['tokens_per_s']:>10}{v['gflops']:>9}{v['pct_peak']:>8}"
               f"{v['first_loss']:>10}{v['last_loss']:>10}")
     print(f"  nanoseek / transformers: {rec['ratio']}x tokens/s")
     t = rec["train_loop"]
-    print(f"\nnanoseek train loop: {t['tokens_per_s']} tokens/s, {t['gflops']} GFLOP/s, {t['pct_peak']}% of the "
-          f"matmul peak (logged MFU against the cached probe: {t['mfu_logged']})")
+    print(f"\nnanoseek train loop: {t['tokens_per_s']} tokens/s, {t['gflops']} GFLOP/s, "
+          f"{t['pct_peak']}% of the matmul peak (logged MFU against the cached probe: "
+          f"{t['mfu_logged']})")
 
 
 if __name__ == "__main__":

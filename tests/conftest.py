@@ -14,7 +14,8 @@ def tiny_chat_dir(tmp_path_factory) -> Path:
     from nanoseek.files import write_jsonl
     from nanoseek.tasks.gym import gym_documents
     from nanoseek.tokenizer import train_tokenizer
-    from nanoseek.train.pretrain import TrainConfig, latest_checkpoint, train
+    from nanoseek.train.pretrain import TrainConfig, train
+    from nanoseek.train.runtime import latest_checkpoint
 
     root = tmp_path_factory.mktemp("tiny_chat")
     docs = list(gym_documents("basic_arithmetic", 600, seed=0, config={"min_terms": 2, "max_terms": 2,

@@ -8,7 +8,7 @@ from nanoseek.model import PRESETS, ConfigError, ModelConfig, get_preset, resolv
 
 
 def test_v3_softmax_scale_includes_yarn_mscale():
-    # GUIDE: mscale = 0.1 * ln(40) * 1 + 1; scale = 192^-0.5 * mscale^2 = 0.1352
+    # mscale = 0.1 * ln(40) * 1 + 1; scale = 192^-0.5 * mscale^2 = 0.1352
     assert get_preset("deepseek-v3").softmax_scale == pytest.approx(0.1352, abs=1e-4)
     assert get_preset("cpu-small").softmax_scale == pytest.approx(48**-0.5)
 
@@ -24,7 +24,8 @@ def test_written_config_carries_both_rope_spellings(tmp_path):
     d = get_preset("deepseek-v3").to_hf_dict()
     assert d["model_type"] == "deepseek_v3" and d["architectures"] == ["DeepseekV3ForCausalLM"]
     assert d["rope_scaling"]["type"] == "yarn" and d["rope_scaling"]["factor"] == 40.0
-    assert d["rope_parameters"]["rope_type"] == "yarn" and d["rope_parameters"]["rope_theta"] == 10000.0
+    assert d["rope_parameters"]["rope_type"] == "yarn"
+    assert d["rope_parameters"]["rope_theta"] == 10000.0
     assert d["num_nextn_predict_layers"] == d["num_mtp_layers"] == 1
 
 
@@ -32,11 +33,14 @@ def test_reads_transformers5_rope_parameters_and_v3_release_style():
     base = get_preset("tiny").to_hf_dict()
     hf5 = {k: v for k, v in base.items() if k not in ("rope_scaling", "rope_theta")}
     hf5["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5000.0, "factor": 8.0,
-                              "original_max_position_embeddings": 128, "mscale": 1.0, "mscale_all_dim": 1.0}
+                              "original_max_position_embeddings": 128, "mscale": 1.0,
+                              "mscale_all_dim": 1.0}
     cfg = ModelConfig.from_dict(hf5)
-    assert cfg.rope_theta == 5000.0 and cfg.rope_scaling["type"] == "yarn" and cfg.rope_scaling["factor"] == 8.0
+    assert cfg.rope_theta == 5000.0
+    assert cfg.rope_scaling["type"] == "yarn" and cfg.rope_scaling["factor"] == 8.0
     release = {k: v for k, v in base.items() if k != "rope_parameters"}
-    release["rope_scaling"] = {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 128}
+    release["rope_scaling"] = {"type": "yarn", "factor": 8.0,
+                               "original_max_position_embeddings": 128}
     assert ModelConfig.from_dict(release).rope_scaling["factor"] == 8.0
     plain = {k: v for k, v in base.items() if k != "rope_scaling"}
     plain["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
@@ -74,7 +78,8 @@ def test_wrong_model_type_and_bad_json(tmp_path):
 
 def test_unknown_keys_are_ignored_and_nulls_mean_defaults():
     d = get_preset("tiny").to_hf_dict()
-    d.update({"quantization_config": {"quant_method": "fp8"}, "n_shared_experts": None, "eos_token_id": [1, 2]})
+    d.update({"quantization_config": {"quant_method": "fp8"}, "n_shared_experts": None,
+              "eos_token_id": [1, 2]})
     cfg = ModelConfig.from_dict(d)
     assert cfg.n_shared_experts == 0 and cfg.eos_token_id == 1
 
@@ -93,3 +98,23 @@ def test_presets_are_copies():
     a.rope_scaling["factor"] = 1.0
     assert get_preset("deepseek-v3").rope_scaling["factor"] == 40.0
     json.dumps(get_preset("deepseek-v3").to_hf_dict())  # serialisable
+
+
+def test_a_misspelt_field_is_refused_with_its_close_matches():
+    with pytest.raises(ConfigError, match=r"'hiden_size': no such field; did you mean hidden_size"):
+        get_preset("tiny").replace(hiden_size=64)
+    with pytest.raises(ConfigError, match=r"'xyzzy': no such field$"):
+        get_preset("tiny").replace(xyzzy=1)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"moe_intermediate_size": 30}, "moe_intermediate_size"),
+    ({"moe_intermediate_size": 12}, "moe_intermediate_size"),  # fp32 would take it, bf16 not
+    ({"hidden_size": 60}, "hidden_size"),
+])
+def test_widths_the_experts_grouped_gemm_cannot_take_are_refused(changes, field):
+    with pytest.raises(ConfigError, match=rf"'{field}': must be a multiple of 8 with routed"):
+        get_preset("tiny").replace(**changes)
+    # a dense model has no grouped GEMM: any width
+    dense = {"first_k_dense_replace": 2, "num_nextn_predict_layers": 0}
+    assert get_preset("tiny").replace(**dense, **changes).n_moe_layers == 0

@@ -17,16 +17,20 @@ from nanoseek.train.grpo import group_advantages, grpo_loss, k3_kl
 
 
 def test_group_advantages_by_hand():
-    # one group of 4 with rewards 1, 0, 0, 0: mean 0.25, unbiased std sqrt((0.75² + 3·0.25²) / 3) = 0.5
+    # one group of 4 with rewards 1, 0, 0, 0: mean 0.25, unbiased std
+    # sqrt((0.75² + 3·0.25²) / 3) = 0.5
     a = group_advantages(torch.tensor([1.0, 0, 0, 0, 2, 2, 2, 2]), group_size=4, eps=0.0)
-    assert a.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0])  # equal rewards: no signal
-    assert group_advantages(torch.tensor([1.0, 0]), 2, scale=False).tolist() == [0.5, -0.5]  # Dr. GRPO
+    # equal rewards: no signal
+    assert a.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0])
+    # Dr. GRPO
+    assert group_advantages(torch.tensor([1.0, 0]), 2, scale=False).tolist() == [0.5, -0.5]
     with pytest.raises(ValueError, match="multiple of group_size=4"):
         group_advantages(torch.zeros(6), 4)
 
 
 def inputs():
-    """Two completions: A = +1 over 2 tokens (ratios 1.5, 0.9), A = -1 over 3 tokens (ratios 0.5, 1.0, 1.3)."""
+    """Two completions: A = +1 over 2 tokens (ratios 1.5, 0.9), A = -1 over 3 tokens (ratios 0.5,
+    1.0, 1.3)."""
     old = torch.zeros(2, 3)
     logp = torch.log(torch.tensor([[1.5, 0.9, 1.0], [0.5, 1.0, 1.3]]))
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -53,8 +57,10 @@ def test_k3_kl_by_hand_and_in_the_loss():
     logp = torch.tensor([[0.0, 0.0]])
     ref = torch.tensor([[math.log(2), 0.0]])
     assert k3_kl(logp, ref).flatten().tolist() == pytest.approx([2 - math.log(2) - 1, 0.0])
-    assert k3_kl(torch.tensor([0.0]), torch.tensor([-1e4])).tolist() == pytest.approx([math.exp(-20) + 20 - 1])
-    assert torch.isfinite(k3_kl(torch.tensor([-1e4]), torch.tensor([0.0]))).all()  # clamped, not inf
+    assert k3_kl(torch.tensor([0.0]), torch.tensor([-1e4])).tolist() == pytest.approx(
+        [math.exp(-20) + 20 - 1])
+    # clamped, not inf
+    assert torch.isfinite(k3_kl(torch.tensor([-1e4]), torch.tensor([0.0]))).all()
     adv, mask = torch.tensor([0.0]), torch.ones(1, 2)
     loss, stats = grpo_loss(logp, logp, adv, mask, ref_logp=ref, beta=0.1, level="token")
     assert loss.item() == pytest.approx(0.1 * (1 - math.log(2)) / 2)
@@ -62,8 +68,8 @@ def test_k3_kl_by_hand_and_in_the_loss():
 
 
 def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
-    """token_logprobs runs each distinct prompt once and its completions against its latents: the same
-    log-probs, entropies and gradients as running every prompt + completion as one sequence."""
+    """token_logprobs runs each distinct prompt once and its completions against its latents: the
+    same log-probs, entropies and gradients as running every prompt + completion as one sequence."""
     from nanoseek.model.config import PRESETS
     from nanoseek.model.model import Transformer
     from nanoseek.train.grpo import token_logprobs
@@ -83,8 +89,10 @@ def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
     for i, (p, c) in enumerate(zip(P, C)):
         full = model(torch.tensor([p + c])).logits[0].log_softmax(-1)[len(p) - 1: -1]  # predicts c
         ref = full.gather(1, torch.tensor(c)[:, None])[:, 0]
-        torch.testing.assert_close(logp[i, : len(c)], ref, rtol=1e-4, atol=1e-5)  # other kernels, other order
-        torch.testing.assert_close(ent[i, : len(c)], -(full.exp() * full).sum(-1).detach(), rtol=1e-4, atol=1e-5)
+        # other kernels, other summation order
+        torch.testing.assert_close(logp[i, : len(c)], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ent[i, : len(c)], -(full.exp() * full).sum(-1).detach(),
+                                   rtol=1e-4, atol=1e-5)
         total = total + ref.sum()
     total.backward()
     assert grads.keys() == {k for k, p in model.named_parameters() if p.grad is not None}
@@ -95,34 +103,38 @@ def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
 
 @pytest.mark.parametrize("level,mu", [("sequence", 1), ("token", 2)])
 def test_leaving_out_zero_advantage_completions_changes_no_update(level, mu):
-    """With beta 0, completions of groups whose rewards are all equal add nothing to the gradient, so the
-    update leaves them out: the parameters after it equal those of the update that ran them all, also when
-    every group is flat (the optimizer still steps, as on a zero gradient)."""
+    """With beta 0, completions of groups whose rewards are all equal add nothing to the gradient,
+    so the update leaves them out: the parameters after it equal those of the update that ran them
+    all, also when every group is flat (the optimizer still steps, as on a zero gradient)."""
     from nanoseek.model.config import PRESETS
     from nanoseek.model.model import Transformer
     from nanoseek.tasks.rewards import Reward
-    from nanoseek.train.grpo import GRPOConfig, Rollout, Scorer, _update
-    from nanoseek.train.pretrain import setup_distributed
+    from nanoseek.train.grpo import GRPOConfig, Rollout, TokenLogprobs, _update
+    from nanoseek.train.runtime import setup_distributed
 
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(7, 300, (k,), generator=g).tolist() for k in (9, 4, 13)]
     P = [prompts[i // 3] for i in range(9)]
     C = [torch.randint(7, 300, (k,), generator=g).tolist() for k in (5, 1, 8, 3, 3, 6, 1, 2, 7)]
-    d, dev = setup_distributed("cpu")
+    world, dev = setup_distributed("cpu")
     # groups (varied, flat, varied): 24 of the 36 tokens run; then every group flat: none
-    for totals, ran in (([1, 0, 1, 0.5, 0.5, 0.5, 0, 0, 1.1], 24 / 36), ([1, 1, 1, 0, 0, 0, 2, 2, 2], 0.0)):
+    for totals, ran in (([1, 0, 1, 0.5, 0.5, 0.5, 0, 0, 1.1], 24 / 36),
+                        ([1, 1, 1, 0, 0, 0, 2, 2, 2], 0.0)):
         batch = Rollout(P, C, [Reward(0, 0, 0, 0, t) for t in totals], ["stop"] * 9, 3)
         after, records = [], []
         for full in (True, False):
             torch.manual_seed(0)
             model = Transformer(PRESETS["tiny"])
-            cfg = GRPOConfig(model="x", group_size=3, micro_batch_size=2, loss_level=level, mu=mu, grad_clip=0, lr=1.0,
-                             train_zero_advantage=full)
-            # plain SGD with decay: the step is the gradient itself (Adam's first step would hide its scale)
+            cfg = GRPOConfig(model="x", group_size=3, micro_batch_size=2, loss_level=level, mu=mu,
+                             grad_clip=0, lr=1.0, train_zero_advantage=full)
+            # plain SGD with decay: the step is the gradient itself (Adam's first step would hide
+            # its scale)
             sgd = torch.optim.SGD(model.parameters(), weight_decay=0.01)
-            records.append(_update(Scorer(model), model, None, sgd, batch, cfg, 0, dev, d))
+            records.append(_update(TokenLogprobs(model), model, None, sgd, batch, cfg, 0, dev,
+                                   world))
             after.append(dict(model.named_parameters()))
-        assert records[0]["trained_fraction"] == 1 and records[1]["trained_fraction"] == pytest.approx(ran)
+        assert records[0]["trained_fraction"] == 1
+        assert records[1]["trained_fraction"] == pytest.approx(ran)
         for k, p in after[0].items():
             torch.testing.assert_close(after[1][k], p, rtol=1e-5, atol=1e-7, msg=k)
         assert records[1]["loss"] == pytest.approx(records[0]["loss"], abs=1e-6)
@@ -159,9 +171,9 @@ def grpo_config(tmp_path, model, **kw):
 
     task = tmp_path / "one_char.py"
     task.write_text(ONE_CHAR_TASK)
-    base = dict(model=str(model), task=str(task), task_size=200, held_out=40, steps=20, prompts_per_step=8,
-                group_size=8, max_tokens=32, lr=3e-4, eval_every=10, save_every=0, progress=False,
-                out_dir=str(tmp_path / "run"))
+    base = dict(model=str(model), task=str(task), task_size=200, held_out=40, steps=20,
+                prompts_per_step=8, group_size=8, max_tokens=32, lr=3e-4, eval_every=10,
+                save_every=0, progress=False, out_dir=str(tmp_path / "run"))
     return GRPOConfig(**{**base, **kw})
 
 
@@ -180,48 +192,53 @@ def test_grpo_raises_the_reward_of_a_learnable_task(tiny_chat_dir, tmp_path):
     assert first < 0.4 and final > first + 0.4, (first, final)
     held = [r["eval_accuracy"] for r in metrics(tmp_path / "run") if "eval_accuracy" in r]
     assert len(held) == 3 and held[-1] > held[0] + 0.3  # steps 0, 10, 20, greedy on unseen prompts
-    for key in ("reward_format", "reward_language", "reward_overlong", "response_len", "response_len_max", "kl",
-                "clip_low", "clip_high", "entropy", "grad_norm", "rollout_tokens_per_s", "train_tokens_per_s",
-                "samples_per_s"):
+    for key in ("reward_format", "reward_language", "reward_overlong", "response_len",
+                "response_len_max", "kl", "clip_low", "clip_high", "entropy", "grad_norm",
+                "rollout_tokens_per_s", "train_tokens_per_s", "samples_per_s"):
         assert key in last and math.isfinite(last[key]), key
-    assert (tmp_path / "run" / "rewards.png").exists() and (tmp_path / "run" / "response_length.png").exists()
+    assert (tmp_path / "run" / "rewards.png").exists()
+    assert (tmp_path / "run" / "response_length.png").exists()
     assert (tmp_path / "run" / "checkpoints" / "step_000020" / "model.safetensors").exists()
 
 
 def test_grpo_options_run_and_log(tiny_chat_dir, tmp_path):
-    """KL to a reference that is refreshed, mu = 2 inner steps, token-level averaging, clip-higher and
-    dynamic sampling: the numbers they log are what they should be."""
+    """KL to a reference that is refreshed, mu = 2 inner steps, token-level averaging, clip-higher
+    and dynamic sampling: the numbers they log are what they should be."""
     from nanoseek.train.grpo import train_grpo
 
-    # groups of 4, so that some have no variance (all right or all wrong) for dynamic sampling to drop
-    cfg = grpo_config(tmp_path, tiny_chat_dir, steps=4, beta=0.05, ref_refresh=2, mu=2, loss_level="token",
-                      eps_high=0.28, dynamic_sampling=True, eval_every=0, micro_batch_size=24, group_size=4,
-                      max_resample=8)
+    # groups of 4, so that some have no variance (all right or all wrong) for dynamic sampling to
+    # drop
+    cfg = grpo_config(tmp_path, tiny_chat_dir, steps=4, beta=0.05, ref_refresh=2, mu=2,
+                      loss_level="token", eps_high=0.28, dynamic_sampling=True, eval_every=0,
+                      micro_batch_size=24, group_size=4, max_resample=8)
     train_grpo(cfg)
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["kl"] > 0  # mu = 2: the second step's policy has moved away from the reference
-    assert all(r["groups"] == 8 for r in rows)  # dynamic sampling refilled the batch with varied groups
+    # dynamic sampling refilled the batch with varied groups
+    assert all(r["groups"] == 8 for r in rows)
     assert any(r["groups_dropped"] > 0 for r in rows)
     assert all(0 <= r["clip_low"] <= 1 and 0 <= r["clip_high"] <= 1 for r in rows)
     assert (tmp_path / "run" / "checkpoints" / "step_000004" / "reference.safetensors").exists()
 
 
 def test_grpo_resumes_exactly_after_a_kill(tiny_chat_dir, tmp_path):
-    """SIGKILL after the step-3 checkpoint, then --resume: the same completions, losses and final weights
-    as a run that was never interrupted."""
+    """SIGKILL after the step-3 checkpoint, then --resume: the same completions, losses and final
+    weights as a run that was never interrupted."""
     from safetensors.torch import load_file
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "nanoseek", "grpo", str(tiny_chat_dir), "--task", str(tmp_path / "one_char.py"),
-                "--task-size", "200", "--held-out", "40", "--steps", "6", "--prompts-per-step", "4", "--group-size",
-                "4", "--max-tokens", "24", "--lr", "3e-4", "--eval-every", "0", "--save-every", "3", "--no-progress",
-                "--out-dir", str(out)]
+        return [sys.executable, "-m", "nanoseek", "grpo", str(tiny_chat_dir),
+                "--task", str(tmp_path / "one_char.py"), "--task-size", "200", "--held-out", "40",
+                "--steps", "6", "--prompts-per-step", "4", "--group-size", "4",
+                "--max-tokens", "24", "--lr", "3e-4", "--eval-every", "0", "--save-every", "3",
+                "--no-progress", "--out-dir", str(out)]
 
     grpo_config(tmp_path, tiny_chat_dir)  # writes the task file
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "straight"), check=True, env=env, capture_output=True)
-    p = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoints" / "step_000003" / "train_state.json"
     deadline = time.time() + 120
     while not state.exists() and p.poll() is None and time.time() < deadline:
@@ -229,7 +246,8 @@ def test_grpo_resumes_exactly_after_a_kill(tiny_chat_dir, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert state.exists()
-    subprocess.run(cmd(tmp_path / "killed") + ["--resume"], check=True, env=env, capture_output=True)
+    subprocess.run(cmd(tmp_path / "killed") + ["--resume"], check=True, env=env,
+                   capture_output=True)
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for key in ("reward", "response_len", "loss", "grad_norm"):
@@ -244,7 +262,8 @@ def test_grpo_cli_errors_are_clear(tiny_chat_dir, tmp_path, capsys):
 
     bad = tmp_path / "bad.py"
     bad.write_text("def prompts():\n    yield {'prompt': 'x', 'reference': '1'}\n")
-    assert main(["grpo", str(tiny_chat_dir), "--task", str(bad), "--out-dir", str(tmp_path / "r")]) == 2
+    argv = ["grpo", str(tiny_chat_dir), "--task", str(bad), "--out-dir", str(tmp_path / "r")]
+    assert main(argv) == 2
     assert "must define score()" in capsys.readouterr().err
     assert main(["grpo", str(tiny_chat_dir), "--group-size", "1"]) == 2
     assert "'group_size': 1 is invalid; must be >= 2" in capsys.readouterr().err
@@ -252,30 +271,45 @@ def test_grpo_cli_errors_are_clear(tiny_chat_dir, tmp_path, capsys):
     assert "is not a checkpoint directory" in capsys.readouterr().err
 
 
+def test_grpo_into_an_earlier_run_is_refused(tiny_chat_dir, tmp_path):
+    from nanoseek.train.grpo import train_grpo
+    from nanoseek.train.runtime import TrainConfigError
+
+    cfg = grpo_config(tmp_path, tiny_chat_dir)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0, "eval_accuracy": 0.1}\n')
+    with pytest.raises(TrainConfigError, match="holds an earlier run.*--resume.*--overwrite"):
+        train_grpo(cfg)
+
+
 def test_torchrun_two_ranks_match_one_process(tiny_chat_dir, tmp_path):
-    """Two gloo ranks, each rolling out half the prompts, against one process: the same completions (a
-    prompt's seed is its place in the stream), gradients and weights."""
+    """Two gloo ranks, each rolling out half the prompts, against one process: the same completions
+    (a prompt's seed is its place in the stream), gradients and weights."""
     from safetensors.torch import load_file
 
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun is not installed")
     grpo_config(tmp_path, tiny_chat_dir)  # writes the task file
-    args = ["grpo", str(tiny_chat_dir), "--task", str(tmp_path / "one_char.py"), "--task-size", "100", "--held-out",
-            "10", "--steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-tokens", "24",
-            "--micro-batch-size", "2", "--loss-level", "token", "--eval-every", "0", "--no-progress"]
-    # (micro-batches of 2: the ranks run unequal numbers of them; token level: their token counts differ)
+    args = ["grpo", str(tiny_chat_dir), "--task", str(tmp_path / "one_char.py"), "--task-size",
+            "100", "--held-out", "10", "--steps", "3", "--prompts-per-step", "4", "--group-size",
+            "4", "--max-tokens", "24", "--micro-batch-size", "2", "--loss-level", "token",
+            "--eval-every", "0", "--no-progress"]
+    # (micro-batches of 2: the ranks run unequal numbers of them; token level: their token counts
+    # differ)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "nanoseek", *args, "--out-dir", str(tmp_path / "one")], check=True,
-                   env=env, capture_output=True)
-    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "nanoseek", *args,
-                        "--out-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "nanoseek", *args, "--out-dir", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "nanoseek",
+                        *args, "--out-dir", str(tmp_path / "two")], env=env, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [x["world_size"] for x in b] == [2, 2, 2]
     for x, y in zip(a, b):
         assert (x["response_len"], x["accuracy"]) == (y["response_len"], y["accuracy"])
-        assert x["reward"] == pytest.approx(y["reward"], rel=1e-6)  # a float32 mean of two means vs of all
+        # a float32 mean of two means vs of all
+        assert x["reward"] == pytest.approx(y["reward"], rel=1e-6)
         assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-5 * max(1.0, x["grad_norm"])
     wa = load_file(tmp_path / "one" / "checkpoints" / "step_000003" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "checkpoints" / "step_000003" / "model.safetensors")

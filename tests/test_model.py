@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanoseek.model import get_preset
-from nanoseek.model.model import KVCache, MoE, Transformer, max_violation, update_correction_bias
+from nanoseek.model import ConfigError, get_preset
+from nanoseek.model.model import (
+    KVCache,
+    MoE,
+    Transformer,
+    grouped_mm,
+    max_violation,
+    update_correction_bias,
+)
 
 
 def tiny_model(seed=0, **changes) -> Transformer:
@@ -289,3 +296,28 @@ def test_value_head_wider_than_query_head():
     ids = torch.randint(0, model.cfg.vocab_size, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(model(ids, absorb=True).logits, model(ids).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="this torch has no grouped GEMM")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_expert_widths_the_config_accepts_are_those_the_grouped_gemm_takes(dtype):
+    """ModelConfig refuses hidden_size or moe_intermediate_size that are not multiples of 8 when
+    experts are routed: the experts' grouped GEMM needs 16-byte row strides, 8 bf16 elements."""
+
+    def experts(d: int, width: int) -> None:  # the two grouped GEMMs of Experts.forward
+        x = torch.randn(10, d, dtype=dtype)
+        gate_up = torch.randn(4, 2 * width, d, dtype=dtype)
+        down = torch.randn(4, d, width, dtype=dtype)
+        offs = torch.tensor([3, 5, 8, 10], dtype=torch.int32)
+        gate, up = grouped_mm(x, gate_up.transpose(1, 2), offs).chunk(2, dim=-1)
+        grouped_mm(F.silu(gate) * up, down.transpose(1, 2), offs)
+
+    for d, width in ((64, 8), (64, 24), (40, 32)):
+        get_preset("tiny").replace(hidden_size=d, moe_intermediate_size=width)
+        experts(d, width)
+    for d, width in ((64, 30), (60, 32), (64, 12)):
+        with pytest.raises(ConfigError, match="multiple of 8"):
+            get_preset("tiny").replace(hidden_size=d, moe_intermediate_size=width)
+        if dtype == torch.bfloat16 or d % 4 or width % 4:  # fp32 takes multiples of 4, bf16 not
+            with pytest.raises(RuntimeError, match="16 bytes"):
+                experts(d, width)

@@ -1,5 +1,7 @@
-"""Pretraining: the tiny model learns, a killed run resumes bit for bit, torchrun matches one process."""
+"""Pretraining: the tiny model learns, a killed run resumes bit for bit, torchrun matches one
+process."""
 
+import dataclasses
 import json
 import os
 import random
@@ -16,15 +18,8 @@ from safetensors.torch import load_file
 
 from nanoseek.checkpoint import load_model
 from nanoseek.data import PackedLoader, prepare_corpus
-from nanoseek.train.pretrain import (
-    TrainConfig,
-    TrainConfigError,
-    evaluate,
-    latest_checkpoint,
-    load_train_config,
-    lr_at,
-    train,
-)
+from nanoseek.train.pretrain import TrainConfig, TrainConfigError, lr_at, train, val_loss
+from nanoseek.train.runtime import World, latest_checkpoint, load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +40,9 @@ def data_dir(tmp_path_factory):
 
 
 def config(data_dir, out, **kw) -> TrainConfig:
-    base = dict(model="tiny", data=str(data_dir / "data"), tokenizer=str(data_dir / "tok"), out_dir=str(out),
-                seq_len=64, micro_batch_size=8, max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20,
-                eval_batches=4, save_every=0, progress=False)
+    base = dict(model="tiny", data=str(data_dir / "data"), tokenizer=str(data_dir / "tok"),
+                out_dir=str(out), seq_len=64, micro_batch_size=8, max_steps=40, lr=3e-3,
+                warmup_steps=5, eval_every=20, eval_batches=4, save_every=0, progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -59,21 +54,24 @@ def test_tiny_model_learns(data_dir, tmp_path):
 
     torch.manual_seed(cfg.seed)
     fresh = Transformer(get_preset("tiny"))
-    val = PackedLoader(Path(cfg.data) / "val.bin", cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed + 1)
-    initial = evaluate(fresh, val, cfg.eval_batches, torch.device("cpu"), __import__("nanoseek.train.pretrain",
-                                                                                      fromlist=["Dist"]).Dist())
+    val = PackedLoader(Path(cfg.data) / "val.bin", cfg.seq_len, cfg.micro_batch_size,
+                       seed=cfg.seed + 1)
+    initial = val_loss(fresh, val, cfg.eval_batches, torch.device("cpu"), World())
     before = signal.getsignal(signal.SIGINT)
     model, last = train(cfg)
     assert signal.getsignal(signal.SIGINT) is before  # the caller's Ctrl-C handling is given back
     assert last["val_loss"] < 0.5 * initial, (initial, last["val_loss"])
-    assert len(last["max_vio"]) == 1 and len(last["max_vio_mtp"]) == 1  # tiny: one MoE layer, one MTP module
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # tiny: one MoE layer, one MTP module
+    assert len(last["max_vio"]) == 1 and len(last["max_vio_mtp"]) == 1
+    rows = [json.loads(line)
+            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 61))
-    for key in ("loss", "main_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s", "max_vio",
-                "mtp_acc", "tokens", "elapsed_s"):
+    for key in ("loss", "main_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens_per_s",
+                "max_vio", "mtp_acc", "tokens", "elapsed_s"):
         assert key in rows[-1], key
     assert "sample" in rows[-1] and isinstance(rows[-1]["sample"], str)
-    assert (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "expert_load.png").exists()
+    assert (tmp_path / "run" / "loss.png").exists()
+    assert (tmp_path / "run" / "expert_load.png").exists()
     ck = sorted((tmp_path / "run" / "checkpoints").iterdir())
     assert [p.name for p in ck] == ["step_000060"]  # the end of a run is always saved
     assert (ck[0] / "tokenizer.json").exists() and (ck[0] / "model.safetensors").exists()
@@ -82,18 +80,21 @@ def test_tiny_model_learns(data_dir, tmp_path):
 def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
     kw = dict(max_steps=6, eval_every=0, warmup_steps=1)
     train(config(data_dir, tmp_path / "big", micro_batch_size=8, **kw))
-    train(config(data_dir, tmp_path / "acc", micro_batch_size=2, batch_tokens=8 * 64, **kw))  # 4 micro-batches
+    # 4 micro-batches a step
+    train(config(data_dir, tmp_path / "acc", micro_batch_size=2, batch_tokens=8 * 64, **kw))
     big, acc = metrics(tmp_path / "big"), metrics(tmp_path / "acc")
     assert acc[6]["tokens"] == big[6]["tokens"] == 6 * 8 * 64
     for s in range(1, 7):
-        assert abs(big[s]["loss"] - acc[s]["loss"]) <= 1e-5 and big[s]["max_vio"] == acc[s]["max_vio"], s
+        assert abs(big[s]["loss"] - acc[s]["loss"]) <= 1e-5, s
+        assert big[s]["max_vio"] == acc[s]["max_vio"], s
 
 
 def test_lr_schedules():
     cfg = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(110, cfg) == pytest.approx(0.1)
-    wsd = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.5)
+    wsd = TrainConfig(data="x", lr=1.0, warmup_steps=10, max_steps=110, schedule="wsd",
+                      decay_fraction=0.5)
     assert lr_at(54, wsd) == 1.0 and lr_at(110, wsd) == pytest.approx(0.1)
     assert lr_at(60, TrainConfig(data="x", schedule="constant", lr=0.5)) == 0.5
 
@@ -101,27 +102,77 @@ def test_lr_schedules():
 def test_config_file_and_errors(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('data = "d"\nlr = 0.001\nmax_steps = 7\n')
-    cfg = load_train_config(f, {"max_steps": 9, "seed": None})
+    cfg = load_train_config(f, {"max_steps": 9, "seed": None}, TrainConfig)
     assert cfg.lr == 0.001 and cfg.max_steps == 9
     y = tmp_path / "run.yaml"
     y.write_text("data: d\nschedule: wsd\nextra:\n  bias_update_speed: 0.01\n")
-    assert load_train_config(y, {}).extra == {"bias_update_speed": 0.01}
+    assert load_train_config(y, {}, TrainConfig).extra == {"bias_update_speed": 0.01}
     y.write_text("data: d\nlr: fast\n")
     with pytest.raises(TrainConfigError, match="'lr' must be float, got 'fast'"):
-        load_train_config(y, {})
+        load_train_config(y, {}, TrainConfig)
     y.write_text("data: [unclosed\n")
     with pytest.raises(TrainConfigError, match="run.yaml"):
-        load_train_config(y, {})
+        load_train_config(y, {}, TrainConfig)
     f.write_text('data = "d"\nlearning_rate = 0.1\n')
     with pytest.raises(TrainConfigError, match="unknown key.*learning_rate"):
-        load_train_config(f, {})
+        load_train_config(f, {}, TrainConfig)
     f.write_text('data = "d"\nlr = \n')
     with pytest.raises(TrainConfigError, match="run.toml"):
-        load_train_config(f, {})
-    with pytest.raises(TrainConfigError, match="'batch_tokens': 1000 is invalid; must be a multiple of seq_len"):
-        load_train_config(None, {"data": "d", "batch_tokens": 1000, "seq_len": 256})
+        load_train_config(f, {}, TrainConfig)
+    with pytest.raises(TrainConfigError,
+                       match="'batch_tokens': 1000 is invalid; must be a multiple of seq_len"):
+        load_train_config(None, {"data": "d", "batch_tokens": 1000, "seq_len": 256}, TrainConfig)
     with pytest.raises(TrainConfigError, match="'schedule'"):
-        load_train_config(None, {"data": "d", "schedule": "linear"})
+        load_train_config(None, {"data": "d", "schedule": "linear"}, TrainConfig)
+
+
+def test_a_second_run_into_a_run_directory_is_refused_or_overwritten(data_dir, tmp_path, capsys):
+    """A run into a directory that holds one, without resume, would mix the two (the old checkpoints
+    stay, a later --resume continues them, metrics.jsonl skips steps): refused, unless overwrite
+    clears the old run's outputs first (and only those)."""
+    from nanoseek.cli import main
+
+    cfg = config(data_dir, tmp_path / "run", max_steps=3, eval_every=0)
+    train(cfg)
+    argv = ["train", "--data", cfg.data, "--out-dir", cfg.out_dir, "--seq-len", "64",
+            "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and "--resume" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(TrainConfigError, match="pass one of them"):
+        train(dataclasses.replace(cfg, overwrite=True), resume=True)
+    (tmp_path / "run" / "data").mkdir()  # not the run's own (sft prepares its data here)
+    train(dataclasses.replace(cfg, max_steps=2, overwrite=True))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000002"]
+    assert sorted(metrics(tmp_path / "run")) == [1, 2]
+    assert (tmp_path / "run" / "data").is_dir()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("hiden_size=64", "config field 'hiden_size': no such field; did you mean hidden_size"),
+    ("moe_intermediate_size=30", "'moe_intermediate_size': must be a multiple of 8"),
+])
+def test_a_bad_model_setting_is_one_clear_line(data_dir, tmp_path, capsys, setting, message):
+    from nanoseek.cli import main
+
+    argv = ["train", "--data", str(data_dir / "data"), "--out-dir", str(tmp_path / "run"),
+            "--seq-len", "64", "--max-steps", "1", "--no-progress", "--set", setting]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_bar_names_its_losses_as_metrics_jsonl_does(tmp_path):
+    """The bar shows the next-token loss as main_loss: "loss" in metrics.jsonl (and the final line)
+    is the objective, MTP and balance terms included."""
+    from nanoseek.train.telemetry import Telemetry
+
+    tel = Telemetry(tmp_path, TrainConfig(data="x", progress=False), False, total_steps=1,
+                    start_step=0, device=torch.device("cpu"))
+    post = tel._postfix({"step": 1, "loss": 3.0, "main_loss": 2.5, "tokens_per_s": 10.0,
+                         "val_loss": 2.625})
+    assert post["main_loss"] == "2.500" and post["val_loss"] == "2.625" and "loss" not in post
 
 
 def test_sequence_longer_than_the_model_allows_is_refused(data_dir, tmp_path):
@@ -131,9 +182,10 @@ def test_sequence_longer_than_the_model_allows_is_refused(data_dir, tmp_path):
 
 def run_script(args: list[str], out: Path) -> subprocess.Popen:
     code = ("import sys, json; from nanoseek.train.pretrain import TrainConfig, train; "
-            "kw = json.loads(sys.argv[1]); resume = kw.pop('resume', False); train(TrainConfig(**kw), resume=resume)")
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+            "kw = json.loads(sys.argv[1]); resume = kw.pop('resume', False); "
+            "train(TrainConfig(**kw), resume=resume)")
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def metrics(run: Path) -> dict[int, dict]:
@@ -141,8 +193,9 @@ def metrics(run: Path) -> dict[int, dict]:
 
 
 def test_killed_run_resumes_exactly(data_dir, tmp_path):
-    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "a"), seq_len=64, micro_batch_size=4,
-              max_steps=16, lr=3e-3, warmup_steps=2, eval_every=0, save_every=4, keep_last=2, progress=False)
+    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "a"), seq_len=64,
+              micro_batch_size=4, max_steps=16, lr=3e-3, warmup_steps=2, eval_every=0, save_every=4,
+              keep_last=2, progress=False)
     assert run_script([json.dumps(kw)], tmp_path).wait() == 0  # uninterrupted
 
     kw_b = dict(kw, out_dir=str(tmp_path / "b"))
@@ -178,15 +231,17 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path):
     assert run_script([json.dumps(dict(kw_c, resume=True))], tmp_path).wait() == 0
     wc = load_file(tmp_path / "c" / "checkpoints" / "step_000016" / "model.safetensors")
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
-    assert not list((tmp_path / "c" / "checkpoints").glob(".*"))  # killed saves' temporaries were cleared
+    # the killed saves' temporaries were cleared
+    assert not list((tmp_path / "c" / "checkpoints").glob(".*"))
 
 
 def test_sigterm_saves_and_exits(data_dir, tmp_path):
-    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "r"), seq_len=64, micro_batch_size=4,
-              max_steps=100000, eval_every=0, save_every=0, progress=False)
+    kw = dict(model="tiny", data=str(data_dir / "data"), out_dir=str(tmp_path / "r"), seq_len=64,
+              micro_batch_size=4, max_steps=100000, eval_every=0, save_every=0, progress=False)
     p = run_script([json.dumps(kw)], tmp_path)
     deadline = time.time() + 120
-    while not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text():
+    log = tmp_path / "r" / "metrics.jsonl"
+    while not log.exists() or not log.read_text():
         assert p.poll() is None and time.time() < deadline
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
@@ -199,8 +254,8 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path):
 def test_torchrun_two_ranks_match_one_process(data_dir, tmp_path, fsdp):
     if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
         pytest.skip("torchrun is not installed")
-    kw = dict(model="tiny", data=str(data_dir / "data"), seq_len=64, max_steps=6, lr=3e-3, warmup_steps=1,
-              eval_every=0, save_every=6, progress=False, fsdp=fsdp)
+    kw = dict(model="tiny", data=str(data_dir / "data"), seq_len=64, max_steps=6, lr=3e-3,
+              warmup_steps=1, eval_every=0, save_every=6, progress=False, fsdp=fsdp)
     one = dict(kw, out_dir=str(tmp_path / "one"), micro_batch_size=8)
     assert run_script([json.dumps(one)], tmp_path).wait() == 0
     two = dict(kw, out_dir=str(tmp_path / "two"), micro_batch_size=4)
@@ -209,14 +264,16 @@ def test_torchrun_two_ranks_match_one_process(data_dir, tmp_path, fsdp):
     script.write_text("import sys, json\nfrom nanoseek.train.pretrain import TrainConfig, train\n"
                       "model, _ = train(TrainConfig(**json.loads(sys.argv[1])))\n"
                       "import torch, os\n"
-                      "b = torch.cat([m.gate.e_score_correction_bias for m in model.moe_layers()])\n"
+                      "b = torch.cat([m.gate.e_score_correction_bias\n"
+                      "               for m in model.moe_layers()])\n"
                       "torch.save(b, sys.argv[2] + f'/bias{os.environ[\"RANK\"]}.pt')\n")
-    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(two),
-                          str(tmp_path)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=300)
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script),
+                          json.dumps(two), str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert a[6]["world_size"] == 1 and b[6]["world_size"] == 2  # what `nanoseek cost --run` multiplies by
+    # what `nanoseek cost --run` multiplies by
+    assert a[6]["world_size"] == 1 and b[6]["world_size"] == 2
     for s in range(1, 7):
         assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-5, (s, a[s]["loss"], b[s]["loss"])
     b0, b1 = torch.load(tmp_path / "bias0.pt"), torch.load(tmp_path / "bias1.pt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -132,7 +133,15 @@ class ModelConfig:
         need(self.n_routed_experts > 0 or self.first_k_dense_replace >= self.num_hidden_layers,
              "first_k_dense_replace", "with n_routed_experts 0 every layer is dense: set it to num_hidden_layers")
         if self.n_routed_experts > 0 and self.first_k_dense_replace <= self.num_hidden_layers:
-            need(self.moe_intermediate_size > 0, "moe_intermediate_size", "must be positive with routed experts")
+            need(self.moe_intermediate_size > 0, "moe_intermediate_size",
+                 "must be positive with routed experts")
+            has_moe = (self.first_k_dense_replace < self.num_hidden_layers
+                       or self.num_nextn_predict_layers > 0)  # MTP blocks follow the MoE rule
+            # both are row strides of the experts' grouped GEMM (torch.nn.functional.grouped_mm),
+            # which takes strides of whole 16-byte units: 8 bf16 elements (4 fp32 ones)
+            for name in ("hidden_size", "moe_intermediate_size") if has_moe else ():
+                need(getattr(self, name) % 8 == 0, name, "must be a multiple of 8 with routed "
+                     "experts (their grouped GEMM takes rows of whole 16-byte units)")
             need(isinstance(self.n_group, int) and self.n_group >= 1, "n_group", "must be an integer >= 1")
             need(self.n_routed_experts % self.n_group == 0, "n_routed_experts",
                  f"must be divisible by n_group ({self.n_group})")
@@ -240,6 +249,14 @@ class ModelConfig:
         return cls.from_dict(d, source=str(path))
 
     def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated); a key that is no field is refused, with the
+        fields it may be a misspelling of."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for key in changes:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(f"config field '{key}': no such field{hint}")
         return dataclasses.replace(self, **changes)
 
 

@@ -1,1 +1,3 @@
-"""Training: pretraining now; SFT, GRPO and distillation build on the same loop."""
+"""Training: pretraining (pretrain.py; SFT and distillation are the same loop on chats, sft.py), GRPO
+(grpo.py), rejection sampling for distillation data (rejection.py), on one runtime (runtime.py:
+torchrun, optimizer, stop signals, checkpoints, the run directory) and one telemetry (telemetry.py)."""

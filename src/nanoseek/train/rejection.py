@@ -1,10 +1,10 @@
 """Rejection sampling (R1 §2.3.3): k samples per prompt, keep the correct ones as SFT data.
 
-Every sample is scored by the task (tasks/task.py); those scoring at least `min_score` that ended on their
-own and are well formed (one closed think block, then a non-empty answer: R1 filtered its samples for
-readability too) are kept — all of them, or only the shortest per prompt — and written as chats whose
-assistant turn carries the reasoning in `reasoning_content`, ready for `nanoseek sft` (or `nanoseek distill`
-into a smaller student).
+Every sample is scored by the task (tasks/task.py); those scoring at least `min_score` that ended on
+their own and are well formed (one closed think block, then a non-empty answer: R1 filtered its
+samples for readability too) are kept — all of them, or only the shortest per prompt — and written
+as chats whose assistant turn carries the reasoning in `reasoning_content`, ready for `nanoseek sft`
+(or `nanoseek distill` into a smaller student).
 """
 
 from __future__ import annotations
@@ -35,13 +35,16 @@ class Sample:
 
     def chat(self, task: str) -> dict:
         return {"messages": [{"role": "user", "content": self.example.prompt},
-                             {"role": "assistant", "content": self.content, "reasoning_content": self.reasoning}],
+                             {"role": "assistant", "content": self.content,
+                              "reasoning_content": self.reasoning}],
                 "task": task, "reference": self.example.reference, "score": self.score}
 
 
-def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams, min_score: float = 1.0,
-                     shortest: bool = False, batch_prompts: int = 64, progress: bool = False) -> Iterator[Sample]:
-    """Every sample of every prompt, scored, with `kept` set; prompts go to the engine in batches."""
+def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams,
+                     min_score: float = 1.0, shortest: bool = False, batch_prompts: int = 64,
+                     progress: bool = False) -> Iterator[Sample]:
+    """Every sample of every prompt, scored, with `kept` set; prompts go to the engine in
+    batches."""
     from tqdm.auto import tqdm
 
     def seeded(i: int) -> SamplingParams:  # a seed gives each prompt its own stream, reproducibly
@@ -51,13 +54,15 @@ def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams,
     bar = tqdm(total=len(task.examples), desc="sampling", unit="prompt", disable=not progress)
     for start in range(0, len(task.examples), batch_prompts):
         chunk = task.examples[start: start + batch_prompts]
-        done = engine.generate([render_chat([{"role": "user", "content": e.prompt}]) for e in chunk],
-                               [seeded(start + i) for i in range(len(chunk))])
+        chats = [render_chat([{"role": "user", "content": e.prompt}]) for e in chunk]
+        done = engine.generate(chats, [seeded(start + i) for i in range(len(chunk))])
         for i, ex in enumerate(chunk):
-            group = [Sample(ex, c.reasoning_content, c.content, c.text, len(c.token_ids), c.finish_reason,
-                            task.score(c.text, ex), split(c.text, "chat") is not None)
+            group = [Sample(ex, c.reasoning_content, c.content, c.text, len(c.token_ids),
+                            c.finish_reason, task.score(c.text, ex),
+                            split(c.text, "chat") is not None)
                      for c in done[i * k: (i + 1) * k]]
-            good = [s for s in group if s.score >= min_score and s.finish_reason == "stop" and s.formatted]
+            good = [s for s in group
+                    if s.score >= min_score and s.finish_reason == "stop" and s.formatted]
             for s in (min(good, key=lambda s: s.tokens),) if shortest and good else good:
                 s.kept = True
             yield from group

@@ -32,8 +32,9 @@ from nanoseek.checkpoint import load_model
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.model.model import Transformer, update_correction_bias
+from nanoseek.tasks.load import load_task
 from nanoseek.tasks.rewards import TEMPLATES, Reward, RewardConfig, render_prompt, reward
-from nanoseek.tasks.task import Example, Task, load_task
+from nanoseek.tasks.task import Example, Task
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.runtime import (
     RunOptions,

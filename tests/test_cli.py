@@ -115,7 +115,7 @@ def test_the_pretraining_journey_through_the_cli(tmp_path, capsys, monkeypatch):
     args = ["train", "--config", "run.toml", "--max-steps", "5", "--out-dir", "run", "--no-progress",
             "--set", "bias_update_speed=0.01"]
     assert main(args) == 0
-    assert "step 5: loss" in capsys.readouterr().out
+    assert "step 5: train loss" in capsys.readouterr().out
     assert main([*args[:4], "10", *args[5:], "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
@@ -143,3 +143,41 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch, argv, messag
     err = capsys.readouterr().err
     assert err.startswith("nanoseek: error: ") and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "c.txt"]  # nothing half-written
+
+
+def test_a_port_outside_1_to_65535_is_refused_at_parse_time(capsys):
+    for port in ("99999", "0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--port", port])
+        assert e.value.code == 2 and "1..65535" in capsys.readouterr().err
+
+
+def test_tokenizer_train_blames_the_missing_data_file_not_the_vocab_size(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tokenizer", "train", "--data", "missing.txt", "--vocab-size", "400", "--out", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.txt" in err and "--vocab-size" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, out_dir", [("sft", "runs/sft"), ("distill", "runs/distill")])
+def test_sft_and_distill_help_show_their_own_defaults(command, out_dir, capsys):
+    """Not pretraining's (runs/pretrain, lr 0.003, 200 steps), and no --model/--tokenizer, which they refuse."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default '{out_dir}')" in out and "runs/pretrain" not in out
+    assert "peak learning rate (default 0.001)" in out and "optimizer steps (default 100)" in out
+    assert "linear warmup steps (default 10)" in out
+    assert "--model" not in out and "--tokenizer" not in out
+
+
+def test_the_final_line_prints_on_rank_0_only(capsys, monkeypatch):
+    from nanoseek.cli.train import _summary
+
+    last = {"step": 3, "loss": 2.5, "main_loss": 2.25}
+    monkeypatch.setenv("RANK", "1")
+    _summary(last, "run", "then")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    _summary(last, "run", "then")
+    assert "step 3: train loss 2.2500 (next-token, last step" in capsys.readouterr().out

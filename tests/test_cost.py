@@ -166,20 +166,20 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 # ---- a finished run ----
 
-def _run(tmp_path, world_size=None):
+def _run(tmp_path, world_size=None, device="cpu"):
     run = tmp_path / "run"
     run.mkdir()
     rows = []
     for i, (dt, elapsed, m) in enumerate([(1.0, 1.0, 0.2), (1.0, 2.0, 0.2), (2.0, 4.0, 0.1)]):
         rows.append({"step": i + 1, "tokens": 1024 * (i + 1), "tokens_per_s": 1024 / dt, "elapsed_s": elapsed,
-                     "mfu": m, "loss": 5.0, "device": "cpu"} | ({"world_size": world_size} if world_size else {}))
+                     "mfu": m, "loss": 5.0, "device": device} | ({"world_size": world_size} if world_size else {}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "train_config.json").write_text(json.dumps({"model": "tiny", "seq_len": 64, "extra": {}}))
     return run
 
 
 def test_run_cost_from_metrics(tmp_path, capsys):
-    r = run_cost(_run(tmp_path), usd_per_gpu_hour=3.0, gpu="H100")
+    r = run_cost(_run(tmp_path), usd_per_hour=3.0, gpu="H100")
     assert (r.steps, r.tokens, r.device, r.world_size) == (3, 3072, "cpu", 1)
     assert r.device_hours == pytest.approx(4 / 3600) and r.usd == pytest.approx(3 * 4 / 3600)
     assert r.tokens_per_s == pytest.approx(768)
@@ -195,9 +195,24 @@ def test_run_cost_from_metrics(tmp_path, capsys):
 
 
 def test_run_cost_counts_every_device(tmp_path, capsys):
-    f = _json(capsys, ["cost", "--run", str(_run(tmp_path, world_size=8)), "--json"])
+    f = _json(capsys, ["cost", "--run", str(_run(tmp_path, world_size=8, device="cuda:0")), "--json"])
     assert f["world_size"] == 8 and f["device_hours"] == pytest.approx(8 * 4 / 3600)
     assert f["usd"] == pytest.approx(2.0 * 8 * 4 / 3600) and f["on_gpu"] is None
+    assert f["price_unit"] == "GPU-hour"
+
+
+def test_a_cpu_run_is_priced_per_machine_hour_not_per_gpu_hour(tmp_path, capsys):
+    """A CPU run's processes share one machine: its wall-clock at a CPU machine's price, not $2 a
+    device-hour."""
+    from nanoseek.eval.cost import CPU_USD_PER_HOUR
+
+    f = _json(capsys, ["cost", "--run", str(_run(tmp_path, world_size=2)), "--json"])
+    assert f["price_unit"] == "machine-hour" and f["usd_per_hour"] == CPU_USD_PER_HOUR < 0.5
+    assert f["device_hours"] == pytest.approx(2 * 4 / 3600) and f["priced_hours"] == pytest.approx(4 / 3600)
+    assert f["usd"] == pytest.approx(CPU_USD_PER_HOUR * 4 / 3600)
+    assert main(["cost", "--run", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"${CPU_USD_PER_HOUR:.4g} per machine-hour (AWS c7i.large" in out
 
 
 def test_run_cost_errors_name_the_file(tmp_path):

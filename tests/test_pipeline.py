@@ -1,5 +1,6 @@
-"""nanoseek pipeline --quick: every stage of the R1 recipe runs, the report is written, the best model is
-exported with its model card and loads in transformers, and a rerun resumes instead of starting over."""
+"""nanoseek pipeline --quick: every stage of the R1 recipe runs, the report is written, the best
+model is exported with its model card and loads in transformers, and a rerun resumes instead of
+starting over."""
 
 import json
 import re
@@ -12,32 +13,36 @@ from nanoseek.cli import main
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    assert main(["pipeline", "--quick", "--out-dir", str(out / "run"), "--export", str(out / "model"),
-                 "--quiet"]) == 0
+    assert main(["pipeline", "--quick", "--out-dir", str(out / "run"), "--export",
+                 str(out / "model"), "--quiet"]) == 0
     return out
 
 
 def test_every_stage_runs_and_the_report_says_what_they_did(quick_run):
     run = quick_run / "run"
-    stages = ["corpus", "pretrain", "r1_zero", "cold_start_sft", "r1", "rejection_sampling", "student_base",
-              "distill", "student_grpo"]
+    stages = ["corpus", "pretrain", "r1_zero", "cold_start_sft", "r1", "rejection_sampling",
+              "student_base", "distill", "student_grpo"]
     for s in stages:
         assert (run / s / "done.json").exists(), s
     report = (run / "report.md").read_text()
-    models = ["zero_start", "base", "r1_zero", "cold_start_sft", "r1", "student_base", "distilled", "student_grpo"]
+    models = ["zero_start", "base", "r1_zero", "cold_start_sft", "r1", "student_base", "distilled",
+              "student_grpo"]
     table = report.split("## Models on held-out prompts")[1].split("## What it shows")[0]
     rows = re.findall(rf"^\| ({'|'.join(models)}) \|", table, re.M)
     assert rows == models
     for s in stages:
-        assert re.search(rf"^\| {s} \| \d+ \| [\d.]+ \| [\d.]+ \|$", report, re.M), s  # its cost row
+        # its cost row
+        assert re.search(rf"^\| {s} \| \d+ \| [\d.]+ \| [\d.]+ \|$", report, re.M), s
     summary = json.loads((run / "report.json").read_text())
     assert summary["best"] in ("r1_zero", "r1", "distilled")
     for name, e in summary["evals"].items():
         assert 0 <= e["pass@1"] <= 1 and 0 <= e["pass"]["4"] <= 1, name
     assert [b["budget"] for b in summary["evals"]["best"]["budgets"]] == [8, 32]
-    # the student trained by GRPO got the compute distillation used (it stops at the first step past it)
+    # the student trained by GRPO got the compute distillation used (it stops at the first step
+    # past it)
     st = summary["stages"]
-    assert st["student_grpo"]["seconds"] >= st["distill"]["seconds"] + st["rejection_sampling"]["seconds"]
+    distillation = st["distill"]["seconds"] + st["rejection_sampling"]["seconds"]
+    assert st["student_grpo"]["seconds"] >= distillation
     for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
         assert (run / png).exists(), png
     assert (run / "r1_zero" / "response_length.png").exists()
@@ -49,7 +54,8 @@ def test_the_best_model_is_exported_and_loads_in_transformers(quick_run):
 
     model_dir = quick_run / "model"
     card = (model_dir / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "## Models on held-out prompts" in card
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert "## Models on held-out prompts" in card
     assert "![" not in card and not list(model_dir.glob("train_state*"))
     assert sum(f.stat().st_size for f in model_dir.iterdir()) < 25e6
     transformers.logging.set_verbosity_error()
@@ -98,25 +104,29 @@ def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch)
 
 
 def test_the_gpu_100m_preset_fits_its_task_and_keeps_its_checkpoints():
-    """gpu-100m needs a GPU, so CI checks what would break it there: its harder task gives worked documents
-    whose answers fit max_tokens and whose text fits seq_len, and the student is a valid dense model far
-    smaller than the teacher."""
-    from nanoseek.data import gym_documents
+    """gpu-100m needs a GPU, so CI checks what would break it there: its harder task gives worked
+    documents whose answers fit max_tokens and whose text fits seq_len, and the student is a valid
+    dense model far smaller than the teacher."""
     from nanoseek.model.config import get_preset
     from nanoseek.model.counting import count_params
     from nanoseek.pipeline import PRESETS
+    from nanoseek.tasks.gym import gym_documents
     from nanoseek.tokenizer import train_tokenizer
 
     p = PRESETS["gpu-100m"]
     docs = list(gym_documents(p.task, 400, seed=0, config=p.task_config))
     assert len(docs) == 400 and all(d["messages"][1]["reasoning_content"] for d in docs)
-    assert any("*" in d["messages"][0]["content"] and "(" in d["messages"][0]["content"] for d in docs)
-    tok = train_tokenizer([d["text"] for d in docs], vocab_size=p.vocab)  # fewer merges than 60K docs give
+    questions = [d["messages"][0]["content"] for d in docs]
+    assert any("*" in q and "(" in q for q in questions)
+    # fewer merges than 60K docs give
+    tok = train_tokenizer([d["text"] for d in docs], vocab_size=p.vocab)
     answers = [len(tok.encode(d["text"].split("<｜Assistant｜>", 1)[1])) for d in docs]
-    assert max(len(tok.encode(d["text"])) for d in docs) <= p.seq_len and max(answers) <= p.max_tokens
+    assert max(len(tok.encode(d["text"])) for d in docs) <= p.seq_len
+    assert max(answers) <= p.max_tokens
     assert max(p.budgets) <= p.max_tokens
     teacher = get_preset(p.teacher).replace(vocab_size=p.vocab)
     student = teacher.replace(**p.student)
     student.validate()
-    assert student.first_k_dense_replace == student.num_hidden_layers and not student.num_nextn_predict_layers
+    assert student.first_k_dense_replace == student.num_hidden_layers
+    assert not student.num_nextn_predict_layers
     assert count_params(student).total < count_params(teacher).active / 2

@@ -12,29 +12,35 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    blocks = [b for b in blocks if "127.0.0.1:8000" not in b]  # the API client's block: test_serve.py runs it
+    # the API client's block: test_serve.py runs it
+    blocks = [b for b in blocks if "127.0.0.1:8000" not in b]
     assert len(blocks) >= 3
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "corpus.txt").write_text("\n".join(f"{a} + {b} = {a + b}" for a in range(60) for b in range(60)))
+    sums = (f"{a} + {b} = {a + b}" for a in range(60) for b in range(60))
+    (tmp_path / "corpus.txt").write_text("\n".join(sums))
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
 
 
 def test_readme_main_command_runs():
-    """`nanoseek chat` as written: the shipped, trained model answers with its reasoning shown (dimmed)."""
+    """`nanoseek chat` as written: the shipped, trained model answers with its reasoning shown
+    (dimmed)."""
     cmd = re.search(r"pip install -e \. && (nanoseek [^\n]+)", README.read_text()).group(1).split()
     assert cmd == ["nanoseek", "chat"]
-    out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], input="Calculate 7 + 8 - 3.\n/quit\n",
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]],
+                         input="Calculate 7 + 8 - 3.\n/quit\n", capture_output=True, text=True,
+                         check=True, timeout=120)
     assert "UNTRAINED" not in out.stderr  # the bundled model, not the fallback
-    # not a terminal: the reasoning comes labelled (test_chat.py checks it dimmed on a pseudo-terminal)
+    # not a terminal: the reasoning comes labelled (test_chat.py checks it dimmed on a
+    # pseudo-terminal)
     reasoning = out.stdout.split("thinking:", 1)[1]
     assert re.search(r"\d+ [+-] \d+ = \d+", reasoning)  # it works the sum out, step by step
 
 
 def test_readme_info_command_runs():
     cmd = re.search(r"`(nanoseek info deepseek-v3)`", README.read_text()).group(1).split()
-    out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "nanoseek", *cmd[1:]], capture_output=True,
+                         text=True, check=True)
     assert "70,272" in out.stdout and "671.0B" in out.stdout
 
 
@@ -53,32 +59,35 @@ def test_readme_shell_journey_runs(tmp_path):
         argv[0] = str(bindir / argv[0])
         r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, (line, r.stderr[-2000:])
-    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "step_000030" / "model.safetensors").exists()
-    assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step_000020" / "model.safetensors").exists()
+    runs = tmp_path / "runs"
+    assert (runs / "tiny" / "checkpoints" / "step_000030" / "model.safetensors").exists()
+    assert (runs / "ddp" / "checkpoints" / "step_000020" / "model.safetensors").exists()
     # SFT of that checkpoint on the same chats
     sft = re.findall(r"```bash\n(nanoseek sft .*?)```", text, flags=re.S)
     assert len(sft) == 1
-    argv = sft[0].replace("step_000150", "step_000030").replace("--max-steps 100", "--max-steps 10").split()
-    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:], "--no-progress"], cwd=tmp_path, capture_output=True,
-                       text=True, env=env, timeout=600)
+    argv = (sft[0].replace("step_000150", "step_000030")
+            .replace("--max-steps 100", "--max-steps 10").split())
+    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:], "--no-progress"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "runs" / "sft" / "checkpoints" / "step_000010" / "model.safetensors").exists()
+    assert (runs / "sft" / "checkpoints" / "step_000010" / "model.safetensors").exists()
     # GRPO from the SFT checkpoint, as written (a few short steps)
     grpo = re.findall(r"```bash\n(nanoseek grpo .*?)```", text, flags=re.S)
     assert len(grpo) == 1
     argv = (grpo[0].replace("step_000100", "step_000010").replace("--steps 50", "--steps 2").split()
-            + ["--prompts-per-step", "4", "--group-size", "4", "--max-tokens", "16", "--task-size", "40",
-               "--held-out", "8", "--no-progress"])
-    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, env=env,
-                       timeout=600)
+            + ["--prompts-per-step", "4", "--group-size", "4", "--max-tokens", "16",
+               "--task-size", "40", "--held-out", "8", "--no-progress"])
+    r = subprocess.run([str(bindir / "nanoseek"), *argv[1:]], cwd=tmp_path, capture_output=True,
+                       text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "runs" / "grpo" / "checkpoints" / "step_000002" / "model.safetensors").exists()
+    assert (runs / "grpo" / "checkpoints" / "step_000002" / "model.safetensors").exists()
     # then generation from that checkpoint, through a shell as written (echo, redirection)
     gen = re.findall(r"```bash\n(echo .*?)```", text, flags=re.S)
     assert len(gen) == 1 and "nanoseek generate" in gen[0]
-    script = gen[0].replace("step_000150", "step_000030").replace("nanoseek ", f"{bindir}/nanoseek ")
-    r = subprocess.run(["bash", "-euc", script.strip() + " --quiet"], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=600)
+    script = (gen[0].replace("step_000150", "step_000030")
+              .replace("nanoseek ", f"{bindir}/nanoseek "))
+    r = subprocess.run(["bash", "-euc", script.strip() + " --quiet"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = (tmp_path / "runs" / "out.jsonl").read_text().splitlines()
     assert len(out) == 1 and len(json.loads(out[0])["completions"]) == 4

@@ -182,11 +182,12 @@ def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], 
 # tokenize once into flat token files
 
 
-def _is_val(text: str, seed: int, fraction: float) -> bool:
-    """A seeded hash of the text decides the split: stable across runs and file orders, and an exact
-    duplicate can never sit on both sides of it."""
+def split_position(text: str, seed: int) -> float:
+    """Where a seeded hash of the text falls in [0, 1); below val_fraction it is validation. The
+    split is stable across runs and file orders, and an exact duplicate can never sit on both
+    sides of it."""
     h = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < fraction
+    return int.from_bytes(h, "little") / 2**64
 
 
 def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
@@ -219,7 +220,7 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
             for text, (ids, mask) in zip(batch, encoded):
                 if not ids or ids[-1] != tokenizer.eos_id:  # chat documents already end with EOS
                     ids.append(tokenizer.eos_id)
-                split = "val" if _is_val(text, seed, val_fraction) else "train"
+                split = "val" if split_position(text, seed) < val_fraction else "train"
                 np.asarray(ids, dtype=dtype).tofile(out[split])
                 if chat:
                     np.asarray(mask, dtype=np.uint8).tofile(masks[split])

@@ -106,22 +106,28 @@ class ModelConfig:
             if not cond:
                 raise ConfigError(f"config field '{name}': {msg} (got {getattr(self, name)!r})")
 
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
-                     "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "must be a positive integer")
-        for name in ("qk_nope_head_dim", "n_routed_experts", "n_shared_experts", "first_k_dense_replace",
-                     "num_nextn_predict_layers", "intermediate_size", "moe_intermediate_size"):
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
+                 "must be a positive integer")
+        for name in ("qk_nope_head_dim", "n_routed_experts", "n_shared_experts",
+                     "first_k_dense_replace", "num_nextn_predict_layers", "intermediate_size",
+                     "moe_intermediate_size"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "must be an integer >= 0")
-        need(self.q_lora_rank is None or (isinstance(self.q_lora_rank, int) and self.q_lora_rank > 0),
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name,
+                 "must be an integer >= 0")
+        need(self.q_lora_rank is None
+             or (isinstance(self.q_lora_rank, int) and self.q_lora_rank > 0),
              "q_lora_rank", "must be a positive integer or null")
-        need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", "must be even (RoPE rotates pairs)")
+        need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
+             "must be even (RoPE rotates pairs)")
         need(self.num_key_value_heads == self.num_attention_heads, "num_key_value_heads",
              f"MLA has one latent shared by all heads; must equal num_attention_heads "
              f"({self.num_attention_heads})")
         need(self.hidden_act == "silu", "hidden_act", "only 'silu' (SwiGLU experts) is supported")
-        need(self.scoring_func in ("sigmoid", "softmax"), "scoring_func", "must be 'sigmoid' (V3) or 'softmax' (V2)")
+        need(self.scoring_func in ("sigmoid", "softmax"), "scoring_func",
+             "must be 'sigmoid' (V3) or 'softmax' (V2)")
         need(self.rms_norm_eps > 0, "rms_norm_eps", "must be > 0")
         need(self.initializer_range > 0, "initializer_range", "must be > 0")
         need(self.rope_theta > 0, "rope_theta", "must be > 0")
@@ -129,9 +135,11 @@ class ModelConfig:
         need(self.aux_loss_alpha >= 0, "aux_loss_alpha", "must be >= 0")
         need(self.bias_update_speed >= 0, "bias_update_speed", "must be >= 0")
         if self.first_k_dense_replace > 0 or self.n_routed_experts == 0:
-            need(self.intermediate_size > 0, "intermediate_size", "dense layers need a positive width")
+            need(self.intermediate_size > 0, "intermediate_size",
+                 "dense layers need a positive width")
         need(self.n_routed_experts > 0 or self.first_k_dense_replace >= self.num_hidden_layers,
-             "first_k_dense_replace", "with n_routed_experts 0 every layer is dense: set it to num_hidden_layers")
+             "first_k_dense_replace",
+             "with n_routed_experts 0 every layer is dense: set it to num_hidden_layers")
         if self.n_routed_experts > 0 and self.first_k_dense_replace <= self.num_hidden_layers:
             need(self.moe_intermediate_size > 0, "moe_intermediate_size",
                  "must be positive with routed experts")
@@ -142,31 +150,36 @@ class ModelConfig:
             for name in ("hidden_size", "moe_intermediate_size") if has_moe else ():
                 need(getattr(self, name) % 8 == 0, name, "must be a multiple of 8 with routed "
                      "experts (their grouped GEMM takes rows of whole 16-byte units)")
-            need(isinstance(self.n_group, int) and self.n_group >= 1, "n_group", "must be an integer >= 1")
+            need(isinstance(self.n_group, int) and self.n_group >= 1, "n_group",
+                 "must be an integer >= 1")
             need(self.n_routed_experts % self.n_group == 0, "n_routed_experts",
                  f"must be divisible by n_group ({self.n_group})")
-            need(isinstance(self.topk_group, int) and 1 <= self.topk_group <= self.n_group, "topk_group",
-                 f"must be in [1, n_group={self.n_group}]")
+            need(isinstance(self.topk_group, int) and 1 <= self.topk_group <= self.n_group,
+                 "topk_group", f"must be in [1, n_group={self.n_group}]")
             per_group = self.n_routed_experts // self.n_group
             need(self.n_group == 1 or per_group >= 2, "n_group",
                  "groups are scored by their top-2 experts, so each needs at least 2 experts")
-            need(1 <= self.num_experts_per_tok <= self.topk_group * per_group, "num_experts_per_tok",
-                 f"must be in [1, topk_group * experts per group = {self.topk_group * per_group}]")
+            need(1 <= self.num_experts_per_tok <= self.topk_group * per_group,
+                 "num_experts_per_tok",
+                 "must be in [1, topk_group * experts per group = "
+                 f"{self.topk_group * per_group}]")
         if self.rope_scaling is not None:
             rs = self.rope_scaling
             need(isinstance(rs, dict), "rope_scaling", "must be an object or null")
             kind = rs.get("type", rs.get("rope_type"))
-            need(kind in ("yarn", "default"), "rope_scaling", "only 'yarn' rope scaling is supported")
+            need(kind in ("yarn", "default"), "rope_scaling",
+                 "only 'yarn' rope scaling is supported")
             if kind == "yarn":
                 for key in ("factor", "original_max_position_embeddings"):
                     if key not in rs:
                         raise ConfigError(f"config field 'rope_scaling.{key}': required for yarn")
                 if not float(rs["factor"]) >= 1:
-                    raise ConfigError(f"config field 'rope_scaling.factor': must be >= 1 (got {rs['factor']})")
+                    raise ConfigError(f"config field 'rope_scaling.factor': must be >= 1 "
+                                      f"(got {rs['factor']})")
 
     # ---- config.json ----
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config.json dict: HF field names plus the model_type/architectures that identify it."""
+        """The config.json dict: HF field names plus the model_type/architectures identifying it."""
         d = dataclasses.asdict(self)
         d["model_type"] = "deepseek_v3"
         d["architectures"] = ["DeepseekV3ForCausalLM"]
@@ -177,7 +190,9 @@ class ModelConfig:
         # transformers >= 5 reads rope_parameters; vLLM, SGLang and transformers 4.x read
         # rope_theta + rope_scaling: write both so every reader sees the same positions.
         rp: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        kind = None if self.rope_scaling is None else self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+        kind = None
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
         if kind == "yarn":
             rs = {k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type")}
             d["rope_scaling"] = {"type": "yarn", **rs}
@@ -190,15 +205,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> ModelConfig:
         if d.get("model_type") != "deepseek_v3":
-            raise ConfigError(f"{source}: model_type must be 'deepseek_v3' (got {d.get('model_type')!r})")
+            raise ConfigError(f"{source}: model_type must be 'deepseek_v3' "
+                              f"(got {d.get('model_type')!r})")
         d = dict(d)
         # transformers >= 5 folds rope_theta and rope_scaling into rope_parameters
         rp = d.pop("rope_parameters", None)
         if isinstance(rp, dict):
             d.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
             if rp.get("rope_type", "default") != "default" and not d.get("rope_scaling"):
-                d["rope_scaling"] = {"type": rp["rope_type"],
-                                     **{k: v for k, v in rp.items() if k not in ("rope_type", "rope_theta")}}
+                rest = {k: v for k, v in rp.items() if k not in ("rope_type", "rope_theta")}
+                d["rope_scaling"] = {"type": rp["rope_type"], **rest}
         if isinstance(d.get("rope_scaling"), dict):
             rs = dict(d["rope_scaling"])
             kind = rs.pop("rope_type", None) or rs.pop("type", None) or "default"
@@ -210,8 +226,8 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         # keys V3 released configs carry that a None in the file means "the default"
-        for k in ("n_group", "topk_group", "num_experts_per_tok", "first_k_dense_replace", "n_shared_experts",
-                  "n_routed_experts", "num_key_value_heads", "v_head_dim"):
+        for k in ("n_group", "topk_group", "num_experts_per_tok", "first_k_dense_replace",
+                  "n_shared_experts", "n_routed_experts", "num_key_value_heads", "v_head_dim"):
             if k in kwargs and kwargs[k] is None:
                 if k == "num_key_value_heads":
                     kwargs[k] = kwargs.get("num_attention_heads", cls.num_attention_heads)
@@ -241,7 +257,8 @@ class ModelConfig:
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+            raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: "
+                              f"invalid JSON ({e.msg})") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read ({e})") from None
         if not isinstance(d, dict):
@@ -261,11 +278,11 @@ class ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets. The small ones are nanoseek's own; the last two are the published shapes, for counting
-# and cost estimates only (never instantiated in tests).
+# Presets. The small ones are nanoseek's own; the last two are the published shapes, for
+# counting and cost estimates only (never instantiated in tests).
 
-_YARN_V3 = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
-            "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+_YARN_V3 = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
 
 PRESETS: dict[str, ModelConfig] = {}
 
@@ -274,34 +291,50 @@ def _preset(name: str, **kw: Any) -> None:
     PRESETS[name] = ModelConfig(**kw)
 
 
-# tests: every mechanism present (q LoRA, YaRN, groups, shared experts, dense + MoE layers, MTP), < 1M params
-_preset("tiny", vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=32,
-        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, n_shared_experts=1,
-        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1, num_nextn_predict_layers=1,
-        max_position_embeddings=1024, rope_scaling={**_YARN_V3, "factor": 4.0, "original_max_position_embeddings": 256})
+# tests: every mechanism present (q LoRA, YaRN, groups, shared experts, dense + MoE layers, MTP),
+# < 1M params
+_preset("tiny",
+        vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+        first_k_dense_replace=1, num_nextn_predict_layers=1,
+        max_position_embeddings=1024,
+        rope_scaling={**_YARN_V3, "factor": 4.0, "original_max_position_embeddings": 256})
 # trains on 2 CPU cores in minutes
-_preset("cpu-small", vocab_size=4096, hidden_size=256, intermediate_size=768, moe_intermediate_size=128,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=128, kv_lora_rank=64,
-        qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=16, n_shared_experts=1,
-        num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1, num_nextn_predict_layers=1,
+_preset("cpu-small",
+        vocab_size=4096, hidden_size=256, intermediate_size=768, moe_intermediate_size=128,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+        n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_nextn_predict_layers=1,
         max_position_embeddings=2048, rope_scaling=None)
 # one GPU, hours: ~110M active of 293M total parameters
-_preset("gpu-100m", vocab_size=32768, hidden_size=768, intermediate_size=2048, moe_intermediate_size=256,
-        num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, q_lora_rank=384, kv_lora_rank=256,
-        qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=32, n_shared_experts=1,
-        num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1, num_nextn_predict_layers=1,
+_preset("gpu-100m",
+        vocab_size=32768, hidden_size=768, intermediate_size=2048, moe_intermediate_size=256,
+        num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+        q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+        n_routed_experts=32, n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2,
+        first_k_dense_replace=1, num_nextn_predict_layers=1,
         max_position_embeddings=4096, rope_scaling=None)
-# DeepSeek-V2-Lite (15.7B total, 2.4B active without the embedding): softmax routing, no q LoRA, no MTP
-_preset("deepseek-v2-lite", vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
-        num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=None, kv_lora_rank=512,
-        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
-        num_experts_per_tok=6, n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False,
-        scoring_func="softmax", topk_method="greedy", first_k_dense_replace=1, num_nextn_predict_layers=0,
-        max_position_embeddings=163840, initializer_range=0.02, bos_token_id=100000, eos_token_id=100001,
-        rope_scaling={"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
-                      "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707})
-# DeepSeek-V3 / R1 (671B total, 37B active, + an 11.6B MTP module; 14B with its embedding and head copies)
+# DeepSeek-V2-Lite (15.7B total, 2.4B active without the embedding): softmax routing, no q LoRA,
+# no MTP
+_preset("deepseek-v2-lite",
+        vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+        num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16,
+        q_lora_rank=None, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+        n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, n_group=1, topk_group=1,
+        routed_scaling_factor=1.0, norm_topk_prob=False,
+        scoring_func="softmax", topk_method="greedy",
+        first_k_dense_replace=1, num_nextn_predict_layers=0,
+        max_position_embeddings=163840, initializer_range=0.02,
+        bos_token_id=100000, eos_token_id=100001,
+        rope_scaling={"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                      "beta_fast": 32.0, "beta_slow": 1.0,
+                      "mscale": 0.707, "mscale_all_dim": 0.707})
+# DeepSeek-V3 / R1 (671B total, 37B active, + an 11.6B MTP module; 14B with its embedding and
+# head copies)
 _preset("deepseek-v3", rope_scaling=dict(_YARN_V3))
 
 
@@ -318,7 +351,8 @@ def resolve_config(spec: str) -> ModelConfig:
     p = Path(spec)
     if p.is_dir() or p.suffix == ".json" or p.exists():
         return ModelConfig.load(p)
-    raise ConfigError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json or checkpoint directory")
+    raise ConfigError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) "
+                      "nor a config.json or checkpoint directory")
 
 
 __all__ = ["ConfigError", "ModelConfig", "PRESETS", "get_preset", "resolve_config"]

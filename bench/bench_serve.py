@@ -20,7 +20,7 @@ chunks are parsed as they arrive; per concurrency level C:
 Beside them, from the server's /metrics (scraped before and after each level): its own mean TTFT and
 TPOT, and the CPU time the server and this client process used (from /proc), in cores.
 
-Prefix cache: `nanoseek serve` always keeps a prompt-prefix KV cache in memory (cli._engine builds a
+Prefix cache: `nanoseek serve` always keeps a prompt-prefix KV cache in memory (cli.common.engine_from builds a
 PrefixCache() unless --prefix-cache-dir puts it on disk too; 32-token blocks). A long system prompt (worked
 examples, --system-tokens) + short distinct questions, one request at a time: the first request with that
 system prompt is cold, the next ones find its full blocks cached (usage.prompt_cache_hit_tokens). Repeated

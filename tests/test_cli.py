@@ -180,7 +180,7 @@ def test_sft_and_distill_help_show_their_own_defaults(command, out_dir, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"(default '{out_dir}')" in out and "runs/pretrain" not in out
     assert "peak learning rate (default 0.001)" in out and "optimizer steps (default 100)" in out
-    assert "linear warmup steps (default 10)" in out
+    assert "linear warmup, in optimizer steps (default 10)" in out
     assert "--model" not in out and "--tokenizer" not in out
 
 

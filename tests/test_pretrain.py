@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from nanoseek.checkpoint import load_model
 from nanoseek.data import PackedLoader, prepare_corpus
 from nanoseek.train.pretrain import TrainConfig, TrainConfigError, lr_at, train, val_loss
-from nanoseek.train.runtime import World, latest_checkpoint, load_train_config
+from nanoseek.train.runtime import World, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,33 +97,6 @@ def test_lr_schedules():
                       decay_fraction=0.5)
     assert lr_at(54, wsd) == 1.0 and lr_at(110, wsd) == pytest.approx(0.1)
     assert lr_at(60, TrainConfig(data="x", schedule="constant", lr=0.5)) == 0.5
-
-
-def test_config_file_and_errors(tmp_path):
-    f = tmp_path / "run.toml"
-    f.write_text('data = "d"\nlr = 0.001\nmax_steps = 7\n')
-    cfg = load_train_config(f, {"max_steps": 9, "seed": None}, TrainConfig)
-    assert cfg.lr == 0.001 and cfg.max_steps == 9
-    y = tmp_path / "run.yaml"
-    y.write_text("data: d\nschedule: wsd\nextra:\n  bias_update_speed: 0.01\n")
-    assert load_train_config(y, {}, TrainConfig).extra == {"bias_update_speed": 0.01}
-    y.write_text("data: d\nlr: fast\n")
-    with pytest.raises(TrainConfigError, match="'lr' must be float, got 'fast'"):
-        load_train_config(y, {}, TrainConfig)
-    y.write_text("data: [unclosed\n")
-    with pytest.raises(TrainConfigError, match="run.yaml"):
-        load_train_config(y, {}, TrainConfig)
-    f.write_text('data = "d"\nlearning_rate = 0.1\n')
-    with pytest.raises(TrainConfigError, match="unknown key.*learning_rate"):
-        load_train_config(f, {}, TrainConfig)
-    f.write_text('data = "d"\nlr = \n')
-    with pytest.raises(TrainConfigError, match="run.toml"):
-        load_train_config(f, {}, TrainConfig)
-    with pytest.raises(TrainConfigError,
-                       match="'batch_tokens': 1000 is invalid; must be a multiple of seq_len"):
-        load_train_config(None, {"data": "d", "batch_tokens": 1000, "seq_len": 256}, TrainConfig)
-    with pytest.raises(TrainConfigError, match="'schedule'"):
-        load_train_config(None, {"data": "d", "schedule": "linear"}, TrainConfig)
 
 
 def test_a_second_run_into_a_run_directory_is_refused_or_overwritten(data_dir, tmp_path, capsys):

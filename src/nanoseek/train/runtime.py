@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from nanoseek.checkpoint import _unshare, write_model_files
 from nanoseek.errors import UserError
-from nanoseek.files import atomic_directory
+from nanoseek.files import atomic_directory, atomic_write
 from nanoseek.model.model import Transformer
 
 
@@ -267,7 +267,7 @@ def start_run(cfg: Any, world: World, resume: bool, config_name: str) -> Path | 
         run.mkdir(parents=True, exist_ok=True)
         for stale in (run / "checkpoints").glob(".step_*"):  # temporaries of a save that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        (run / config_name).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        atomic_write(run / config_name, json.dumps(dataclasses.asdict(cfg), indent=1))
         step = json.loads((start / "train_state.json").read_text())["step"] if start else None
         _truncate_metrics(run / "metrics.jsonl", step)
     return start
@@ -286,7 +286,7 @@ def _truncate_metrics(path: Path, step: int | None) -> None:
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and step is not None and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    atomic_write(path, "".join(line + "\n" for line in keep))  # a crash here keeps the old
 
 
 # ---------------------------------------------------------------------------------------------

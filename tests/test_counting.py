@@ -26,19 +26,21 @@ CONFIGS = {
     # q LoRA, YaRN, 1 dense + 1 MoE layer, 1 shared expert, untied
     "tiny": get_preset("tiny"),
     # single q_proj, every layer MoE, no shared expert, tied embeddings
-    "no-qlora-tied": ModelConfig(**_SMALL, q_lora_rank=None, first_k_dense_replace=0, n_shared_experts=0,
-                                 tie_word_embeddings=True),
+    "no-qlora-tied": ModelConfig(**_SMALL, q_lora_rank=None, first_k_dense_replace=0,
+                                 n_shared_experts=0, tie_word_embeddings=True),
     # q LoRA with biases, 2 dense layers then MoE, 2 shared experts, tied
-    "bias-2shared": ModelConfig(**_SMALL, q_lora_rank=24, attention_bias=True, first_k_dense_replace=2,
-                                n_shared_experts=2, tie_word_embeddings=True),
+    "bias-2shared": ModelConfig(**_SMALL, q_lora_rank=24, attention_bias=True,
+                                first_k_dense_replace=2, n_shared_experts=2,
+                                tie_word_embeddings=True),
     # q_proj with attention_bias (q_proj stays unbiased), all layers dense
-    "dense-bias": ModelConfig(**{**_SMALL, "num_hidden_layers": 2}, q_lora_rank=None, attention_bias=True,
-                              first_k_dense_replace=2, n_shared_experts=1),
+    "dense-bias": ModelConfig(**{**_SMALL, "num_hidden_layers": 2}, q_lora_rank=None,
+                              attention_bias=True, first_k_dense_replace=2, n_shared_experts=1),
 }
 
 
 def _hf_model(cfg: ModelConfig):
-    """The reference: transformers' DeepseekV3ForCausalLM (a dev dependency; these tests skip without it)."""
+    """The reference: transformers' DeepseekV3ForCausalLM (a dev dependency; these tests skip
+    without it)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     return transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**cfg.to_hf_dict()))
@@ -52,7 +54,8 @@ def test_total_matches_transformers_exactly(name):
     assert p.total == sum(t.numel() for t in model.parameters())
     assert sum(p.breakdown.values()) == p.total
     assert p.embedding == model.model.embed_tokens.weight.numel()
-    assert p.breakdown["lm_head"] == (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    assert p.breakdown["lm_head"] == (0 if cfg.tie_word_embeddings
+                                      else cfg.vocab_size * cfg.hidden_size)
     # the correction bias is a buffer, reported apart from the parameters
     bias = sum(b.numel() for n, b in model.named_buffers() if n.endswith("e_score_correction_bias"))
     assert p.buffers == bias
@@ -60,7 +63,8 @@ def test_total_matches_transformers_exactly(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_active_and_matmul_params_match_transformers(name):
-    """Re-derive active counts from the HF module tree: a fused expert tensor counts k / n_routed of it."""
+    """Re-derive active counts from the HF module tree: a fused expert tensor counts k / n_routed
+    of it."""
     cfg = CONFIGS[name]
     model = _hf_model(cfg)
     active = matmul = 0
@@ -104,7 +108,8 @@ def test_deepseek_v3_figures():
     assert p.total == pytest.approx(671e9, rel=0.01)
     assert p.active == pytest.approx(37e9, rel=0.02)
     assert 11.5e9 <= p.mtp <= 14e9
-    assert p.total == 671_026_404_352  # regression pin (the layout is checked exactly on tiny configs above)
+    # regression pin (the layout is checked exactly on tiny configs above)
+    assert p.total == 671_026_404_352
     assert p.embedding == 129280 * 7168
     kv = kv_cache_bytes_per_token(cfg)
     assert kv.mla_latent == 61 * 576 * 2 == 70_272
@@ -128,9 +133,11 @@ def test_flops_convention():
     cfg = get_preset("tiny")
     n = count_params(cfg).active_matmul
     seq = 1000
-    attn_fwd = cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim) * seq
+    attn_fwd = (cfg.num_hidden_layers * cfg.num_attention_heads
+                * (cfg.qk_head_dim + cfg.v_head_dim) * seq)
     assert forward_flops_per_token(cfg, seq) == 2 * n + attn_fwd
-    assert flops_per_token(cfg, seq) == 6 * n + 3 * attn_fwd == 3 * forward_flops_per_token(cfg, seq)
+    assert (flops_per_token(cfg, seq) == 6 * n + 3 * attn_fwd
+            == 3 * forward_flops_per_token(cfg, seq))
     # longer context costs more, only through attention
     assert flops_per_token(cfg, 2 * seq) - flops_per_token(cfg, seq) == 3 * attn_fwd
     assert flops_per_token(cfg, seq, include_mtp=True) > flops_per_token(cfg, seq)

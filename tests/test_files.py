@@ -1,4 +1,5 @@
-"""Atomic writes leave the old file or the new one, never a part; JSONL errors name the file and line."""
+"""Atomic writes leave the old file or the new one, never a part; JSONL errors name the file and
+line."""
 
 import gzip
 import json

@@ -67,7 +67,8 @@ def test_cached_decoding_with_per_row_positions():
         model(prompts, cache=cache)
         lens = torch.tensor([5, 5])
         for _ in range(7):
-            nxt = torch.stack([a[0, lens[0]] if lens[0] < 12 else a[0, 0], b[0, lens[1]] if lens[1] < 7 else b[0, 0]])
+            nxt = torch.stack([a[0, lens[0]] if lens[0] < 12 else a[0, 0],
+                               b[0, lens[1]] if lens[1] < 7 else b[0, 0]])
             out = model(nxt[:, None], cache=cache, start_pos=lens).logits[:, 0]
             if lens[0] < 12:
                 torch.testing.assert_close(out[0], full_a[lens[0]], atol=1e-5, rtol=0)
@@ -94,7 +95,8 @@ def reference_routing(moe: MoE, x: torch.Tensor):
         s = torch.sigmoid(tok.double() @ moe.gate.weight.double().T)
         biased = s + moe.gate.e_score_correction_bias.double()
         per = E // G
-        group_score = [sorted(biased[g * per:(g + 1) * per].tolist(), reverse=True)[:2] for g in range(G)]
+        group_score = [sorted(biased[g * per:(g + 1) * per].tolist(), reverse=True)[:2]
+                       for g in range(G)]
         kept = sorted(range(G), key=lambda g: -sum(group_score[g]))[: cfg.topk_group]
         allowed = [e for e in range(E) if e // per in kept]
         chosen = sorted(allowed, key=lambda e: -biased[e].item())[:K]
@@ -142,11 +144,13 @@ def test_dropped_groups_are_masked_with_minus_infinity():
     gate = model.moe_layers()[0].gate
     with torch.no_grad():
         gate.weight.zero_()  # every score is sigmoid(0) = 0.5
-        gate.e_score_correction_bias.copy_(torch.tensor([-0.6, -0.7, -0.8, -0.9, -1.0, -1.1, -1.2, -1.3]))
+        gate.e_score_correction_bias.copy_(torch.tensor([-0.6, -0.7, -0.8, -0.9,
+                                                         -1.0, -1.1, -1.2, -1.3]))
     weights, idx, _ = gate(torch.randn(5, model.cfg.hidden_size))
     assert all(set(row) == {0, 1} for row in idx.tolist())
     # the gate weights use the unbiased scores: equal scores -> equal weights summing to the scale
-    torch.testing.assert_close(weights, torch.full_like(weights, model.cfg.routed_scaling_factor / 2))
+    torch.testing.assert_close(weights,
+                               torch.full_like(weights, model.cfg.routed_scaling_factor / 2))
 
 
 def test_bias_update_moves_load_toward_balance():
@@ -156,7 +160,8 @@ def test_bias_update_moves_load_toward_balance():
     with torch.no_grad():  # a skewed router: most tokens prefer the same few experts
         moe.gate.e_score_correction_bias.zero_()
         moe.gate.weight.mul_(0.1)
-        moe.gate.weight[:3] += 2.0 * torch.randn(model.cfg.hidden_size).sign() / model.cfg.hidden_size**0.5
+        moe.gate.weight[:3] += (2.0 * torch.randn(model.cfg.hidden_size).sign()
+                                / model.cfg.hidden_size**0.5)
     x = torch.randn(8, 64, model.cfg.hidden_size) + torch.randn(model.cfg.hidden_size)
     vios = []
     for _ in range(60):
@@ -218,7 +223,8 @@ def test_forward_losses_and_router_stats():
     y2 = y.clone()
     y2[:, :5] = -100
     out2 = model(x, y2)
-    torch.testing.assert_close(out2.main_loss, F.cross_entropy(out2.logits[:, 5:].flatten(0, 1), y[:, 5:].flatten()))
+    torch.testing.assert_close(out2.main_loss, F.cross_entropy(out2.logits[:, 5:].flatten(0, 1),
+                                                               y[:, 5:].flatten()))
 
 
 def test_mtp_sees_the_next_token_and_leaves_main_logits_alone():
@@ -295,7 +301,8 @@ def test_value_head_wider_than_query_head():
     model = tiny_model(v_head_dim=40)
     ids = torch.randint(0, model.cfg.vocab_size, (2, 11))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, absorb=True).logits, model(ids).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(ids, absorb=True).logits, model(ids).logits,
+                                   atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="this torch has no grouped GEMM")

@@ -1,4 +1,5 @@
-"""Numeric parity with transformers' DeepseekV3ForCausalLM (the reference), both checkpoint directions."""
+"""Numeric parity with transformers' DeepseekV3ForCausalLM (the reference), both checkpoint
+directions."""
 
 import pytest
 import torch
@@ -17,29 +18,33 @@ from nanoseek.model.model import Transformer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32,
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+        "original_max_position_embeddings": 32,
         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
 PLAIN = {"rope_type": "default", "rope_theta": 10000.0}
 
-# Together these cover: q_lora_rank set and null, YaRN on and off, n_group > 1 with topk_group < n_group,
-# first_k_dense_replace 0 and > 0, n_shared_experts 0 and 2, MTP present, tied embeddings.
+# Together these cover: q_lora_rank set and null, YaRN on and off, n_group > 1 with
+# topk_group < n_group, first_k_dense_replace 0 and > 0, n_shared_experts 0 and 2, MTP present,
+# tied embeddings.
 CONFIGS = {
-    "v3-like": dict(q_lora_rank=16, rope_parameters=YARN, n_group=4, topk_group=2, first_k_dense_replace=1,
-                    n_shared_experts=1, num_mtp_layers=1),
-    "v2-lite-like": dict(q_lora_rank=None, rope_parameters=PLAIN, n_group=1, topk_group=1, first_k_dense_replace=0,
-                         n_shared_experts=2, num_mtp_layers=0),
-    "no-shared": dict(q_lora_rank=24, rope_parameters=YARN, n_group=2, topk_group=1, first_k_dense_replace=2,
-                      n_shared_experts=0, num_mtp_layers=1),
-    "tied-plain": dict(q_lora_rank=None, rope_parameters=PLAIN, n_group=4, topk_group=3, first_k_dense_replace=1,
-                       n_shared_experts=1, num_mtp_layers=2, tie_word_embeddings=True),
+    "v3-like": dict(q_lora_rank=16, rope_parameters=YARN, n_group=4, topk_group=2,
+                    first_k_dense_replace=1, n_shared_experts=1, num_mtp_layers=1),
+    "v2-lite-like": dict(q_lora_rank=None, rope_parameters=PLAIN, n_group=1, topk_group=1,
+                         first_k_dense_replace=0, n_shared_experts=2, num_mtp_layers=0),
+    "no-shared": dict(q_lora_rank=24, rope_parameters=YARN, n_group=2, topk_group=1,
+                      first_k_dense_replace=2, n_shared_experts=0, num_mtp_layers=1),
+    "tied-plain": dict(q_lora_rank=None, rope_parameters=PLAIN, n_group=4, topk_group=3,
+                       first_k_dense_replace=1, n_shared_experts=1, num_mtp_layers=2,
+                       tie_word_embeddings=True),
 }
 
 
 def hf_config(**kw) -> DeepseekV3Config:
-    base = dict(vocab_size=211, hidden_size=48, intermediate_size=80, moe_intermediate_size=24, num_hidden_layers=3,
-                num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
-                v_head_dim=12, n_routed_experts=8, num_experts_per_tok=3, max_position_embeddings=128,
-                routed_scaling_factor=2.5, initializer_range=0.1)
+    base = dict(vocab_size=211, hidden_size=48, intermediate_size=80, moe_intermediate_size=24,
+                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16,
+                qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, n_routed_experts=8,
+                num_experts_per_tok=3, max_position_embeddings=128, routed_scaling_factor=2.5,
+                initializer_range=0.1)
     base.update(kw)
     return DeepseekV3Config(**base)
 
@@ -95,14 +100,16 @@ def test_nanoseek_checkpoint_loads_in_transformers_with_identical_logits(name, t
 
 
 def test_mtp_matches_transformers_mtp_layer(tmp_path):
-    """The MTP module against transformers' own MtpLayer built from its DeepSeek-V3 decoder layer."""
+    """The MTP module against transformers' own MtpLayer built from its DeepSeek-V3 decoder
+    layer."""
     hc = hf_config(**CONFIGS["v3-like"])
     torch.manual_seed(5)
     cfg = ModelConfig.from_dict({**hc.to_dict(), "model_type": "deepseek_v3", "rope_scaling": YARN})
     model = Transformer(cfg).eval()
     save_model(model, tmp_path)
     ref = DeepseekV3ForCausalLM.from_pretrained(tmp_path).eval()
-    mtp_ref = MtpLayer(ref.config, DeepseekV3DecoderLayer, DeepseekV3RMSNorm, hc.num_hidden_layers).eval()
+    mtp_ref = MtpLayer(ref.config, DeepseekV3DecoderLayer, DeepseekV3RMSNorm,
+                       hc.num_hidden_layers).eval()
     # our MTP layer's tensors under MtpLayer's names (shared_head.norm is its post_norm)
     state = {}
     for k, v in model.mtp[0].state_dict().items():
@@ -120,7 +127,7 @@ def test_mtp_matches_transformers_mtp_layer(tmp_path):
         pos = torch.arange(1, ids.shape[1])[None]
         emb = ref.model.embed_tokens(ids[:, 1:])
         rope = ref.model.rotary_emb(emb, pos)
-        expected = ref.lm_head(mtp_ref(emb, h[:, :-1], position_embeddings=rope, attention_mask=None,
-                                       position_ids=pos, past_key_values=None))
+        expected = ref.lm_head(mtp_ref(emb, h[:, :-1], position_embeddings=rope,
+                                       attention_mask=None, position_ids=pos, past_key_values=None))
     assert expected.abs().max() > 0.5
     assert (out.mtp_logits[0] - expected).abs().max() <= 1e-5

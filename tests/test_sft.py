@@ -148,9 +148,9 @@ def test_distill_samples_the_teacher_then_trains_a_dense_student(tiny_chat_dir, 
 
 
 def test_a_small_chat_set_still_holds_one_conversation_out(tiny_chat_dir, tmp_path):
-    """At 0.05 a handful of conversations (a few dozen teacher samples in the pipeline's --quick run)
-    can hash all into train, and an empty validation split is refused: the share is raised to the
-    smallest that holds one out, with a note, rather than failing."""
+    """At 0.05 a handful of conversations (a few dozen teacher samples in the pipeline's --quick
+    run) can hash all into train, and an empty validation split is refused: the share is raised to
+    the smallest that holds one out, with a note, rather than failing."""
     from nanoseek.tokenizer import Tokenizer
     from nanoseek.train.sft import held_out_fraction, prepare_chats
 

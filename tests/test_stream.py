@@ -291,7 +291,8 @@ def test_text_stream_think_tokens_as_single_ids(tok):
     assert "".join(d.content for d in deltas) == s.content
     assert not any(d.stopped for d in deltas)
     # reasoning streams out before the end tag arrives, not all at the end
-    assert "".join(d.reasoning for d in deltas[:len(tok.encode("Let me see 🙂"))]) == "Let me see 🙂"
+    assert ("".join(d.reasoning for d in deltas[:len(tok.encode("Let me see 🙂"))])
+            == "Let me see 🙂")
 
     ids = [*tok.encode("Hi "), tok.think_start_id, *tok.encode("plan"), tok.think_end_id,
            *tok.encode(" ok")]

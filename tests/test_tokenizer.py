@@ -43,10 +43,12 @@ HARD = [
     "", " ", "  ", "\n", "\n\n\n", "\t", "\r\n", "\x00", "\x00a\x00", "\x7f\x01\x1b[0m",
     "  leading and trailing  ", "Hello, world!", "don't stop", "a . b , c", "multiple   spaces",
     "héllo wörld", "e\u0301 combining", "a\u0300\u0301\u0302\u0303", "Z\u0351\u0352\u0353algo",
-    "日本語のテキスト", "中文字符", "한국어", "مرحبا بالعالم", "שלום עולם", "\u202eRTL override\u202c",
+    "日本語のテキスト", "中文字符", "한국어", "مرحبا بالعالم", "שלום עולם",
+    "\u202eRTL override\u202c",
     "👨‍👩‍👧‍👦", "🏳️‍🌈", "👍🏽", "🇫🇷🇯🇵", "\u200b\u200c\u200d", "\ufeffBOM", "\ufffd", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
     "\U0010ffff\U000e0001", "\u00a0nbsp\u2028line sep\u2029", "a" * 500, "ab" * 300 + "!",
-    "<｜User", "｜>", "<think", "think>", "</think", "▁", "<｜▁pad▁｜", "<<think>>", "<｜<｜User｜>｜>",
+    "<｜User", "｜>", "<think", "think>", "</think", "▁", "<｜▁pad▁｜", "<<think>>",
+    "<｜<｜User｜>｜>",
     "text<think>\nreasoning</think>\n\nanswer", BOS + "x" + EOS, "x = 3.14159 * (y ** 2) // 7",
 ]
 

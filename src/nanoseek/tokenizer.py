@@ -34,7 +34,7 @@ ROLES = ("system", "user", "assistant")
 # transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template
 # does; earlier assistant turns keep only the answer after their last </think>; the generation
 # prompt opens the reasoning block, or with thinking=False an empty, already-closed one.
-CHAT_TEMPLATE = r"""{%- for m in messages -%}
+CHAT_TEMPLATE = (r"""{%- for m in messages -%}
   {%- if m['role'] not in ['system', 'user', 'assistant'] or m['content'] is not string -%}
     {{- raise_exception('message ' ~ loop.index0
                         ~ ': need role system/user/assistant and str content') -}}
@@ -46,13 +46,14 @@ CHAT_TEMPLATE = r"""{%- for m in messages -%}
   {%- if m['role'] == 'user' -%}
     {{- '<｜User｜>' + m['content'] -}}
   {%- elif m['role'] == 'assistant' -%}
-    {{- '<｜Assistant｜>' + m['content'].split('</think>')[-1].lstrip() + '<｜end▁of▁sentence｜>' -}}
+    {{- '<｜Assistant｜>' + m['content'].split('</think>')[-1].lstrip()"""
+    r""" + '<｜end▁of▁sentence｜>' -}}
   {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
   {{- '<｜Assistant｜><think>\n' -}}
   {%- if thinking is defined and not thinking -%}{{- '\n</think>\n\n' -}}{%- endif -%}
-{%- endif -%}"""
+{%- endif -%}""")
 
 
 def _check_messages(messages: list[dict]) -> None:

@@ -24,9 +24,9 @@ from nanoseek.tokenizer import THINK_END, THINK_START, Tokenizer
 class Detokenizer:
     """Token ids in, text out, never a broken UTF-8 character in between.
 
-    A byte-level BPE splits a multi-byte character (é, 日, 🙂) over several tokens; decoding one token
-    at a time would emit U+FFFD halves. `tokenizers.decoders.DecodeStream` holds such bytes back
-    (step() returns None) until the character completes; we only add `flush()` for the end of
+    A byte-level BPE splits a multi-byte character (é, 日, 🙂) over several tokens; decoding one
+    token at a time would emit U+FFFD halves. `tokenizers.decoders.DecodeStream` holds such bytes
+    back (step() returns None) until the character completes; we only add `flush()` for the end of
     generation.
     """
 

@@ -101,7 +101,7 @@ def _matmul_probe(dtype: torch.dtype, budget_s: float = 1.0) -> float:
     read low)."""
     import torch
 
-    n = 2048  # big enough to reach the kernel's peak, small enough for ~50 ms a rep on two cores
+    n = 2048  # big enough to reach the kernel's peak, small enough for many reps in the budget
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     c = a @ b  # warm-up: thread pool, caches, oneDNN kernels
     best, deadline = math.inf, time.perf_counter() + budget_s

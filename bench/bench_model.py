@@ -1,9 +1,13 @@
-"""Training-step throughput of nanoseek against transformers' DeepseekV3ForCausalLM, and decode cache size.
+"""Training-step throughput of nanoseek against transformers' DeepseekV3ForCausalLM, and decode
+cache size.
 
-Same config, weights (nanoseek saves a checkpoint, transformers loads it) and batch, in one process; the
-two models' forward+backward steps alternate so both see the same machine noise, and medians are reported.
-FLOP/s use nanoseek.model.counting.flops_per_token, against a large-matmul probe run in the same process.
-KV cache bytes per token are measured: nanoseek's KVCache, and transformers' DynamicCache after a generate.
+Same config, weights (nanoseek saves a checkpoint, transformers loads it) and batch, in one process;
+the two models' forward+backward steps alternate so both see the same machine noise, and medians are
+reported.
+FLOP/s use nanoseek.model.counting.flops_per_token, against a large-matmul probe run in the same
+process.
+KV cache bytes per token are measured: nanoseek's KVCache, and transformers' DynamicCache after a
+generate.
 
     python bench/bench_model.py                # cpu-small, fp32, 8 x 256 tokens, 2 threads
     python bench/bench_model.py --compile      # also torch.compile'd (both models)
@@ -42,7 +46,8 @@ def timed(device: str, fn, *args):
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, reps: int = 5) -> float:
     """Best GFLOP/s of an n x n x n matmul: the ceiling both models are measured against."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype),
+            torch.randn(n, n, device=device, dtype=dtype))
     a @ b
     return 2 * n**3 / min(timed(device, torch.mm, a, b)[0] for _ in range(reps)) / 1e9
 
@@ -54,12 +59,15 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps of each model; the median is reported")
+    ap.add_argument("--steps", type=int, default=10,
+                    help="timed steps of each model; the median is reported")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--peak-n", type=int, default=4096, help="size of the square matmul peak probe")
-    ap.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
-    ap.add_argument("--json", action="store_true", help="print one JSON record instead of the report")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time both models under torch.compile")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON record instead of the report")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
@@ -90,14 +98,17 @@ def main() -> None:
     tokens = args.batch * args.seq
     flops = flops_per_token(cfg, args.seq) * tokens
     peak = matmul_peak(dev, dtype, args.peak_n)
-    rec = dict(preset=args.preset, device=cpu_model() if dev == "cpu" else torch.cuda.get_device_name(),
-               dtype=args.dtype, threads=args.threads, batch=args.batch, seq=args.seq, torch=torch.__version__,
-               transformers=transformers.__version__, hf_attn_implementation=hf.config._attn_implementation,
+    rec = dict(preset=args.preset,
+               device=cpu_model() if dev == "cpu" else torch.cuda.get_device_name(),
+               dtype=args.dtype, threads=args.threads, batch=args.batch, seq=args.seq,
+               torch=torch.__version__, transformers=transformers.__version__,
+               hf_attn_implementation=hf.config._attn_implementation,
                hf_experts_implementation=getattr(hf.config, "_experts_implementation", None),
                gflop_per_step=round(flops / 1e9, 2), matmul_peak_gflops=round(peak, 1), runs={})
     runs = {"eager": {"nanoseek": (nano_step, nano), "transformers": (hf_step, hf)}}
     if args.compile:
-        runs["compiled"] = {"nanoseek": (nano_step, torch.compile(nano)), "transformers": (hf_step, torch.compile(hf))}
+        runs["compiled"] = {"nanoseek": (nano_step, torch.compile(nano)),
+                            "transformers": (hf_step, torch.compile(hf))}
     for mode, models in runs.items():
         t0, times, losses = time.perf_counter(), {k: [] for k in models}, {}
         for i in range(args.warmup + args.steps):
@@ -107,8 +118,9 @@ def main() -> None:
         r: dict = {"wall_s": round(time.perf_counter() - t0, 1)}
         for k, v in times.items():
             med = statistics.median(v)
-            r[k] = dict(step_ms=round(med * 1e3, 1), tokens_per_s=round(tokens / med), loss=round(losses[k], 5),
-                        gflops=round(flops / med / 1e9, 1), pct_peak=round(100 * flops / med / 1e9 / peak, 1))
+            r[k] = dict(step_ms=round(med * 1e3, 1), tokens_per_s=round(tokens / med),
+                        loss=round(losses[k], 5), gflops=round(flops / med / 1e9, 1),
+                        pct_peak=round(100 * flops / med / 1e9 / peak, 1))
         r["ratio"] = round(r["nanoseek"]["tokens_per_s"] / r["transformers"]["tokens_per_s"], 2)
         rec["runs"][mode] = r
 
@@ -120,26 +132,33 @@ def main() -> None:
                                  return_dict_in_generate=True, pad_token_id=0)
     kv = out.past_key_values
     held = [t for layer in kv.layers for t in (layer.keys, layer.values)]
-    rec["hf_cache_bytes_per_token"] = sum(t.numel() * t.element_size() for t in held) // held[0].shape[-2]
+    rec["hf_cache_bytes_per_token"] = (sum(t.numel() * t.element_size() for t in held)
+                                       // held[0].shape[-2])
     rec["hf_cache_layer0_shapes"] = [list(kv.layers[0].keys.shape), list(kv.layers[0].values.shape)]
 
     if args.json:
         print(json.dumps(rec))
         return
-    print(f"{args.preset}, {args.dtype}, {rec['device']}, {args.threads} threads, torch {torch.__version__}, "
+    print(f"{args.preset}, {args.dtype}, {rec['device']}, {args.threads} threads, "
+          f"torch {torch.__version__}, "
           f"transformers {transformers.__version__} (attention: {rec['hf_attn_implementation']}, "
           f"experts: {rec['hf_experts_implementation']})")
-    print(f"batch {args.batch} x {args.seq}: {flops / 1e9:.1f} GFLOP per step (counting.flops_per_token), "
+    print(f"batch {args.batch} x {args.seq}: {flops / 1e9:.1f} GFLOP per step "
+          f"(counting.flops_per_token), "
           f"matmul peak measured {peak:.0f} GFLOP/s ({args.peak_n}^3)")
     for mode, r in rec["runs"].items():
-        print(f"\n{mode}: forward+backward, median of {args.steps} interleaved steps ({r['wall_s']} s in all)")
+        print(f"\n{mode}: forward+backward, median of {args.steps} interleaved steps "
+              f"({r['wall_s']} s in all)")
         print(f"  {'':14}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'loss':>10}")
         for k, v in ((k, r[k]) for k in ("nanoseek", "transformers")):
-            print(f"  {k:14}{v['step_ms']:>9}{v['tokens_per_s']:>10}{v['gflops']:>9}{v['pct_peak']:>8}{v['loss']:>10}")
+            print(f"  {k:14}{v['step_ms']:>9}{v['tokens_per_s']:>10}{v['gflops']:>9}"
+                  f"{v['pct_peak']:>8}{v['loss']:>10}")
         print(f"  nanoseek / transformers: {r['ratio']}x tokens/s")
     print(f"\ndecode KV cache per token ({args.dtype}, {cfg.num_hidden_layers} layers): nanoseek "
-          f"{rec['nanoseek_cache_bytes_per_token']} B, transformers {rec['hf_cache_bytes_per_token']} B "
-          f"(its DynamicCache layer 0 holds {rec['hf_cache_layer0_shapes'][0]} and {rec['hf_cache_layer0_shapes'][1]})")
+          f"{rec['nanoseek_cache_bytes_per_token']} B, "
+          f"transformers {rec['hf_cache_bytes_per_token']} B "
+          f"(its DynamicCache layer 0 holds {rec['hf_cache_layer0_shapes'][0]} "
+          f"and {rec['hf_cache_layer0_shapes'][1]})")
 
 
 if __name__ == "__main__":

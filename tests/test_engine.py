@@ -498,3 +498,24 @@ def test_random_traffic_equals_each_request_alone(chat):
         if rid not in aborted:
             for c in engine(chat, max_batch=sp.n).generate([p], sp):
                 assert got[(rid, c.index)] == c.token_ids, (rid, c.index, sp)
+
+
+@torch.no_grad()
+def test_a_bf16_engine_on_cpu_picks_what_fp32_would(tiny_chat_dir):
+    """bf16 weights and cache (the GPU default) through prefill, decode and MTP drafting, on the
+    CPU. At every position of every greedy answer, the token the bf16 engine picked is fp32's
+    argmax there, or within bf16 rounding of it (a near-tie): its fp32 logit is at most 0.5 below
+    the best. bf16 shifts these logits by hundredths; a wrong cache row or position would cost
+    whole units."""
+    tok = Tokenizer.load(tiny_chat_dir)
+    fp32 = load_model(tiny_chat_dir)
+    engine = Engine(load_model(tiny_chat_dir, dtype=torch.bfloat16), tok, max_batch=10,
+                    max_seq_len=256, speculative=True)
+    assert engine.cache.kv.dtype == torch.bfloat16
+    done = engine.generate(prompts(), SamplingParams(max_tokens=24, temperature=0))
+    for c in done:
+        P, chosen = len(c.prompt_token_ids), torch.tensor(c.token_ids)
+        logits = fp32(torch.tensor([c.prompt_token_ids + c.token_ids])).logits[0, P - 1:-1]
+        gap = logits.max(-1).values - logits.gather(1, chosen[:, None]).squeeze(1)
+        assert gap.max() < 0.5, (c.text, gap)
+    assert engine.stats.drafted > 0  # the MTP module drafted in bf16 too

@@ -1,4 +1,8 @@
-"""Behaviour of the model itself: MLA paths, the latent cache, routing, balancing, MTP."""
+"""Behaviour of the model itself: MLA paths, the latent cache, routing, balancing, MTP, and the
+dtype rules of mixed precision."""
+
+import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ from nanoseek.model.model import (
     MoE,
     Transformer,
     grouped_mm,
+    loop_grouped_mm,
     max_violation,
     update_correction_bias,
 )
@@ -328,3 +333,79 @@ def test_the_expert_widths_the_config_accepts_are_those_the_grouped_gemm_takes(d
         if dtype == torch.bfloat16 or d % 4 or width % 4:  # fp32 takes multiples of 4, bf16 not
             with pytest.raises(RuntimeError, match="16 bytes"):
                 experts(d, width)
+
+
+# ---- mixed precision: one dtype rule, whichever kernel a device picks
+
+
+def _groups():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(24, 16, generator=g), torch.randn(4, 16, 8, generator=g)
+    return x, w, torch.tensor([5, 5, 17, 24], dtype=torch.int32)  # group 1 is empty
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="this torch has no grouped GEMM")
+def test_every_grouped_gemm_kernel_computes_the_same_product():
+    """The three kernels grouped_mm picks from, all run here on the CPU: torch's grouped GEMM in
+    bf16 (what a GPU runs under autocast), in fp32 (the CPU's), and the loop over experts (fp32 on
+    a GPU), against a float64 reference."""
+    x, w, offs = _groups()
+    ref = loop_grouped_mm(x.double(), w.double(), offs)
+    assert torch.allclose(loop_grouped_mm(x, w, offs).double(), ref, atol=1e-4)
+    assert torch.allclose(grouped_mm(x, w, offs).double(), ref, atol=1e-4)
+    low = grouped_mm(x.bfloat16(), w.bfloat16(), offs)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.double(), ref, rtol=0.02, atol=0.1)
+
+
+def test_grouped_mm_runs_in_one_dtype_whatever_it_is_handed():
+    """On a GPU under autocast the first expert GEMM gave bf16 activations while the weights stayed
+    fp32 master weights, and the second GEMM refused the mix. Every mix now runs: in autocast's
+    dtype when it is on, else in the activations' dtype."""
+    x, w, offs = _groups()
+    assert grouped_mm(x.bfloat16(), w, offs).dtype == torch.bfloat16
+    assert grouped_mm(x, w, offs).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert grouped_mm(x, w, offs).dtype == torch.bfloat16
+        assert grouped_mm(x.bfloat16(), w, offs).dtype == torch.bfloat16
+
+
+MIXED_SHAPES = {
+    "moe, mtp, q lora": {},
+    "no q lora": {"q_lora_rank": None},
+    "no mtp": {"num_nextn_predict_layers": 0},
+    "dense": {"n_routed_experts": 0, "first_k_dense_replace": 2},
+}
+
+
+@pytest.mark.parametrize("mode", ["autocast", "bf16"])
+@pytest.mark.parametrize("shape", MIXED_SHAPES)
+def test_a_training_step_in_bf16(shape, mode):
+    """Forward, backward, AdamW and the bias update under CPU autocast (fp32 master weights, bf16
+    matmuls: how the trainer runs on a GPU) and in pure bf16: the loss near fp32's, a finite
+    gradient for every parameter fp32 trains, and the routing state kept in fp32."""
+    torch.manual_seed(0)
+    cfg = get_preset("tiny").replace(**MIXED_SHAPES[shape])
+    ids = torch.randint(0, cfg.vocab_size, (4, 33))
+    ref = Transformer(cfg).train()
+    model = copy.deepcopy(ref)
+    if mode == "bf16":
+        model.to(torch.bfloat16)
+    ref_out = ref(ids[:, :-1], ids[:, 1:])
+    ref_out.loss.backward()
+    trained = [n for n, p in ref.named_parameters() if p.grad is not None]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else nullcontext():
+        out = model(ids[:, :-1], ids[:, 1:])
+    out.loss.backward()
+    assert abs(out.main_loss.item() - ref_out.main_loss.item()) < 0.02 * ref_out.main_loss.item()
+    params = dict(model.named_parameters())
+    assert all(params[n].grad is not None and torch.isfinite(params[n].grad).all() for n in trained)
+    want = torch.float32 if mode == "autocast" else torch.bfloat16
+    assert {p.dtype for p in params.values()} == {want}
+    biases = [m.gate.e_score_correction_bias.clone() for m in model.moe_layers()]
+    opt.step()
+    update_correction_bias(model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    for moe, before in zip(model.moe_layers(), biases, strict=True):
+        after = moe.gate.e_score_correction_bias
+        assert after.dtype == torch.float32 and not torch.equal(after, before)

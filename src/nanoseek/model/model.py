@@ -292,7 +292,8 @@ class Experts(nn.Module):
         gate, up = grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
         ys = grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs)
         ys = ys * weights.flatten()[order, None].to(ys.dtype)
-        return torch.zeros_like(x).index_add_(0, token, ys)
+        # in the GEMMs' dtype (bf16 under autocast, as a Linear's output would be), not x's
+        return x.new_zeros(x.shape, dtype=ys.dtype).index_add_(0, token, ys)
 
     def gathered(self, x: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         """The same result for a few tokens with static shapes, for a compiled decode step: each
@@ -308,14 +309,26 @@ class Experts(nn.Module):
 
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """Rows of x sorted by group; group g (rows offs[g-1]:offs[g]) times w[g] (in, out).
-    torch's grouped GEMM where it exists (bf16 on any device, fp32 on CPU), else one matmul per
-    expert."""
-    if hasattr(F, "grouped_mm") and x.dtype == torch.bfloat16:
+
+    The dtype rule: the GEMM runs in autocast's dtype when autocast is on for x's device (as
+    nn.Linear would: autocast does not know grouped_mm, so without this an fp32 master weight meets
+    bf16 activations), else in x's dtype; w is cast to match. So one rule covers fp32, pure bf16
+    and autocast, on every device. Then the kernel: torch's grouped GEMM where it exists (bf16 on
+    any device, fp32 on CPU), else (fp32 on CUDA) one matmul per expert."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    x, w = x.to(dtype), w.to(dtype)
+    if hasattr(F, "grouped_mm") and dtype == torch.bfloat16:
         return F.grouped_mm(x, w, offs=offs)
-    if hasattr(F, "grouped_mm") and x.device.type == "cpu":
+    if hasattr(F, "grouped_mm") and device == "cpu":
         return _eager_grouped_mm(x, w, offs)
-    # a loop over experts, never tokens (one host sync); split, not slices: its backward is one cat,
-    # where each slice's backward would write a zero-filled copy of all of x
+    return loop_grouped_mm(x, w, offs)
+
+
+def loop_grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """grouped_mm as a loop over experts, never tokens (one host sync): the kernel where torch has
+    no grouped GEMM for the dtype (fp32 on CUDA). Split, not slices: its backward is one cat, where
+    each slice's backward would write a zero-filled copy of all of x."""
     sizes = torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
     return torch.cat([xg @ wg for xg, wg in zip(x.split(sizes), w)])
 

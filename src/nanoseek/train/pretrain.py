@@ -288,6 +288,9 @@ def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optim
           dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over accum micro-batches (gradients all-reduced on the last only). Returns
     the step's (loss, main, MTP, balance, MTP accuracy) on this rank and the gradient norm."""
+    # dtype rules: fp32 master weights and optimizer state; on a GPU the matmuls run in bf16 under
+    # autocast (the experts' grouped GEMMs too: model.grouped_mm follows autocast), the router,
+    # norms, softmax and losses in fp32; the CPU runs fp32 throughout (its bf16 is no faster)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     parts = torch.zeros(5, device=dev)
     for micro in range(accum):

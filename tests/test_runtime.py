@@ -80,3 +80,15 @@ def test_a_new_run_never_mixes_into_an_earlier_one(tmp_path):
     assert latest_checkpoint(run) is None and not (run / "metrics.jsonl").exists()
     empty = TrainConfig(data="d", out_dir=str(tmp_path / "new"))
     assert start_run(empty, World(), resume=True, config_name="train_config.json") is None
+
+
+def test_resume_survives_a_half_written_metrics_line(tmp_path):
+    """A run killed mid-write can leave the last metrics line cut short: resume drops it."""
+    run = tmp_path / "run"
+    _fake_run(run, steps=range(1, 5), checkpoints=(3,))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    cfg = TrainConfig(data="d", out_dir=str(run))
+    start_run(cfg, World(), resume=True, config_name="train_config.json")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]

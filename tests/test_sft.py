@@ -81,6 +81,12 @@ def test_sft_errors(tiny_chat_dir, tmp_path, capsys):
     assert "bad.jsonl:1: no assistant message" in capsys.readouterr().err
     assert main(["sft", str(tiny_chat_dir), "--chats", str(bad), "--model", "tiny"]) == 2
     assert "takes the model and the tokenizer from CHECKPOINT" in capsys.readouterr().err
+    argv = ["distill", str(tiny_chat_dir), "--task", "gym:basic_arithmetic", "--student", "tiny",
+            "--temperature", "-1",
+            "--out-dir", str(tmp_path / "d")]
+    assert main(argv) == 2  # one line, not a traceback
+    err = capsys.readouterr().err
+    assert "temperature must be" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("flag", ["--help"])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nanoseek.errors import UserError
 from nanoseek.files import atomic_write, cache_dir
 
 if TYPE_CHECKING:  # torch is imported where it is used: `nanoseek cost` and `info` start without it
@@ -56,6 +57,10 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 _VARIANTS = ("PCIE", "NVL", "LAPTOP")
 
 
+class HardwareError(UserError):
+    """No peak on file for a GPU, a dtype or a device (the training loop reads it as "no MFU")."""
+
+
 def gpu_name(name: str) -> str:
     """'NVIDIA H100 80GB HBM3', 'h800', 'NVIDIA A100-SXM4-80GB', 'NVIDIA GeForce RTX 4090' -> a
     PEAK_FLOPS key."""
@@ -68,7 +73,7 @@ def gpu_name(name: str) -> str:
     for key in PEAK_FLOPS:
         if key.upper() == want:
             return key
-    raise ValueError(f"unknown GPU {name!r}: no peak FLOP/s on file for it; "
+    raise HardwareError(f"unknown GPU {name!r}: no peak FLOP/s on file for it; "
                      f"known: {', '.join(PEAK_FLOPS)}")
 
 
@@ -76,7 +81,8 @@ def peak_flops(gpu: str, dtype: str = "bf16") -> float:
     """Dense peak FLOP/s of a GPU (any name gpu_name understands) in a dtype."""
     table = PEAK_FLOPS[gpu_name(gpu)]
     if dtype not in table:
-        raise ValueError(f"no {dtype} peak on file for {gpu_name(gpu)}; it has: {', '.join(table)}")
+        raise HardwareError(f"no {dtype} peak on file for {gpu_name(gpu)}; "
+                            f"it has: {', '.join(table)}")
     return table[dtype]
 
 
@@ -120,7 +126,8 @@ def cpu_peak_flops(dtype: str = "fp32", refresh: bool = False) -> float:
     torch version, so every run on a machine shares one denominator. refresh=True measures again and
     keeps the higher figure (a probe taken on a busy machine reads low)."""
     if dtype not in _CPU_DTYPES:
-        raise ValueError(f"no CPU peak for {dtype!r}; the probe measures: {', '.join(_CPU_DTYPES)}")
+        raise HardwareError(f"no CPU peak for {dtype!r}; "
+                            f"the probe measures: {', '.join(_CPU_DTYPES)}")
     path = cache_dir() / "cpu_peak_flops.json"
     import torch
 
@@ -147,7 +154,7 @@ def cpu_peak_flops(dtype: str = "fp32", refresh: bool = False) -> float:
 
 def device_peak_flops(device: torch.device | str, dtype: str = "bf16") -> float:
     """Peak FLOP/s of a torch device: the GPU table for CUDA, the cached matmul probe for the CPU.
-    ValueError for devices without a figure, which the training loop reads as "no MFU"."""
+    HardwareError for devices without a figure, which the training loop reads as "no MFU"."""
     import torch
 
     device = torch.device(device)
@@ -155,7 +162,7 @@ def device_peak_flops(device: torch.device | str, dtype: str = "bf16") -> float:
         return peak_flops(torch.cuda.get_device_name(device), dtype)
     if device.type == "cpu":
         return cpu_peak_flops(dtype)
-    raise ValueError(f"no peak FLOP/s for {device.type} devices")
+    raise HardwareError(f"no peak FLOP/s for {device.type} devices")
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:

@@ -17,7 +17,6 @@ from nanoseek.cli.common import (
     sampling_from,
     task_from,
 )
-from nanoseek.errors import UserError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -128,14 +127,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     task = task_from(args)
     engine = engine_from(args)
     params = sampling_from(args)
-    try:
-        counts = write_samples(rejection_sample(engine, task, args.k, params, args.min_score,
-                                                args.shortest, progress=not args.quiet),
-                               task.name, args.out)
-    except UserError:
-        raise
-    except ValueError as e:  # a prompt + --max-tokens past --max-seq-len
-        raise BadArgs(str(e)) from None
+    counts = write_samples(rejection_sample(engine, task, args.k, params, args.min_score,
+                                            args.shortest, progress=not args.quiet),
+                           task.name, args.out)
     print(f"{task.name}: kept {counts['kept']:,} of {counts['samples']:,} samples "
           f"({counts['prompts_solved']:,} of {counts['prompts']:,} prompts solved at least once) "
           f"-> {args.out} (train on it: nanoseek sft CHECKPOINT --chats {args.out})")
@@ -197,12 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise BadArgs(f"--budgets: {e}" if "invalid literal" in str(e) else str(e)) from None
     engine = engine_from(args)
-    try:
-        res = evaluate(engine, task, cfg, progress=not args.quiet)
-    except UserError:
-        raise
-    except ValueError as e:  # a prompt + --max-tokens past --max-seq-len
-        raise BadArgs(str(e)) from None
+    res = evaluate(engine, task, cfg, progress=not args.quiet)
     title = args.title or f"{Path(args.checkpoint or 'default model').name} on {task.name}"
     files = write_results(res, args.out_dir, title)
     print((Path(args.out_dir) / "eval.md").read_text())

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from typing import Any
 
 from nanoseek.cli.common import BadArgs, count, fraction, human, positive_int, price
-from nanoseek.errors import UserError
 from nanoseek.model.config import PRESETS, ModelConfig, resolve_config
 from nanoseek.model.counting import (
     count_params,
@@ -195,10 +194,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(_run_cost(args) if args.run is not None else _planned_cost(args))
     except (OSError, UnicodeDecodeError) as e:
         raise BadArgs(f"{args.spec or args.run}: {e}") from None
-    except UserError:
-        raise
-    except ValueError as e:  # eval.cost's refusals (an unknown GPU, no peak on file, a bad run)
-        raise BadArgs(str(e)) from None
     return 0
 
 

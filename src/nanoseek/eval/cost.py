@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from nanoseek.errors import UserError
 from nanoseek.hardware import gpu_name, peak_flops
 from nanoseek.model.config import ModelConfig, resolve_config
 from nanoseek.model.counting import flops_per_token
@@ -34,6 +35,10 @@ CPU_PRICE_NOTE = "AWS c7i.large, 2 vCPU, on demand, us-east-1"
 
 # ---- training cost ----
 
+class CostError(UserError):
+    """A figure the cost arithmetic refuses (a count, an MFU, a price) or a run it cannot read."""
+
+
 def parse_count(text: str) -> int:
     """'14.8T' -> 14_800_000_000_000; also K, M, B (or G), plain integers, '1e12' and '1_000'."""
     number = r"([0-9][0-9_]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
@@ -42,15 +47,15 @@ def parse_count(text: str) -> int:
         scale = 1000 ** " KMBT".index(m.group(2).upper().replace("G", "B") or " ")
         value = Decimal(m.group(1).replace("_", "")) * scale
     except (AttributeError, InvalidOperation):
-        raise ValueError(f"{text!r} is not a count (e.g. 14.8T, 500B, 2M, 1e9)") from None
+        raise CostError(f"{text!r} is not a count (e.g. 14.8T, 500B, 2M, 1e9)") from None
     if value < 1 or value != value.to_integral_value():
-        raise ValueError(f"{text!r} is not a whole count >= 1")
+        raise CostError(f"{text!r} is not a whole count >= 1")
     return int(value)
 
 
 def _check_mfu(x: float) -> float:
     if not 0 < x <= 1:
-        raise ValueError(f"MFU must be in (0, 1] (got {x})")
+        raise CostError(f"MFU must be in (0, 1] (got {x})")
     return x
 
 
@@ -86,9 +91,9 @@ def training_cost(cfg: ModelConfig, tokens: int, gpu: str, mfu: float,
     training loop's own MFU counts them, so pass include_mtp=True to convert an MFU nanoseek
     measured)."""
     if tokens < 1:
-        raise ValueError(f"tokens must be >= 1 (got {tokens})")
+        raise CostError(f"tokens must be >= 1 (got {tokens})")
     if usd_per_gpu_hour < 0:
-        raise ValueError(f"price per GPU-hour must be >= 0 (got {usd_per_gpu_hour})")
+        raise CostError(f"price per GPU-hour must be >= 0 (got {usd_per_gpu_hour})")
     peak = peak_flops(gpu, dtype)
     fpt = flops_per_token(cfg, seq_len, include_mtp=include_mtp)
     # split counting's figure into its two terms, so the printed formula can be checked by hand
@@ -108,7 +113,7 @@ def implied_mfu(cfg: ModelConfig, tokens: int, gpu_hours: float, gpu: str, seq_l
     """The MFU at which `tokens` tokens take `gpu_hours`: training_cost inverted (V3: 0.391, 0.407
     with MTP)."""
     if gpu_hours <= 0:
-        raise ValueError(f"gpu_hours must be > 0 (got {gpu_hours})")
+        raise CostError(f"gpu_hours must be > 0 (got {gpu_hours})")
     flops = flops_per_token(cfg, seq_len, include_mtp=include_mtp) * tokens
     return flops / (gpu_hours * 3600 * peak_flops(gpu, dtype))
 
@@ -137,24 +142,24 @@ class RunCost:
 def _read_run(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     metrics, config = run / "metrics.jsonl", run / "train_config.json"
     if not run.is_dir():
-        raise ValueError(f"{run}: no such run directory")
+        raise CostError(f"{run}: no such run directory")
     try:
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
-        raise ValueError(f"{metrics}: missing (not a nanoseek training run?)") from None
+        raise CostError(f"{metrics}: missing (not a nanoseek training run?)") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{metrics}: unreadable: {e}") from None
+        raise CostError(f"{metrics}: unreadable: {e}") from None
     need = ("step", "tokens", "elapsed_s")
     bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict)
                 or any(not isinstance(r.get(k), int | float) for k in need)), None)
     if not rows:
-        raise ValueError(f"{metrics}: no steps logged")
+        raise CostError(f"{metrics}: no steps logged")
     if bad is not None:
-        raise ValueError(f"{metrics}: line {bad} lacks a number for one of {', '.join(need)}")
+        raise CostError(f"{metrics}: line {bad} lacks a number for one of {', '.join(need)}")
     try:
         tc = json.loads(config.read_text()) if config.exists() else {}
     except (OSError, ValueError) as e:
-        raise ValueError(f"{config}: unreadable: {e}") from None
+        raise CostError(f"{config}: unreadable: {e}") from None
     return rows, tc if isinstance(tc, dict) else {}
 
 
@@ -200,14 +205,14 @@ def _projection(run: Path, tc: dict[str, Any], gpu: str, run_mfu: float | None, 
                 usd_per_gpu_hour: float) -> TrainingCost:
     """What the run's tokens would cost on `gpu` at the MFU the run measured."""
     if run_mfu is None:
-        raise ValueError(f"{run / 'metrics.jsonl'}: no MFU logged (unknown device), so no "
+        raise CostError(f"{run / 'metrics.jsonl'}: no MFU logged (unknown device), so no "
                          f"projection to {gpu}")
     try:
         cfg = resolve_config(str(tc["model"]))
         cfg = cfg.replace(**tc.get("extra", {}))
         seq_len = int(tc["seq_len"])
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ValueError(f"{run / 'train_config.json'}: cannot rebuild the model config "
+        raise CostError(f"{run / 'train_config.json'}: cannot rebuild the model config "
                          f"({e})") from None
     # the training loop counts the MTP modules in its MFU, so the projection must too
     return training_cost(cfg, tokens, gpu, run_mfu, usd_per_gpu_hour, seq_len,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nanoseek.errors import UserError
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner
 from nanoseek.infer.sampling import (
@@ -61,6 +62,11 @@ def _fresh_seed() -> int:
     """A seed for a request that gave none: from the OS, so it neither reads nor moves torch's
     RNG."""
     return _entropy.getrandbits(63)
+
+
+class EngineError(UserError):
+    """A request or an engine setting that cannot run (a prompt past the context, an unknown
+    device); servers answer it with a 400."""
 
 
 @dataclass
@@ -95,7 +101,7 @@ class Engine:
         cfg = model.cfg
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         if tokenizer.vocab_size > cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            raise EngineError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
                              f"vocab_size is {cfg.vocab_size}")
         self.device, self.dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
         self._size(max_batch, max_seq_len, cache_tokens)
@@ -104,7 +110,8 @@ class Engine:
         if speculative is None:
             speculative = bool(model.mtp) and self.max_batch <= SPECULATE_UP_TO and not compile
         if speculative and not model.mtp:
-            raise ValueError("speculative decoding drafts with MTP layers, and this model has none")
+            raise EngineError("speculative decoding drafts with MTP layers, "
+                              "and this model has none")
         self.speculative = speculative
         # +2 positions: a verify step writes the draft one past the last token, the MTP module one
         # more
@@ -136,16 +143,16 @@ class Engine:
         cfg = self.cfg
         self.max_seq_len = max_seq_len or min(cfg.max_position_embeddings, 4096)
         if self.max_seq_len > cfg.max_position_embeddings:
-            raise ValueError(f"max_seq_len {self.max_seq_len} is past the model's context "
+            raise EngineError(f"max_seq_len {self.max_seq_len} is past the model's context "
                              f"(max_position_embeddings {cfg.max_position_embeddings})")
         if cache_tokens is not None:
             if cache_tokens < self.max_seq_len:
-                raise ValueError(f"cache_tokens {cache_tokens} cannot hold one sequence of "
+                raise EngineError(f"cache_tokens {cache_tokens} cannot hold one sequence of "
                                  f"max_seq_len {self.max_seq_len}")
             max_batch = min(max_batch or cache_tokens, cache_tokens // self.max_seq_len)
         self.max_batch = max_batch or 16
         if self.max_batch < 1 or self.max_seq_len < 2:
-            raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, "
+            raise EngineError(f"max_batch must be >= 1 and max_seq_len >= 2, got {self.max_batch}, "
                              f"{self.max_seq_len}")
 
     @classmethod
@@ -159,12 +166,13 @@ class Engine:
         try:
             dev = torch.device(device)
         except RuntimeError:
-            raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+            raise EngineError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: this torch has no CUDA device (use --device cpu)")
+            raise EngineError(f"device {device!r}: this torch has no CUDA device "
+                              "(use --device cpu)")
         dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+            raise EngineError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         model = load_model(path, device=device, dtype=getattr(torch, dtype))
         return cls(model, Tokenizer.load(path), **kw)
 
@@ -180,31 +188,31 @@ class Engine:
         render_chat do); a list of ints is used as is."""
         if isinstance(prompt, str):
             if not prompt:
-                raise ValueError("the prompt is empty")
+                raise EngineError("the prompt is empty")
             return self.tok.encode(prompt if prompt.startswith(BOS) else BOS + prompt)
         ids = [int(i) for i in prompt]
         if not ids:
-            raise ValueError("the prompt has no tokens")
+            raise EngineError("the prompt has no tokens")
         bad = [i for i in ids if not 0 <= i < self.cfg.vocab_size]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary "
+            raise EngineError(f"prompt token id {bad[0]} is outside the vocabulary "
                              f"[0, {self.cfg.vocab_size})")
         return ids
 
     def validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, or a ValueError saying why the request cannot run on this
+        """The prompt's token ids, or an EngineError saying why the request cannot run on this
         engine."""
         ids = self.encode(prompt)
         room = self.max_seq_len - len(ids)
         if room < 1:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the engine's max_seq_len is "
+            raise EngineError(f"the prompt has {len(ids)} tokens; the engine's max_seq_len is "
                              f"{self.max_seq_len}, which leaves no room to generate")
         if params.max_tokens is not None and params.max_tokens > room:
-            raise ValueError(f"the prompt has {len(ids)} tokens and max_tokens is "
+            raise EngineError(f"the prompt has {len(ids)} tokens and max_tokens is "
                              f"{params.max_tokens}: {len(ids) + params.max_tokens} > the engine's "
                              f"max_seq_len {self.max_seq_len}")
         if params.n > self.max_batch:
-            raise ValueError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
+            raise EngineError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
                              "slots")
         return ids
 
@@ -222,7 +230,7 @@ class Engine:
         with self._lock:
             rid = request_id or f"req-{next(self._ids)}"
             if rid in self.requests:
-                raise ValueError(f"request id {rid!r} is already running")
+                raise EngineError(f"request id {rid!r} is already running")
             in_reasoning = prompt_leaves_reasoning_open(self.tok.decode(ids[-64:]))
             req = Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
                           in_reasoning, deltas, done=[None] * params.n)
@@ -585,7 +593,7 @@ class Engine:
             raise TypeError("pass a list of prompts (strings or token-id lists), not one prompt")
         plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(plist) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
+            raise EngineError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
         reqs = []
         try:
             with self._lock:  # no step may run before the backlogs exist

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from nanoseek.errors import UserError
+
 SEED_STRIDE = 1_000_003  # a prime above any count of items or samples one run draws
 
 
@@ -30,6 +32,10 @@ def sample_seed(seed: int, index: int) -> int:
     """The seed of sample `index` of a request seeded with `seed`. Sample 0 keeps the seed itself,
     so a request for one sample and the first of n samples agree."""
     return (seed + SEED_STRIDE * index) % 2**63
+
+
+class SamplingError(UserError):
+    """A sampling parameter out of its range; the message names the field and the range."""
 
 
 @dataclass
@@ -57,7 +63,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, allowed: str) -> None:
             if not ok:
-                raise ValueError(f"SamplingParams.{name} must be {allowed}, "
+                raise SamplingError(f"SamplingParams.{name} must be {allowed}, "
                                  f"got {getattr(self, name)!r}")
 
         # types first (JSON and CLI input arrive here), so that nothing fails later inside an

@@ -285,8 +285,17 @@ def _truncate_metrics(path: Path, step: int | None) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and step is not None and json.loads(line)["step"] <= step]
+            if step is not None and _logged_step(line) <= step]
     atomic_write(path, "".join(line + "\n" for line in keep))  # a crash here keeps the old
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a blank line, or the half-written last line of a run
+    killed mid-write, counts as past every checkpoint (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 # ---------------------------------------------------------------------------------------------

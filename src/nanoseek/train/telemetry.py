@@ -18,6 +18,7 @@ class Telemetry:
         self.run, self.main, self.device = run, main, device
         self.bar_keys = bar
         self.peak: float | None = None
+        self.reprobed = False
         self.bar = self.wandb = self.tb = None
         if not main:
             return
@@ -54,13 +55,16 @@ class Telemetry:
                 self.peak = device_peak_flops(self.device, dtype)
             except (ImportError, ValueError):
                 self.peak = float("nan")  # an unknown GPU: no MFU rather than a wrong one
-        mfu = tokens_per_s_per_device * flops_per_token / self.peak
-        if mfu > 1 and self.device.type == "cpu":  # the cached probe ran on a busy machine: again
-            from nanoseek.hardware import cpu_peak_flops
+        from nanoseek.hardware import cpu_peak_flops, mfu
 
+        value = mfu(tokens_per_s_per_device, flops_per_token, self.peak)
+        if value > 1 and self.device.type == "cpu" and not self.reprobed:
+            # the cached probe ran on a busy machine: measure again, once a run (a second
+            # probe would cost every logged step a second of matmuls)
+            self.reprobed = True
             self.peak = cpu_peak_flops("fp32", refresh=True)
-            mfu = tokens_per_s_per_device * flops_per_token / self.peak
-        return None if mfu != mfu else round(mfu, 4)
+            value = mfu(tokens_per_s_per_device, flops_per_token, self.peak)
+        return None if value != value else round(value, 4)
 
     def log(self, record: dict[str, Any], advance: bool = True) -> None:
         """Write a metrics record; advance: it ends a step (the bar moves)."""

@@ -145,6 +145,41 @@ def test_compiled_decoding_gives_the_eager_output(chat):
     assert spec.stats.acceptance_rate > 0.3
 
 
+def test_cuda_graph_steps_give_the_eager_output(chat):
+    """The GPU's static steps (runner.StepGraph: buffers filled, the step replayed) run here
+    without the recording, on the same buffers and under static_shapes, the MoE counting and
+    dispatching as a CUDA graph records it (gathered experts at bucket 4, grouped GEMMs at 8):
+    joining and leaving rows, seeded sampling and MTP speculation give the eager tokens, in fp32
+    and, token for token where fp32's choice is not a near-tie, in bf16."""
+    from nanoseek.infer.runner import Runner
+
+    model, tok = chat
+
+    def graphed(m, **kw):
+        e = Engine(m, tok, max_seq_len=256, **kw)
+        e.runner = Runner(m, e.cache, compile=True, graphs=True)
+        return e
+
+    ps = prompts(7)
+    params = [SamplingParams(max_tokens=6 + 4 * i, temperature=0.8, seed=i) for i in range(7)]
+    eager = engine(chat, max_batch=8).generate(ps, params)
+    steps = graphed(model, max_batch=8, speculative=False)
+    assert [c.token_ids for c in steps.generate(ps, params)] == [c.token_ids for c in eager]
+    assert {("main", 8, 1), ("main", 1, 1)} <= steps.runner.ran, steps.runner.ran
+    assert steps.runner.graphs[("main", 8, 1)].graph is None  # no recording off a GPU
+    spec = graphed(model, max_batch=2, speculative=True)
+    greedy = SamplingParams(max_tokens=40, temperature=0)
+    assert ([c.token_ids for c in spec.generate(ps[:2], greedy)]
+            == [c.token_ids for c in engine(chat, max_batch=2).generate(ps[:2], greedy)])
+    assert {("main", 2, 2), ("mtp", 2, 2)} <= spec.runner.ran and spec.stats.accepted > 0
+    # bf16, the dtype the GPU records: the graph path's logits are the eager bf16 engine's
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    want = Engine(bf16, tok, max_seq_len=256, max_batch=8, speculative=False).generate(ps, greedy)
+    got = graphed(bf16, max_batch=8, speculative=False).generate(ps, greedy)
+    same = sum(a.token_ids == b.token_ids for a, b in zip(got, want))
+    assert same >= len(ps) - 1  # a bf16 near-tie may flip one sequence's tail, not more
+
+
 def test_mtp_drafts_equal_the_training_time_mtp_prediction(chat):
     """Each draft the engine makes (from its MTP cache, across prefill, accepted and rejected
     steps) is the argmax of the MTP head of a full forward over the same tokens."""

@@ -44,8 +44,10 @@ def test_clipped_objective_both_averaging_modes_by_hand():
     # A = -1: min(-r, -clip(r)) = [-0.8, -1.0, -1.3] -> token losses [0.8, 1.0, 1.3]
     loss, stats = grpo_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28, level="sequence")
     assert loss.item() == pytest.approx(((-1.28 - 0.9) / 2 + (0.8 + 1.0 + 1.3) / 3) / 2)
-    assert stats.clip_high == pytest.approx(1 / 5) and stats.clip_low == pytest.approx(1 / 5)
-    assert stats.ratio == pytest.approx((1.5 + 0.9 + 0.5 + 1.0 + 1.3) / 5) and stats.kl == 0
+    assert float(stats.clip_high) == pytest.approx(1 / 5)
+    assert float(stats.clip_low) == pytest.approx(1 / 5)
+    assert float(stats.ratio) == pytest.approx((1.5 + 0.9 + 0.5 + 1.0 + 1.3) / 5)
+    assert float(stats.kl) == 0
     loss, _ = grpo_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28, level="token")
     assert loss.item() == pytest.approx((-1.28 - 0.9 + 0.8 + 1.0 + 1.3) / 5)
     # gradients flow only through unclipped tokens: d(-r A)/d logp = -r A
@@ -64,7 +66,7 @@ def test_k3_kl_by_hand_and_in_the_loss():
     adv, mask = torch.tensor([0.0]), torch.ones(1, 2)
     loss, stats = grpo_loss(logp, logp, adv, mask, ref_logp=ref, beta=0.1, level="token")
     assert loss.item() == pytest.approx(0.1 * (1 - math.log(2)) / 2)
-    assert stats.kl == pytest.approx((1 - math.log(2)) / 2)
+    assert float(stats.kl) == pytest.approx((1 - math.log(2)) / 2)
 
 
 def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
@@ -181,10 +183,13 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_raises_the_reward_of_a_learnable_task(tiny_chat_dir, tmp_path):
+@pytest.mark.parametrize("rollout_dtype", ["auto", "bfloat16"])
+def test_grpo_raises_the_reward_of_a_learnable_task(tiny_chat_dir, tmp_path, rollout_dtype):
+    """With bfloat16, rollouts run on a bf16 copy of the fp32 policy refreshed after every update,
+    as on a GPU: were it not refreshed, the rollouts' accuracy would stay the starting model's."""
     from nanoseek.train.grpo import train_grpo
 
-    cfg = grpo_config(tmp_path, tiny_chat_dir)
+    cfg = grpo_config(tmp_path, tiny_chat_dir, rollout_dtype=rollout_dtype)
     _, last = train_grpo(cfg)
     rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
     first = rows[0]["accuracy"]  # step 1's rollouts come from the starting model

@@ -169,3 +169,28 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
     """Model FLOPs utilisation: the model's FLOP/s (from its formula, not the kernels') over the
     peak."""
     return tokens_per_s * flops_per_token / peak
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: which dtype the matmuls run in on each device
+
+
+def compute_dtype(device: torch.device | str) -> torch.dtype:
+    """The matmuls' dtype on a device: bf16 on a GPU (tensor cores: ~15x fp32's rate on an H100),
+    fp32 on a CPU (its bf16 matmuls are no faster, and fp32 keeps CPU runs exact)."""
+    import torch
+
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def autocast(device: torch.device | str):
+    """The context every training and scoring forward runs in: bf16 autocast on a GPU (fp32 master
+    weights, bf16 matmuls, fp32 norms, router, softmax and losses), nothing on a CPU."""
+    import contextlib
+
+    import torch
+
+    device = torch.device(device)
+    if compute_dtype(device) == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute_dtype(device))

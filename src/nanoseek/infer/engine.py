@@ -90,8 +90,9 @@ class Engine:
     Cache memory: max_batch rows x max_seq_len tokens. Give cache_tokens (a token budget) to size
     max_batch from it. A request whose prompt + max_tokens exceeds max_seq_len is refused at once.
     speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16.
-    prefix_cache: a PrefixCache, or None for none. compile: torch.compile the decode and drafting
-    forwards at small batch (see Runner._static); each batch size compiles once, on its first step.
+    prefix_cache: a PrefixCache, or None for none. compile: static decode and drafting steps (see
+    runner.py): on a GPU in bf16, CUDA graphs of every batch bucket, recorded here; on a CPU,
+    torch.compile'd at small batch, each batch size on its first step.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
@@ -119,6 +120,7 @@ class Engine:
                              device=self.device,
                              n_layers=cfg.num_hidden_layers + (1 if speculative else 0))
         self.runner = Runner(model, self.cache, compile)
+        self.runner.capture(speculative)  # a GPU's CUDA graphs, recorded while the cache is empty
         self.prefix_cache = prefix_cache
         if prefix_cache is not None:
             prefix_cache.namespace = fingerprint(model, speculative)

@@ -2,46 +2,138 @@
 step of the main model, and the MTP module's drafting pass.
 
 Prefill runs eager. A decode or verify step (one or two tokens a row) runs eager too, or, with
-compile, as a torch.compile graph of static shapes: the rows are padded up to a power-of-two bucket
-and every query attends over the whole cache under a mask, so one graph per bucket serves every
-length. Which forward runs where, and what the cache rows hold, is the engine's business
-(engine.py).
+compile, with static shapes: the rows are padded up to a power-of-two bucket and every query attends
+over the whole cache under a mask, so one step per bucket serves every length. On a GPU (bf16 or
+fp16 weights) each bucket's step is recorded once as a CUDA graph, at start-up while the cache is
+still empty, and replayed: a 100M-parameter model's step is hundreds of small kernels, whose
+launches from Python cost more than the kernels themselves. On a CPU the steps are torch.compile'd
+instead (graphs do not exist there). Which forward runs where, and what the cache rows hold, is the
+engine's business (engine.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from nanoseek.model.model import KVCache, Transformer
+from nanoseek.model.model import KVCache, Transformer, static_shapes
 
 # below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head
 # K/V from the latent), whose matmuls are cheaper once there are many queries
 ABSORB_BELOW = 16
 
 
-class Runner:
-    """Runner(model, cache, compile): prefill, decode (also verify) and mtp over cache rows a:b."""
+@dataclass
+class StepGraph:
+    """One bucket's decode, verify or drafting step: static input buffers (tokens, [h], positions,
+    mask) the runner fills before each run, and the outputs the run leaves. graph is the recorded
+    CUDA graph, replayed; None off a GPU, where the same step runs eagerly on the same buffers (what
+    the CPU tests check)."""
 
-    def __init__(self, model: Transformer, cache: KVCache, compile: bool = False):
+    fn: Callable[..., tuple[Tensor, Tensor | None]]
+    inputs: tuple[Tensor, ...]
+    view: KVCache
+    graph: torch.cuda.CUDAGraph | None = None
+    outputs: tuple[Tensor, Tensor | None] | None = None
+
+    def run(self) -> tuple[Tensor, Tensor | None]:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with static_shapes():
+                self.outputs = self.fn(*self.inputs, self.view)
+        return self.outputs
+
+
+class Runner:
+    """Runner(model, cache, compile): prefill, decode (also verify) and mtp over cache rows a:b.
+    graphs: run the static steps as CUDA graphs (None: with compile, on a GPU in bf16 or fp16;
+    True off a GPU runs the graph path's buffers eagerly, for tests)."""
+
+    def __init__(self, model: Transformer, cache: KVCache, compile: bool = False,
+                 graphs: bool | None = None):
         self.model, self.cache = model, cache
         self.device = model.embed_tokens.weight.device
         self.max_batch = cache.kv.shape[1]
+        if graphs is None:
+            # bf16 only: other dtypes have no grouped GEMM on a GPU, and the per-expert loop that
+            # stands in for it syncs with the host (model.grouped_mm)
+            bf16 = model.embed_tokens.weight.dtype == torch.bfloat16
+            graphs = compile and self.device.type == "cuda" and bf16
+        self.graphs: dict[tuple[str, int, int], StepGraph] | None = {} if graphs else None
+        self._pool = None  # the CUDA graphs' shared memory pool
         self._compiled = None
-        if compile:  # shapes are static per bucket: one graph each, none recompiled as rows grow
+        self._views: dict[int, KVCache] = {}
+        # (forward, bucket, tokens a row) of the static steps run so far
+        self.ran: set[tuple[str, int, int]] = set()
+        self._guarded: set[tuple[str, int, int]] = set()  # compiled shapes already guarded once
+        if compile and not graphs:
+            # shapes are static per bucket: one graph each, none recompiled as rows grow;
             # cpp_wrapper: the graph's launcher in C++, not Python, a share of a small step's time
             opts = {"dynamic": False, "fullgraph": True, "options": {"cpp_wrapper": True}}
             self._compiled = {"main": torch.compile(self._main_forward, **opts),
                               "mtp": torch.compile(self._mtp_forward, **opts)}
-            self._views: dict[int, KVCache] = {}
-            # (forward, bucket, tokens a row) compiled so far
-            self.ran: set[tuple[str, int, int]] = set()
             # a graph per forward, bucket and 1 or 2 tokens: more than dynamo's default of 8 for
             # V3's 256 experts
             limit = torch._dynamo.config.cache_size_limit
             torch._dynamo.config.cache_size_limit = max(limit, 32)
+
+    def buckets(self) -> list[int]:
+        """The batch sizes a static step is padded to: powers of two, and max_batch."""
+        out, b = [], 1
+        while b < self.max_batch:
+            out.append(b)
+            b *= 2
+        return [*out, self.max_batch]
+
+    @torch.inference_mode()
+    def capture(self, speculative: bool) -> None:
+        """Record every bucket's CUDA graphs (decode; with speculative also verify and the two
+        drafting passes), largest first so that the smaller ones fit in its memory pool. Call it
+        while the cache is empty: a recording run writes its dummy rows' latents at position 0."""
+        if self.graphs is None or self.device.type != "cuda":
+            return
+        steps = [("main", 1)] + ([("main", 2), ("mtp", 1), ("mtp", 2)] if speculative else [])
+        for b in reversed(self.buckets()):
+            for which, S in steps:
+                self._graph(which, b, S)
+
+    def _graph(self, which: str, b: int, S: int) -> StepGraph:
+        """The step of bucket b, S tokens a row: made (and on a GPU recorded) on first use."""
+        key = (which, b, S)
+        if key in self.graphs:
+            return self.graphs[key]
+        dev, d = self.device, self.model.cfg.hidden_size
+        tokens = torch.zeros(b, S, dtype=torch.long, device=dev)
+        h = (torch.zeros(b, S, d, dtype=self.model.embed_tokens.weight.dtype, device=dev),)
+        positions = torch.zeros(b, S, dtype=torch.long, device=dev)
+        mask = torch.zeros(b, S, self.cache.max_len, dtype=torch.bool, device=dev)
+        mask[..., 0] = True  # the recording runs see position 0 only: no empty softmax
+        step = StepGraph(getattr(self, f"_{which}_forward"),
+                         (tokens, *(h if which == "mtp" else ()), positions, mask),
+                         self._view(b))
+        if dev.type == "cuda":
+            # a first run off the graph: lazy initialisations (cuBLAS workspaces, autotuning)
+            # must not be recorded
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                step.run()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            step.graph = torch.cuda.CUDAGraph()
+            with static_shapes(), torch.cuda.graph(step.graph, pool=self._pool):
+                step.outputs = step.fn(*step.inputs, step.view)
+            self._pool = step.graph.pool()
+        self.graphs[key] = step
+        return step
+
+    def _view(self, b: int) -> KVCache:
+        if b not in self._views:
+            self._views[b] = self.cache.rows(0, b)
+        return self._views[b]
 
     def positions(self, starts: Sequence[int] | Tensor, S: int,
                   full: bool = False) -> tuple[Tensor, Tensor]:
@@ -94,25 +186,35 @@ class Runner:
         return hk, None
 
     def _forward(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
-             h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                 h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The main model ('main': hidden states and logits) or the MTP module ('mtp': its normed
         output of h and the tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions
-        starts + j: eager, or compiled with static shapes."""
+        starts + j: eager, or a static step of the bucket (a CUDA graph or a compiled one)."""
         k, S = tokens.shape
-        view = self._static(rows, S)
+        b = self._bucket(rows, S)
         h_arg = () if h is None else (h,)  # _mtp_forward takes h after the tokens
-        if view is None:
+        if b is None:
             fn, view = getattr(self, f"_{which}_forward"), self.cache.rows(*rows)
             positions, mask = self.positions(starts, S)
             return fn(tokens, *h_arg, positions, mask, view)
-        b = view.kv.shape[1]
-        if b > k:  # pad to the bucket: dummy rows at position 0 of free cache rows, dropped after
+        # pad to the bucket: dummy rows at position 0 of free cache rows, their outputs dropped
+        positions, mask = self.positions([*starts, *[0] * (b - k)], S, full=True)
+        key = (which, b, S)
+        self.ran.add(key)
+        if self.graphs is not None:
+            step = self._graph(which, b, S)
+            for buf, x in zip(step.inputs, (tokens, *h_arg)):
+                buf[:k].copy_(x)
+                buf[k:].zero_()
+            step.inputs[-2].copy_(positions)
+            step.inputs[-1].copy_(mask)
+            # copies: the outputs' memory is the graphs' pool, rewritten by the next replay
+            return tuple(None if o is None else o[:k].clone() for o in step.run())
+        if b > k:
             tokens = torch.cat([tokens, tokens.new_zeros(b - k, S)])
             h_arg = tuple(torch.cat([x, x.new_zeros(b - k, *x.shape[1:])]) for x in h_arg)
-        positions, mask = self.positions([*starts, *[0] * (b - k)], S, full=True)
-        args = (tokens, *h_arg, positions, mask, view)
-        key = (which, b, S)
-        if key in self.ran:
+        args = (tokens, *h_arg, positions, mask, self._view(b))
+        if key in self._guarded:
             # dynamo checks ~100 guards a call, a share of a small step's time; once a shape has
             # compiled, only the guards that tell its graphs apart can change here: the engine's
             # model keeps its parameters' shapes and dtypes and always runs in eval and inference
@@ -121,22 +223,21 @@ class Runner:
                 out = self._compiled[which](*args)
         else:
             out = self._compiled[which](*args)
-            self.ran.add(key)
+            self._guarded.add(key)
         return tuple(o[:k] if o is not None else None for o in out)
 
-    def _static(self, rows: tuple[int, int], S: int) -> KVCache | None:
-        """With compile, for a decode or verify step (S <= 2) on rows 0:k: the cache view of the
-        bucket (k rounded up to a power of two, at most max_batch) when a compiled step pays, else
-        None. It pays at a few tokens a step, where the eager step is per-op overhead (measured by
-        bench/bench_infer.py) and each token's routed experts can be gathered (static shapes)
-        while that copies fewer weights than all the experts hold; past that, eager grouped
-        matmuls win."""
-        if self._compiled is None or rows[0] != 0 or S > 2:
+    def _bucket(self, rows: tuple[int, int], S: int) -> int | None:
+        """For a decode or verify step (S <= 2) on rows 0:k with static steps on: its bucket (k
+        rounded up to a power of two, at most max_batch), or None to run eager. A CUDA graph always
+        pays. A compiled CPU step pays at a few tokens a step, where the eager step is per-op
+        overhead (measured by bench/bench_infer.py) and each token's routed experts can be gathered
+        (the grouped GEMM is not compiled on a CPU) while that copies fewer weights than all the
+        experts hold; past that, eager grouped matmuls win."""
+        if (self.graphs is None and self._compiled is None) or rows[0] != 0 or S > 2:
             return None
         b = min(1 << (rows[1] - 1).bit_length(), self.max_batch)
         cfg = self.model.cfg
-        if cfg.n_routed_experts and b * S * cfg.num_experts_per_tok > cfg.n_routed_experts:
+        if (self.graphs is None and cfg.n_routed_experts
+                and b * S * cfg.num_experts_per_tok > cfg.n_routed_experts):
             return None
-        if b not in self._views:
-            self._views[b] = self.cache.rows(0, b)
-        return self._views[b]
+        return b

@@ -12,6 +12,8 @@ r[1:].
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -315,14 +317,21 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     bf16 activations), else in x's dtype; w is cast to match. So one rule covers fp32, pure bf16
     and autocast, on every device. Then the kernel: torch's grouped GEMM where it exists (bf16 on
     any device, fp32 on CPU), else (fp32 on CUDA) one matmul per expert."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    device, dtype = x.device.type, matmul_dtype(x)
     x, w = x.to(dtype), w.to(dtype)
     if hasattr(F, "grouped_mm") and dtype == torch.bfloat16:
         return F.grouped_mm(x, w, offs=offs)
     if hasattr(F, "grouped_mm") and device == "cpu":
         return _eager_grouped_mm(x, w, offs)
     return loop_grouped_mm(x, w, offs)
+
+
+def matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matmul on x runs in: autocast's when autocast is on for x's device (what
+    nn.Linear does), else x's. For the ops autocast does not know: grouped GEMMs, the fused
+    head."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def loop_grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
@@ -336,6 +345,25 @@ def loop_grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 @torch.compiler.disable  # torch.compile's shape check wants bf16; the CPU kernel itself takes fp32
 def _eager_grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     return F.grouped_mm(x, w, offs=offs)
+
+
+_static = False
+
+
+@contextmanager
+def static_shapes() -> Iterator[None]:
+    """Inside: the model runs as a CUDA graph records it (infer.runner): no op whose output shape
+    depends on the data and no host sync. torch.compile's tracing counts as inside too."""
+    global _static
+    before, _static = _static, True
+    try:
+        yield
+    finally:
+        _static = before
+
+
+def _static_shapes() -> bool:
+    return _static or torch.compiler.is_compiling()
 
 
 class MoE(nn.Module):
@@ -356,13 +384,17 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)
         weights, idx, scores = self.gate(flat)
         E = self.cfg.n_routed_experts
-        # a compiled decode step (infer.engine)
-        if torch.compiler.is_compiling() and idx.numel() <= E:
+        static = _static_shapes()
+        if static:
+            # bincount's output shape depends on the data (a host sync on a GPU), which a graph
+            # cannot hold: count by index_add into E slots instead
             counts = torch.zeros(E, dtype=torch.long, device=x.device).index_add_(
                 0, idx.flatten(), torch.ones_like(idx.flatten()))
-            y = self.experts.gathered(flat, weights, idx)
         else:
             counts = torch.bincount(idx.flatten(), minlength=E)
+        if static and idx.numel() <= E and not self.training:
+            y = self.experts.gathered(flat, weights, idx)  # a decode step of a few rows
+        else:
             y = self.experts(flat, weights, idx, counts)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
@@ -409,7 +441,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros_like(w, dtype=torch.float32) if need_w else None
         loss = h.new_zeros((), dtype=torch.float32)
-        rows = max(128, 2**20 // w.shape[0])  # ~4 MB of fp32 logits per block
+        # ~4 MB of fp32 logits per block on a CPU (they stay in cache); ~256 MB on a GPU, where
+        # each block costs a dozen kernel launches and the GEMMs want to be large
+        rows = max(128, (2**26 if h.is_cuda else 2**20) // w.shape[0])
         for i in range(0, h.shape[0], rows):
             r = slice(i, i + rows)
             z = torch.mm(h[r], w.t(), out=logits[r]).float()
@@ -455,7 +489,11 @@ def linear_cross_entropy(h: Tensor, w: Tensor, labels: Tensor) -> tuple[Tensor, 
         loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(),
                                ignore_index=IGNORE_INDEX)
         return loss, logits
-    loss, logits = LinearCrossEntropy.apply(h.flatten(0, -2), w, labels.flatten())
+    # the GEMMs in the matmul dtype (bf16 under autocast, like lm_head's Linear): the function's
+    # torch.mm(out=) would otherwise run fp32; the casts' backward hands w an fp32 gradient
+    dtype = matmul_dtype(h)
+    loss, logits = LinearCrossEntropy.apply(h.flatten(0, -2).to(dtype), w.to(dtype),
+                                            labels.flatten())
     return loss, logits.view(*h.shape[:-1], w.shape[0])
 
 

@@ -16,6 +16,7 @@ not diluted).
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from nanoseek import hardware
 from nanoseek.checkpoint import load_model
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
@@ -81,12 +83,15 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 @dataclass
 class LossStats:
-    loss: float
-    policy_loss: float
-    kl: float  # mean per-token k3 KL (0 when beta is 0 and no reference is kept)
-    clip_low: float  # fraction of tokens whose ratio was clipped below (negative advantage)
-    clip_high: float  # ... and above (positive advantage)
-    ratio: float  # mean pi_theta / pi_old
+    """0-d tensors, left on the device: reading them (.item()) would stall a GPU every
+    micro-batch."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    kl: Tensor  # mean per-token k3 KL (0 when beta is 0 and no reference is kept)
+    clip_low: Tensor  # fraction of tokens whose ratio was clipped below (negative advantage)
+    clip_high: Tensor  # ... and above (positive advantage)
+    ratio: Tensor  # mean pi_theta / pi_old
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
@@ -116,11 +121,11 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         stats = LossStats(
-            loss=loss.item(), policy_loss=average(-torch.min(ratio * adv, clipped * adv)).item(),
-            kl=((kl * mask).sum() / n).item(),
-            clip_low=(((ratio < 1 - eps_low) & (adv < 0)) * mask).sum().div(n).item(),
-            clip_high=(((ratio > 1 + eps_high) & (adv > 0)) * mask).sum().div(n).item(),
-            ratio=((ratio * mask).sum() / n).item())
+            loss=loss.detach(), policy_loss=average(-torch.min(ratio * adv, clipped * adv)),
+            kl=(kl * mask).sum() / n,
+            clip_low=(((ratio < 1 - eps_low) & (adv < 0)) * mask).sum() / n,
+            clip_high=(((ratio > 1 + eps_high) & (adv > 0)) * mask).sum() / n,
+            ratio=(ratio * mask).sum() / n)
     return loss, stats
 
 
@@ -169,6 +174,10 @@ class GRPOConfig(adamw_options(lr=5e-5, lr_help="learning rate (constant after w
                                             "the update: with beta 0 their gradient is exactly 0, "
                                             "so by default they are left out (ratio, entropy and "
                                             "expert loads then count the tokens that ran)")
+    rollout_dtype: str = opt("auto", "dtype of the rollout engine's copy of the policy: auto "
+                                     "(bfloat16 on a GPU, where its decode steps run as CUDA "
+                                     "graphs; on a CPU the float32 policy itself), float32 or "
+                                     "bfloat16")
     template: str = opt("chat", "chat (R1: the prompt opens <think>) or r1-zero (the R1-Zero text "
                                 "template)")
     format_weight: float = opt(0.1, "weight of the format reward")
@@ -197,6 +206,8 @@ class GRPOConfig(adamw_options(lr=5e-5, lr_help="learning rate (constant after w
             ("eps_high", self.eps_high >= 0, ">= 0"),
             ("loss_level", self.loss_level in LEVELS, " or ".join(LEVELS)),
             ("template", self.template in TEMPLATES, " or ".join(TEMPLATES)),
+            ("rollout_dtype", self.rollout_dtype in ("auto", "float32", "bfloat16"),
+             "auto, float32 or bfloat16"),
             ("held_out", 0 < self.held_out < self.task_size,
              f"in [1, task_size - 1 = {self.task_size - 1}]"),
             ("max_resample", self.max_resample >= 0, ">= 0"),
@@ -370,7 +381,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
     start = start_run(cfg, world, resume, "grpo_config.json")
     model, ref, tok = _models(cfg, start, dev)
     per_rank = cfg.prompts_per_step // world.size
-    engine = _engine(model, tok, train_task.examples + test_task.examples, per_rank, cfg)
+    rollout_model = _rollout_model(model, cfg, dev)
+    engine = _engine(rollout_model, tok, train_task.examples + test_task.examples, per_rank, cfg)
     policy = _policy(model, world)
     optim = build_optimizer(model, cfg)
 
@@ -382,6 +394,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
                                                              "samples"))
         if ref is not None and cfg.ref_refresh:
             ref.load_state_dict(load_file(start / "reference.safetensors"))
+        _refresh(rollout_model, model)
     tel = Telemetry(run, cfg, world.main, total_steps=cfg.steps, start_step=step, device=dev,
                     bar={"reward": "reward", "acc": "accuracy", "len": "response_len"})
     stream = PromptStream(engine, train_task, cfg, world, cursor)
@@ -399,6 +412,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False) -> tuple[Transformer, dict
                 batch, dropped = _keep_varied(batch, cfg, stream.next)
             t_roll = time.perf_counter() - t0
             record = _update(policy, model, ref, optim, batch, cfg, step, dev, world)
+            _refresh(rollout_model, model)
             if ref is not None and cfg.ref_refresh and (step + 1) % cfg.ref_refresh == 0:
                 ref.load_state_dict(model.state_dict())
             step += 1
@@ -463,13 +477,34 @@ def _models(cfg: GRPOConfig, start: Path | None,
     return model, ref, tok
 
 
+def _rollout_model(model: Transformer, cfg: GRPOConfig, dev: torch.device) -> Transformer:
+    """The weights rollouts run on: the policy itself where they share its dtype (fp32 on a CPU),
+    else a copy in rollout_dtype (bf16 on a GPU: half the bytes a decode step reads, and the dtype
+    whose steps run as CUDA graphs), refreshed after every update by _refresh."""
+    dtype = (hardware.compute_dtype(dev) if cfg.rollout_dtype == "auto"
+             else getattr(torch, cfg.rollout_dtype))
+    if dtype == model.embed_tokens.weight.dtype:
+        return model
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)  # routing buffers stay fp32
+
+
+@torch.no_grad()
+def _refresh(rollout_model: Transformer, model: Transformer) -> None:
+    """The rollout copy takes the policy's new weights and correction biases (one device copy)."""
+    if rollout_model is not model:
+        for dst, src in zip(rollout_model.state_dict().values(), model.state_dict().values()):
+            dst.copy_(src)
+
+
 def _engine(model: Transformer, tok: Tokenizer, examples: list[Example], per_rank: int,
             cfg: GRPOConfig) -> Engine:
-    """The rollout engine over the policy's own weights, sized for the longest prompt."""
+    """The rollout engine over the rollout weights, sized for the longest prompt; on a GPU in bf16
+    its decode steps are CUDA graphs (Engine's compile)."""
     longest = max(len(tok.encode(render_prompt(e.prompt, cfg.template))) for e in examples)
+    graphs = model.embed_tokens.weight.is_cuda and model.embed_tokens.weight.dtype == torch.bfloat16
     return Engine(model, tok, max_batch=min(per_rank * cfg.group_size, 256),
                   max_seq_len=longest + cfg.max_tokens, speculative=False,
-                  max_prefill_tokens=max(4096, longest * 64))
+                  max_prefill_tokens=max(4096, longest * 64), compile=graphs)
 
 
 def _policy(model: Transformer, world: World) -> torch.nn.Module:
@@ -578,11 +613,12 @@ def _fixed_logprobs(model: Transformer, ref: Transformer | None, batch: Rollout,
     P, C = batch.prompt_ids, batch.completion_ids
     old = refs = None
     if cfg.mu > 1:
-        with torch.no_grad(), _load_kept(model):  # routed load is counted by training forwards only
+        # routed load is counted by training forwards only
+        with torch.no_grad(), _load_kept(model), hardware.autocast(dev):
             old = [token_logprobs(model, _pick(P, idx), _pick(C, idx), dev)[0] if w else None
                    for idx, w in parts]
     if ref is not None:
-        with torch.no_grad():
+        with torch.no_grad(), hardware.autocast(dev):
             refs = [token_logprobs(ref, _pick(P, idx), _pick(C, idx), dev)[0] for idx, _ in parts]
     return old, refs
 
@@ -620,21 +656,23 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
             last = j == len(parts) - 1
             sync = nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
             with sync:
-                with nullcontext() if weight else _load_kept(model):  # a stand-in is not load
+                # a stand-in is not load
+                with nullcontext() if weight else _load_kept(model), hardware.autocast(dev):
                     logp, mask, ent = policy(_pick(P, idx), _pick(C, idx), entropy=True)
                 old_logp = logp.detach() if old is None or old[j] is None else old[j]
                 loss, st = grpo_loss(logp, old_logp, adv[torch.tensor(idx, device=dev)], mask,
                                      None if refs is None else refs[j], cfg.beta, cfg.eps_low,
                                      cfg.eps_high, cfg.loss_level)
                 # each micro-batch's share of the batch mean: by completions (sequence) or tokens
-                k = weight * mask.sum().item()
+                # (tensors: no host sync per micro-batch; the step's statistics are read once)
+                k = weight * mask.sum()
                 share = weight * len(idx) / n_seqs if cfg.loss_level == "sequence" else k / n_tokens
                 (loss * share).backward()
             ran_n = max(ran_tokens, 1e-9)
-            acc += torch.tensor([st.loss * share, st.policy_loss * share, st.kl * k / n_tokens,
-                                 st.clip_low * k / n_tokens, st.clip_high * k / n_tokens,
-                                 st.ratio * k / ran_n,
-                                 weight * (ent * mask).sum().item() / ran_n], device=dev)
+            acc += torch.stack([st.loss * share, st.policy_loss * share, st.kl * k / n_tokens,
+                                st.clip_low * k / n_tokens, st.clip_high * k / n_tokens,
+                                st.ratio * k / ran_n,
+                                weight * (ent * mask).sum() / ran_n]).float()
         for p in model.parameters():  # nothing ran: the optimizer still steps (momentum, decay)
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)

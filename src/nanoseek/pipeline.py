@@ -170,6 +170,7 @@ class Pipeline:
         p = self.p
         kw.setdefault("micro_batch_size", p.micro_batch)
         kw.setdefault("save_every", 100)
+        kw.setdefault("compile", p.gpu)  # per-block torch.compile: seconds to build, pays on a GPU
         cfg = TrainConfig(tokenizer=str(self.out / "corpus" / "tokenizer"), out_dir=str(stage_dir),
                           seq_len=p.seq_len, eval_every=0, progress=self.progress, **kw)
         _, last = train(cfg, resume=True)  # a stage cut short goes on; a fresh one starts at 0

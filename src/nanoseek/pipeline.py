@@ -218,8 +218,10 @@ class Pipeline:
     def _engine(self, checkpoint: str):
         from nanoseek.infer.engine import Engine
 
+        # on a GPU its decode steps run as CUDA graphs (compile), recorded when it is built
         return Engine.from_checkpoint(checkpoint, max_batch=128, speculative=False,
-                                      max_seq_len=max(256, self.p.max_tokens + 128))
+                                      max_seq_len=max(256, self.p.max_tokens + 128),
+                                      compile=self.p.gpu)
 
     def rejection(self, stage_dir: Path) -> dict:
         """R1's samples its task scores correct (the shortest per prompt), prepared as SFT data."""

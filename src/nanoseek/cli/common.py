@@ -181,10 +181,12 @@ def add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
                    help="draft tokens with the MTP module and verify them in one forward (default: "
                         "on when the checkpoint has MTP layers and --max-batch <= 16, where it is "
                         "faster); the output is unchanged either way")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step at small batch (faster at batch 1 on CPU: "
-                        "bench/bench_infer.py; each batch size compiles once, for 10-30 s, on its "
-                        "first use); speculation then defaults off")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="static decode steps: on a GPU in bf16, CUDA graphs of every batch size, "
+                        "recorded in seconds at start-up (the default there); on a CPU, "
+                        "torch.compile at small batch (faster at batch 1: bench/bench_infer.py; "
+                        "each batch size compiles once, for 10-30 s, on its first use); "
+                        "speculation then defaults off")
     g.add_argument("--prefix-cache-dir", metavar="DIR",
                    help="also keep the prompt-prefix KV cache on disk here, across runs (default: "
                         "memory only)")
@@ -232,9 +234,20 @@ def engine_from(args: argparse.Namespace):
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype,
                                       max_batch=args.max_batch, max_seq_len=args.max_seq_len,
                                       cache_tokens=args.cache_tokens, speculative=args.speculative,
-                                      prefix_cache=pc, compile=args.compile)
+                                      prefix_cache=pc, compile=_compile(args))
     except ValueError as e:
         raise BadArgs(str(e)) from None
+
+
+def _compile(args: argparse.Namespace) -> bool:
+    """--compile as given; by default on where the engine runs on a GPU (CUDA graphs), off on a
+    CPU (compiling takes a while there)."""
+    if args.compile is not None:
+        return args.compile
+    import torch
+
+    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return on_gpu and args.dtype in (None, "bfloat16")  # graphs are recorded in bf16 only
 
 
 def sampling_from(args: argparse.Namespace):

@@ -182,9 +182,13 @@ def test_garbage_file_is_reported(model, tmp_path):
 def test_config_of_another_model_type_is_refused(model, tmp_path):
     save_model(model, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["model_type"] = "llama"
+    cfg["model_type"] = "mistral"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="model_type must be 'deepseek_v3'.*'llama'"):
+    with pytest.raises(CheckpointError, match="model_type must be one of .*'mistral'"):
+        load_model(tmp_path)
+    cfg.update(model_type="llama", rope_scaling=None, rope_parameters=None)  # a family nanoseek
+    (tmp_path / "config.json").write_text(json.dumps(cfg))  # runs, but not these tensors
+    with pytest.raises(CheckpointError, match="unexpected tensor.*kv_a_proj_with_mqa"):
         load_model(tmp_path)
 
 

@@ -64,8 +64,8 @@ def test_invalid_hyper_parameters_name_the_field(changes, field, words):
 
 
 def test_wrong_model_type_and_bad_json(tmp_path):
-    with pytest.raises(ConfigError, match="model_type must be 'deepseek_v3'"):
-        ModelConfig.from_dict({"model_type": "qwen2"})
+    with pytest.raises(ConfigError, match="model_type must be one of deepseek_v3, llama, qwen2"):
+        ModelConfig.from_dict({"model_type": "mistral"})
     (tmp_path / "config.json").write_text('{"model_type": "deepseek_v3",\n "x": }')
     with pytest.raises(ConfigError, match="line 2"):
         ModelConfig.load(tmp_path / "config.json")

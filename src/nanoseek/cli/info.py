@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from nanoseek.cli.common import BadArgs, count, fraction, human, positive_int, price
-from nanoseek.model.config import PRESETS, ModelConfig, resolve_config
+from nanoseek.model.config import PRESETS, ModelConfig, get_preset, resolve_config
 from nanoseek.model.counting import (
     count_params,
     flops_per_token,
@@ -71,7 +71,8 @@ def _info_figures(spec: str, cfg: ModelConfig, seq_len: int, dtype_bytes: int,
                   gqa_groups: int) -> dict[str, Any]:
     p = count_params(cfg)
     kv = kv_cache_bytes_per_token(cfg, dtype_bytes=dtype_bytes, gqa_groups=gqa_groups)
-    config_keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "q_lora_rank",
+    config_keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
+                   "num_key_value_heads", "head_dim", "q_lora_rank",
                    "kv_lora_rank", "n_routed_experts", "n_shared_experts", "num_experts_per_tok",
                    "first_k_dense_replace", "num_nextn_predict_layers", "vocab_size",
                    "tie_word_embeddings")
@@ -79,6 +80,12 @@ def _info_figures(spec: str, cfg: ModelConfig, seq_len: int, dtype_bytes: int,
                   "active_matmul")
     kv_keys = ("mla_latent", "naive", "mha", "gqa", "gqa_groups", "naive_over_mla", "mha_over_mla",
                "gqa_over_mla")
+    if not cfg.is_mla:  # a dense student: what V3's latent would hold at this dtype, beside it
+        v3 = get_preset("deepseek-v3")
+        kv_extra = {"v3_mla_latent": kv_cache_bytes_per_token(v3, dtype_bytes).mla_latent,
+                    "v3_layers": v3.num_hidden_layers}
+    else:
+        kv_extra = {}
     return {
         "spec": spec,
         "config": {k: getattr(cfg, k) for k in config_keys},
@@ -91,7 +98,7 @@ def _info_figures(spec: str, cfg: ModelConfig, seq_len: int, dtype_bytes: int,
             "training_with_mtp": flops_per_token(cfg, seq_len, include_mtp=True),
         },
         "kv_cache_bytes_per_token": {"dtype_bytes": dtype_bytes,
-                                     **{k: getattr(kv, k) for k in kv_keys}},
+                                     **{k: getattr(kv, k) for k in kv_keys}, **kv_extra},
     }
 
 
@@ -120,6 +127,14 @@ def _info_rows(f: dict[str, Any]) -> list[tuple[str, ...]]:
         row(label, human(fl[key], billion="G") + "FLOP", fl[key], note)
     rows.append((f"KV cache per token ({kv['dtype_bytes']} bytes/value, "
                  f"{c['num_hidden_layers']} layers)",))
+    if c["model_type"] != "deepseek_v3":  # a dense student: its own grouped K/V is the cache
+        row(f"GQA K/V, {c['num_key_value_heads']} KV heads (cached)", _bytes(kv["mla_latent"]),
+            kv["mla_latent"], "1.0x")
+        row("MHA, same width", _bytes(kv["mha"]), kv["mha"],
+            f"{kv['mha'] / kv['mla_latent']:.1f}x")
+        row(f"DeepSeek-V3's MLA latent ({kv['v3_layers']} layers)", _bytes(kv["v3_mla_latent"]),
+            kv["v3_mla_latent"], f"{kv['v3_mla_latent'] / kv['mla_latent']:.1f}x")
+        return rows
     row("MLA latent (cached)", _bytes(kv["mla_latent"]), kv["mla_latent"], "1.0x")
     for label, key in (("naive per-head K/V", "naive"), ("MHA, same width", "mha"),
                        (f"GQA, {kv['gqa_groups']} KV groups", "gqa")):
@@ -133,6 +148,8 @@ def _info_table(f: dict[str, Any]) -> str:
     w = [max(len(r[i]) for r in rows if len(r) > 1) for i in range(3)]
     experts = (f", {c['n_routed_experts']} routed experts (top-{c['num_experts_per_tok']}) "
                f"+ {c['n_shared_experts']} shared" if c["n_routed_experts"] else "")
+    if c["model_type"] != "deepseek_v3":
+        experts = f" / {c['num_key_value_heads']} KV heads of {c['head_dim']}, {c['model_type']}"
     lines = [f"{f['spec']}: {c['num_hidden_layers']} layers, d={c['hidden_size']}, "
              f"{c['num_attention_heads']} heads{experts}"]
     for r in rows:

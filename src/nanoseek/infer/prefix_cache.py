@@ -29,7 +29,7 @@ from nanoseek.model.model import Transformer
 
 @dataclass
 class Block:
-    kv: Tensor  # (cache layers, block_size, kv_lora_rank + qk_rope_head_dim): c_kv and k_pe
+    kv: Tensor  # (cache layers, block_size, kv_cache_dim): c_kv and k_pe, or a GQA model's k, v
     # (hidden,) final hidden state of the block's last token: the MTP module's input there
     h: Tensor
 

@@ -1,7 +1,10 @@
-"""ModelConfig: the hyper-parameters of a DeepSeek-V3 model, under Hugging Face's field names.
+"""ModelConfig: the hyper-parameters of a DeepSeek-V3 model, under Hugging Face's field names, and
+of the dense students R1 was distilled into (Llama, Qwen2).
 
 A config.json written from this dataclass is a valid `deepseek_v3` config (transformers, vLLM and
 SGLang read it), and the config.json of a released DeepSeek-V3 / R1 checkpoint reads back into it.
+model_type `llama` or `qwen2` makes it a dense grouped-query-attention model of that family instead
+(Llama 3, SmolLM2, R1-Distill-Llama; Qwen2.5, R1-Distill-Qwen), whose config.json is that family's.
 The few training knobs transformers has no field for (MTP loss weight, balance-loss alpha, bias
 update speed) ride along as extra keys, which every reader ignores.
 """
@@ -21,11 +24,24 @@ from nanoseek.errors import UserError
 
 
 class ConfigError(UserError):
-    """A config that is not a valid deepseek_v3 config; the message names the field."""
+    """A config that is not a valid deepseek_v3, llama or qwen2 config; the message names the
+    field."""
+
+
+# the families: DeepSeek-V3 (MLA + MoE + MTP), and R1's dense students (GQA + SwiGLU)
+FAMILIES = {"deepseek_v3": "DeepseekV3ForCausalLM", "llama": "LlamaForCausalLM",
+            "qwen2": "Qwen2ForCausalLM"}
+# what a dense family's config.json holds (besides model_type, architectures, dtype)
+_DENSE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+                 "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+                 "initializer_range", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                 "pad_token_id", "attention_bias")
 
 
 @dataclass
 class ModelConfig:
+    model_type: str = "deepseek_v3"  # or llama / qwen2: a dense GQA student
     # sizes
     vocab_size: int = 129280
     hidden_size: int = 7168
@@ -34,6 +50,7 @@ class ModelConfig:
     num_hidden_layers: int = 61
     num_attention_heads: int = 128
     num_key_value_heads: int = 128  # MLA has no GQA; kept equal to the heads for transformers
+    head_dim: int | None = None  # llama / qwen2: per-head width (None: hidden / heads)
     # MLA
     q_lora_rank: int | None = 1536  # None: a single q_proj (V2-Lite)
     kv_lora_rank: int = 512
@@ -73,12 +90,40 @@ class ModelConfig:
     bias_update_speed: float = 1e-3  # gamma of the aux-loss-free bias update
 
     def __post_init__(self) -> None:
+        if self.model_type in FAMILIES and not self.is_mla:
+            # a dense family has no latent, experts or MTP: those fields take their neutral values
+            # (the defaults are V3's), so the rest of nanoseek reads one config type
+            self.n_routed_experts, self.n_shared_experts = 0, 0
+            self.first_k_dense_replace = self.num_hidden_layers
+            self.num_nextn_predict_layers, self.q_lora_rank = 0, None
+            self.rope_interleave = False  # Llama and Qwen2 rotate the two halves of a head
+            if self.head_dim is None and self.num_attention_heads:
+                self.head_dim = self.hidden_size // self.num_attention_heads
+            self.v_head_dim = self.head_dim  # what the FLOP and cache counts read
         self.validate()
 
     # ---- derived sizes (the paper's names) ----
     @property
+    def is_mla(self) -> bool:
+        """DeepSeek's latent attention (else grouped-query attention)."""
+        return self.model_type == "deepseek_v3"
+
+    @property
     def qk_head_dim(self) -> int:
-        return self.qk_nope_head_dim + self.qk_rope_head_dim
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """The rotated width of a query or key head: MLA's decoupled rope part, a GQA head whole."""
+        return self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def kv_cache_dim(self) -> int:
+        """Numbers a cache holds per token and layer: MLA's latent c_kv and k_pe (576 for V3), or
+        GQA's keys and values of every KV head."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.num_key_value_heads * self.head_dim
 
     @property
     def n_moe_layers(self) -> int:
@@ -93,7 +138,7 @@ class ModelConfig:
         """qk_head_dim^-0.5, times mscale^2 when YaRN is on (V3: 0.1352 for head dim 192)."""
         scale = self.qk_head_dim**-0.5
         rs = self.rope_scaling
-        if rs is not None and rs.get("mscale_all_dim"):
+        if self.is_mla and rs is not None and rs.get("mscale_all_dim"):
             factor = float(rs["factor"])
             if factor > 1:
                 mscale = 0.1 * float(rs["mscale_all_dim"]) * math.log(factor) + 1.0
@@ -106,6 +151,7 @@ class ModelConfig:
             if not cond:
                 raise ConfigError(f"config field '{name}': {msg} (got {getattr(self, name)!r})")
 
+        need(self.model_type in FAMILIES, "model_type", f"must be one of {', '.join(FAMILIES)}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "max_position_embeddings"):
             v = getattr(self, name)
@@ -122,9 +168,18 @@ class ModelConfig:
              "q_lora_rank", "must be a positive integer or null")
         need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
              "must be even (RoPE rotates pairs)")
-        need(self.num_key_value_heads == self.num_attention_heads, "num_key_value_heads",
-             f"MLA has one latent shared by all heads; must equal num_attention_heads "
-             f"({self.num_attention_heads})")
+        if self.is_mla:
+            need(self.num_key_value_heads == self.num_attention_heads, "num_key_value_heads",
+                 f"MLA has one latent shared by all heads; must equal num_attention_heads "
+                 f"({self.num_attention_heads})")
+        else:
+            need(isinstance(self.num_key_value_heads, int) and self.num_key_value_heads > 0
+                 and self.num_attention_heads % self.num_key_value_heads == 0,
+                 "num_key_value_heads",
+                 f"must divide num_attention_heads ({self.num_attention_heads})")
+            need(isinstance(self.head_dim, int) and self.head_dim > 0 and self.head_dim % 2 == 0,
+                 "head_dim", "must be a positive even integer (RoPE rotates pairs)")
+            need(self.intermediate_size > 0, "intermediate_size", "must be positive")
         need(self.hidden_act == "silu", "hidden_act", "only 'silu' (SwiGLU experts) is supported")
         need(self.scoring_func in ("sigmoid", "softmax"), "scoring_func",
              "must be 'sigmoid' (V3) or 'softmax' (V2)")
@@ -167,8 +222,15 @@ class ModelConfig:
             rs = self.rope_scaling
             need(isinstance(rs, dict), "rope_scaling", "must be an object or null")
             kind = rs.get("type", rs.get("rope_type"))
-            need(kind in ("yarn", "default"), "rope_scaling",
-                 "only 'yarn' rope scaling is supported")
+            kinds = ("yarn", "default") if self.is_mla else ("llama3", "default")
+            need(kind in kinds, "rope_scaling",
+                 f"only {kinds[0]!r} rope scaling is supported for {self.model_type}")
+            if kind == "llama3":
+                for key in ("factor", "low_freq_factor", "high_freq_factor",
+                            "original_max_position_embeddings"):
+                    if key not in rs:
+                        raise ConfigError(f"config field 'rope_scaling.{key}': required for "
+                                          "llama3")
             if kind == "yarn":
                 for key in ("factor", "original_max_position_embeddings"):
                     if key not in rs:
@@ -180,7 +242,10 @@ class ModelConfig:
     # ---- config.json ----
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json dict: HF field names plus the model_type/architectures identifying it."""
+        if not self.is_mla:
+            return self._dense_hf_dict()
         d = dataclasses.asdict(self)
+        d.pop("head_dim")  # transformers' deepseek_v3 head_dim is the rotary dim, written below
         d["model_type"] = "deepseek_v3"
         d["architectures"] = ["DeepseekV3ForCausalLM"]
         d["num_mtp_layers"] = self.num_nextn_predict_layers  # transformers >= 5 name
@@ -202,12 +267,42 @@ class ModelConfig:
         d["rope_parameters"] = rp
         return d
 
+    def _dense_hf_dict(self) -> dict[str, Any]:
+        """A llama / qwen2 config.json: the family's fields only."""
+        d = {k: getattr(self, k) for k in _DENSE_FIELDS}
+        d["rope_scaling"] = (None if self.rope_scaling is None else
+                             {"rope_type": self.rope_scaling.get("type", "llama3"),
+                              **{k: v for k, v in self.rope_scaling.items() if k != "type"}})
+        d.update(model_type=self.model_type, architectures=[FAMILIES[self.model_type]],
+                 mlp_bias=False, torch_dtype="float32", dtype="float32")
+        rp: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        if d["rope_scaling"] is not None:
+            rp.update(d["rope_scaling"])
+        d["rope_parameters"] = rp  # transformers >= 5 reads this, older readers the two above
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")  # Qwen2 always has q/k/v biases and no o bias
+            d.update(use_sliding_window=False, sliding_window=None,
+                     max_window_layers=self.num_hidden_layers)
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> ModelConfig:
-        if d.get("model_type") != "deepseek_v3":
-            raise ConfigError(f"{source}: model_type must be 'deepseek_v3' "
-                              f"(got {d.get('model_type')!r})")
+        family = d.get("model_type")
+        if family not in FAMILIES:
+            raise ConfigError(f"{source}: model_type must be one of {', '.join(FAMILIES)} "
+                              f"(got {family!r})")
         d = dict(d)
+        if family == "deepseek_v3":
+            d.pop("head_dim", None)  # the rotary dim there, which qk_rope_head_dim already says
+        else:  # what nanoseek's dense blocks cannot run is refused, never ignored
+            for key, bad in (("mlp_bias", True), ("use_sliding_window", True)):
+                if d.get(key) == bad:
+                    raise ConfigError(f"{source}: {key} {bad} is not supported")
+            if d.get("hidden_act", "silu") != "silu":
+                raise ConfigError(f"{source}: hidden_act must be 'silu' "
+                                  f"(got {d.get('hidden_act')!r})")
+            for key in ("n_routed_experts", "num_nextn_predict_layers", "q_lora_rank"):
+                d.pop(key, None)  # not fields of these families
         # transformers >= 5 folds rope_theta and rope_scaling into rope_parameters
         rp = d.pop("rope_parameters", None)
         if isinstance(rp, dict):
@@ -336,6 +431,19 @@ _preset("deepseek-v2-lite",
 # DeepSeek-V3 / R1 (671B total, 37B active, + an 11.6B MTP module; 14B with its embedding and
 # head copies)
 _preset("deepseek-v3", rope_scaling=dict(_YARN_V3))
+# R1's students (their published config.json): Qwen2.5-Math-1.5B and Llama-3.1-8B, for counting
+_preset("r1-distill-qwen-1.5b", model_type="qwen2",
+        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=151643, eos_token_id=151643, initializer_range=0.02)
+_preset("r1-distill-llama-8b", model_type="llama",
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        rope_scaling={"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=128001, initializer_range=0.02)
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -40,6 +40,14 @@ class _Attention:
 def _attention(cfg: ModelConfig) -> _Attention:
     d, h = cfg.hidden_size, cfg.num_attention_heads
     bias = cfg.attention_bias
+    if not cfg.is_mla:  # GQA: q_proj, k_proj, v_proj, o_proj
+        q, kv = h * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        matmul = d * q + 2 * d * kv + q * d
+        if cfg.model_type == "qwen2":
+            biases = q + 2 * kv  # q, k, v; never o
+        else:
+            biases = (q + 2 * kv + d) if bias else 0
+        return _Attention(params=matmul + biases, matmul=matmul)
     if cfg.q_lora_rank is None:
         q_mat = d * h * cfg.qk_head_dim  # q_proj: transformers never gives it a bias
         q_other = 0
@@ -217,7 +225,8 @@ class KVCacheSize:
     """Bytes of KV cache per token (all main layers; MTP layers are not counted).
 
     mla_latent  what nanoseek's absorbed cache stores: c_kv (kv_lora_rank) and k_pe
-                (qk_rope_head_dim)
+                (qk_rope_head_dim); for a llama / qwen2 model, its own grouped K and V
+                (2 * num_key_value_heads * head_dim), what nanoseek's cache holds for it
     naive       per-head K (qk_head_dim) and V (v_head_dim) materialised from the latent
     mha         plain multi-head attention of the same width: K and V of v_head_dim per head
     gqa         grouped-query attention with gqa_groups KV heads of v_head_dim
@@ -261,7 +270,7 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, dtype_bytes: int = 2,
     groups = min(gqa_groups, h)
     return KVCacheSize(
         dtype_bytes=dtype_bytes,
-        mla_latent=n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes,
+        mla_latent=n_layers * cfg.kv_cache_dim * dtype_bytes,
         naive=n_layers * h * (cfg.qk_head_dim + cfg.v_head_dim) * dtype_bytes,
         mha=n_layers * 2 * h * cfg.v_head_dim * dtype_bytes,
         gqa=n_layers * 2 * groups * cfg.v_head_dim * dtype_bytes,

@@ -1,4 +1,6 @@
-"""DeepSeek-V3 in one file: Multi-head Latent Attention, DeepSeekMoE, Multi-Token Prediction.
+"""DeepSeek-V3 in one file: Multi-head Latent Attention, DeepSeekMoE, Multi-Token Prediction; and
+the dense students R1 was distilled into (Llama, Qwen2), which swap MLA for grouped-query attention
+and keep the rest (norms, SwiGLU MLP, RoPE, the cache, the fused head).
 
 Names follow the paper and the Hugging Face checkpoint (c_kv, k_pe, e_score_correction_bias,
 kv_a_proj_with_mqa, ...), so a reader can hold this file, the V3 report and a checkpoint side by
@@ -37,16 +39,20 @@ class RMSNorm(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rotary embedding (decoupled: only the qk_rope_head_dim part of q and k is rotated)
+# Rotary embedding (MLA's is decoupled: only the qk_rope_head_dim part of q and k is rotated)
 
 
 def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
-    """Inverse frequencies of the rope dims, YaRN-corrected when rope_scaling is yarn, and the
-    cos/sin magnitude factor YaRN asks for (mscale / mscale_all_dim, 1.0 for V2 and V3)."""
-    dim, base = cfg.qk_rope_head_dim, cfg.rope_theta
+    """Inverse frequencies of the rope dims, YaRN-corrected when rope_scaling is yarn (Llama 3's
+    correction when llama3), and the cos/sin magnitude factor YaRN asks for (mscale /
+    mscale_all_dim, 1.0 for V2 and V3)."""
+    dim, base = cfg.rope_dim, cfg.rope_theta
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
     rs = cfg.rope_scaling
-    if rs is None or rs.get("type", rs.get("rope_type")) != "yarn":
+    kind = None if rs is None else rs.get("type", rs.get("rope_type"))
+    if kind == "llama3":
+        return llama3_frequencies(inv_freq, rs), 1.0
+    if kind != "yarn":
         return inv_freq, 1.0
     factor = float(rs["factor"])
     original = rs["original_max_position_embeddings"]
@@ -79,6 +85,18 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
     return inv_freq, attn_factor
 
 
+def llama3_frequencies(inv_freq: Tensor, rs: dict) -> Tensor:
+    """Llama 3.1's long-context correction: wavelengths longer than original / low_freq_factor are
+    stretched by factor, those shorter than original / high_freq_factor kept, and the band between
+    blended smoothly."""
+    factor, low, high = float(rs["factor"]), float(rs["low_freq_factor"]), float(
+        rs["high_freq_factor"])
+    original = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((original / wavelen - low) / (high - low)).clamp(0, 1)  # 0: stretch, 1: keep
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, interleave: bool) -> Tensor:
     """Rotate pairs of x's last dim. DeepSeek pairs neighbours (x0, x1), (x2, x3), ... The output
     lists the rotated first elements then the second ones: a fixed permutation of the interleaved
@@ -99,15 +117,17 @@ class KVCache:
     rotated k_pe side by side (kv_lora_rank + qk_rope_head_dim numbers: 576 for V3, against
     2*128*128 for MHA of the same width). Side by side because the absorbed attention reads them as
     one key. Layer ids num_hidden_layers.. are the MTP modules'. rows(a, b) is a view of rows a:b
-    sharing the storage, so an engine can run a forward on some of its slots."""
+    sharing the storage, so an engine can run a forward on some of its slots. A GQA model (llama,
+    qwen2) keeps its rotated keys and values of every KV head side by side in the same slots
+    (cfg.kv_cache_dim wide), so the engine is the same for both."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, n_layers: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         if n_layers is None:
             n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
         self.max_len, self.rank = max_len, cfg.kv_lora_rank
-        self.kv = torch.zeros(n_layers, batch_size, max_len,
-                              cfg.kv_lora_rank + cfg.qk_rope_head_dim, dtype=dtype, device=device)
+        self.kv = torch.zeros(n_layers, batch_size, max_len, cfg.kv_cache_dim, dtype=dtype,
+                              device=device)
 
     @property
     def c_kv(self) -> Tensor:
@@ -220,6 +240,46 @@ class MLA(nn.Module):
         p = p.softmax(dim=-1, dtype=torch.float32).to(kv.dtype).view(b, s * h, t)
         o_lat = torch.bmm(p, kv[..., : self.rank]).view(b, s, h, -1)
         return torch.einsum("bshc,hdc->bshd", o_lat, w[:, self.nope:])  # (b, s, h, v_dim)
+
+
+class GQA(nn.Module):
+    """Grouped-query attention with RoPE over whole heads (Llama, Qwen2): num_key_value_heads keys
+    and values, each shared by num_attention_heads / num_key_value_heads query heads. Qwen2 puts
+    biases on q, k and v; Llama's attention_bias puts them on all four projections."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.cfg, self.layer_id = cfg, layer_id
+        d, self.n_heads, self.n_kv, self.hd = (cfg.hidden_size, cfg.num_attention_heads,
+                                               cfg.num_key_value_heads, cfg.head_dim)
+        qkv_bias = cfg.model_type == "qwen2" or cfg.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * self.hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv * self.hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv * self.hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, d,
+                                bias=cfg.attention_bias and cfg.model_type != "qwen2")
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache: KVCache | None = None, positions: Tensor | None = None, kv_len: int = 0,
+                absorb: bool = False) -> Tensor:
+        """As MLA.forward (absorb has no meaning here); the cache holds [k; v] per token."""
+        b, s, _ = x.shape
+        q = apply_rope(self.q_proj(x).view(b, s, self.n_heads, self.hd), cos[:, :, None],
+                       sin[:, :, None], False)
+        k = apply_rope(self.k_proj(x).view(b, s, self.n_kv, self.hd), cos[:, :, None],
+                       sin[:, :, None], False)
+        v = self.v_proj(x).view(b, s, self.n_kv, self.hd)
+        if cache is not None:
+            kv = cache.update(self.layer_id, positions, torch.cat([k, v], dim=2).flatten(2), kv_len)
+            k, v = kv.view(b, kv_len, 2 * self.n_kv, self.hd).split(self.n_kv, dim=2)
+        # repeat the KV heads for their query groups (SDPA's enable_gqa does this in place, but
+        # not with every kernel and torch version)
+        group = self.n_heads // self.n_kv
+        k, v = (t.transpose(1, 2).repeat_interleave(group, dim=1) for t in (k, v))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v,
+                                           attn_mask=None if mask is None else mask[:, None],
+                                           is_causal=mask is None, scale=self.cfg.softmax_scale)
+        return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,7 +564,7 @@ def linear_cross_entropy(h: Tensor, w: Tensor, labels: Tensor) -> tuple[Tensor, 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
-        self.self_attn = MLA(cfg, layer_id)
+        self.self_attn = MLA(cfg, layer_id) if cfg.is_mla else GQA(cfg, layer_id)
         self.mlp = (MoE(cfg) if cfg.is_moe_layer(layer_id)
                     else MLP(cfg.hidden_size, cfg.intermediate_size))
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

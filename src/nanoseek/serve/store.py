@@ -198,10 +198,6 @@ class ConversationStore:
                    (now, _title(content) if untitled else title, cid))
         return Message(mid, role, content, reasoning, thought_s, finish)
 
-    def delete_message(self, mid: int) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM messages WHERE id = ?", (mid,))
-
     def begin_turn(self, cid: str, version: int,
                    question: str | None) -> tuple[int, Message | None]:
         """A new turn of a conversation read at `version`: the question asked (None: regenerate,

@@ -459,3 +459,68 @@ def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, pa
 
     asyncio.run(hang_up())
     assert not engine.has_unfinished() and engine.stats.generated_tokens < 100
+
+
+# ---- DeepSeek's API beyond plain chat: logit_bias, cache details, prefix completion, FIM
+
+
+def test_logit_bias_bans_and_forces_tokens(client, tiny_chat_dir):
+    from nanoseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_chat_dir)
+    seven = tok.encode("7")[0]
+    forced = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=1.0, logit_bias={str(seven): 100},
+                                       extra_body={"ignore_eos": True})
+    assert forced.choices[0].text == "7" * 6
+    greedy = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=0, logprobs=0)
+    first = tok.encode(greedy.choices[0].logprobs.tokens[0])[0]
+    banned = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=0, logprobs=0, logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.tokens[0] != greedy.choices[0].logprobs.tokens[0]
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.chat.completions.create(model="nanoseek", messages=Q, logit_bias={"x": 1})
+
+
+def test_cached_tokens_are_reported_under_both_names(client):
+    system = {"role": "system", "content": "You add numbers. " * 5}
+    kw = dict(model="nanoseek", messages=[system, *Q], max_tokens=2, temperature=0)
+    client.chat.completions.create(**kw)
+    u = client.chat.completions.create(**kw).usage
+    hit = u.model_extra["prompt_cache_hit_tokens"]
+    assert 0 < hit < u.prompt_tokens and u.prompt_tokens_details.cached_tokens == hit
+
+
+def test_chat_prefix_completion_continues_the_answer_or_the_reasoning(server, tiny_chat_dir):
+    from nanoseek.serve.api import chat_ids
+    from nanoseek.tokenizer import Tokenizer, render_chat
+
+    tok = Tokenizer.load(tiny_chat_dir)
+
+    def post(last):
+        r = httpx.post(server + "/v1/chat/completions", timeout=60,
+                       json={"messages": [*Q, last], "max_tokens": 30, "temperature": 0})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    answer = post({"role": "assistant", "content": "12 + 7 =", "prefix": True})
+    msg = answer["choices"][0]["message"]
+    assert msg["reasoning_content"] == "" and msg["content"]  # the answer goes on
+    whole = render_chat(Q, thinking=False) + "12 + 7 ="
+    assert answer["usage"]["prompt_tokens"] == len(tok.encode(whole))
+    thought = post({"role": "assistant", "content": None, "reasoning_content": "12 + 7",
+                    "prefix": True})
+    msg = thought["choices"][0]["message"]
+    assert msg["reasoning_content"]  # the reasoning goes on, then (maybe) the answer
+    ids = chat_ids(tok, Q, True, {"reasoning": "12 + 7", "content": ""})
+    assert thought["usage"]["prompt_tokens"] == len(ids)
+    assert tok.decode(ids) == render_chat(Q) + "12 + 7"
+    r = httpx.post(server + "/v1/chat/completions", timeout=30, json={"messages": [
+        {"role": "assistant", "content": "x", "prefix": True}, *Q]})
+    assert r.status_code == 400 and "only the last message may be a prefix" in r.text
+
+
+def test_fim_needs_a_tokenizer_with_fim_tokens(client):
+    with pytest.raises(openai.BadRequestError, match="suffix: this tokenizer has no fill-in"):
+        client.completions.create(model="nanoseek", prompt="def f(", suffix="    return x\n")

@@ -328,3 +328,18 @@ def test_load_errors(tmp_path):
 def test_wrapper_rejects_foreign_tokenizer():
     with pytest.raises(ValueError, match="must have id 0"):
         Tokenizer(tokenizers.Tokenizer(tokenizers.models.BPE()))
+
+
+def test_fill_in_the_middle_prompts(tok):
+    from nanoseek.tokenizer import FIM_BEGIN, FIM_END, FIM_HOLE, TokenizerError
+
+    with pytest.raises(TokenizerError, match="no fill-in-the-middle tokens"):
+        tok.encode_fim("def f(", "return x")
+    state = json.loads(tok.tok.to_str())
+    fim = tokenizers.Tokenizer.from_str(json.dumps(state))
+    fim.add_special_tokens([FIM_BEGIN, FIM_HOLE, FIM_END])
+    t = Tokenizer(fim)
+    ids = t.encode_fim("def f(" + FIM_END, "return x")  # the texts stay text
+    begin, hole, end = (t.token_to_id(x) for x in (FIM_BEGIN, FIM_HOLE, FIM_END))
+    assert ids[:2] == [t.bos_id, begin] and ids[-1] == end and ids.count(end) == 1
+    assert t.decode(ids) == BOS + FIM_BEGIN + "def f(" + FIM_END + FIM_HOLE + "return x" + FIM_END

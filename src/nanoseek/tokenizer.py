@@ -14,6 +14,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from nanoseek.errors import UserError
+
 # Special tokens exactly as DeepSeek writes them: the bars are U+FF5C, the underscore-like mark
 # U+2581.
 BOS = "<｜begin▁of▁sentence｜>"
@@ -27,6 +29,8 @@ THINK_END = "</think>"
 # tokenizer): they are part of the model's visible output, so decode(skip_special_tokens=True) must
 # keep them.
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
+# Fill-in-the-middle, as DeepSeek-V3 pretrains it (prefix-suffix-middle); a tokenizer may lack them
+FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 CONTROL_TOKENS = SPECIAL_TOKENS + [THINK_START, THINK_END]
 ROLES = ("system", "user", "assistant")
 _LONG_TEXT = 4096  # characters; a longer text is encoded without holding the GIL
@@ -102,6 +106,10 @@ def render_completion(reasoning: str | None, content: str) -> str:
     return f"{reasoning or ''}\n{THINK_END}\n\n{content}{EOS}"
 
 
+class TokenizerError(UserError):
+    """What this tokenizer cannot encode (e.g. fill-in-the-middle without FIM tokens)."""
+
+
 class Tokenizer:
     """Thin wrapper over a `tokenizers.Tokenizer` whose first 7 ids are CONTROL_TOKENS."""
 
@@ -162,6 +170,18 @@ class Tokenizer:
             else:
                 text += piece
         return ids + self.encode_text(text)
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt, prefix-suffix-middle as DeepSeek-V3 is trained on it:
+        BOS <｜fim▁begin｜> prefix <｜fim▁hole｜> suffix <｜fim▁end｜>, the model writing the middle
+        (both texts plain)."""
+        marks = [self.tok.token_to_id(t) for t in (FIM_BEGIN, FIM_HOLE, FIM_END)]
+        if None in marks:
+            raise TokenizerError(f"this tokenizer has no fill-in-the-middle tokens ({FIM_BEGIN} "
+                                 f"{FIM_HOLE} {FIM_END}), so no model of it was trained for FIM")
+        begin, hole, end = marks
+        return ([self.bos_id, begin] + self.encode_text(prefix) + [hole] + self.encode_text(suffix)
+                + [end])
 
     def save(self, path: str | Path, model_max_length: int = 16384) -> None:
         """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) in the HF

@@ -15,8 +15,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       "included",
         description="A chat app at / (reasoning streamed in a collapsible panel, conversations "
                     "kept in SQLite), and the API: POST /v1/chat/completions (streaming or not, "
-                    "reasoning_content beside content, n, stop, seed, logprobs, a thinking switch, "
-                    "usage with prompt-cache hits), POST /v1/completions, GET /v1/models, GET "
+                    "reasoning_content beside content, n, stop, seed, logprobs, logit_bias, a "
+                    "thinking switch, prefix completion, usage with prompt-cache hits), POST "
+                    "/v1/completions (FIM with suffix, given FIM tokens), GET /v1/models, GET "
                     "/health, GET /metrics. One engine batches all requests. Binds 127.0.0.1 "
                     "unless --host says otherwise.",
         epilog="example: nanoseek serve ckpt/ --port 8000, then open http://127.0.0.1:8000/ or "

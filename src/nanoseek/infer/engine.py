@@ -38,6 +38,7 @@ from nanoseek.infer.runner import Runner
 from nanoseek.infer.sampling import (
     SamplingParams,
     TokenLogprob,
+    apply_logit_bias,
     apply_penalties,
     logprobs_of,
     sample,
@@ -45,7 +46,7 @@ from nanoseek.infer.sampling import (
     uniform,
 )
 from nanoseek.infer.sequence import Completion, Delta, Request, Sample
-from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
+from nanoseek.infer.stream import TextStream
 from nanoseek.model.model import KVCache, Transformer
 from nanoseek.tokenizer import BOS, Tokenizer
 
@@ -56,6 +57,19 @@ Params = SamplingParams | Sequence[SamplingParams] | None
 SPECULATE_UP_TO = 16
 
 _entropy = random.SystemRandom()
+
+
+def _leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
+    """Whether generation starts inside a think block: the prompt's last <think> token comes after
+    its last </think> token (stream.prompt_leaves_reasoning_open, read from the ids: however long
+    the block so far, and a tag a message spelled as plain text is no tag)."""
+    def last(token: int) -> int:
+        try:
+            return len(ids) - 1 - ids[::-1].index(token)
+        except ValueError:
+            return -1
+
+    return last(tok.think_start_id) > last(tok.think_end_id)
 
 
 def _fresh_seed() -> int:
@@ -214,6 +228,10 @@ class Engine:
         if params.n > self.max_batch:
             raise EngineError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
                              "slots")
+        outside = [t for t in params.logit_bias if t >= self.cfg.vocab_size]
+        if outside:
+            raise EngineError(f"logit_bias token id {outside[0]} is outside the vocabulary "
+                             f"[0, {self.cfg.vocab_size})")
         return ids
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
@@ -231,7 +249,7 @@ class Engine:
             rid = request_id or f"req-{next(self._ids)}"
             if rid in self.requests:
                 raise EngineError(f"request id {rid!r} is already running")
-            in_reasoning = prompt_leaves_reasoning_open(self.tok.decode(ids[-64:]))
+            in_reasoning = _leaves_reasoning_open(ids, self.tok)
             req = Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
                           in_reasoning, deltas, done=[None] * params.n)
             self.requests[rid] = req
@@ -452,6 +470,8 @@ class Engine:
         logits = logits.float()
         params = [s.req.params for s in samples]
         raw = logits
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits, params)
         if self.counts is not None and any(p.penalised for p in params):
             rows = torch.tensor([s.row for s in samples], device=self.device)
             logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])

@@ -524,3 +524,28 @@ def test_chat_prefix_completion_continues_the_answer_or_the_reasoning(server, ti
 def test_fim_needs_a_tokenizer_with_fim_tokens(client):
     with pytest.raises(openai.BadRequestError, match="suffix: this tokenizer has no fill-in"):
         client.completions.create(model="nanoseek", prompt="def f(", suffix="    return x\n")
+
+
+def test_json_output_through_the_sdks_parse(client):
+    """The openai SDK's parse() with a pydantic response_format: the answer after </think> is held
+    to the schema, so even the tiny model's parses; json_object holds it to an object."""
+    from pydantic import BaseModel, Field
+
+    class Sum(BaseModel):  # (bounded: unbounded, the tiny model writes digits to its last token)
+        answer: int = Field(ge=-999, le=999)
+        sure: bool
+
+    ask = [{"role": "user", "content": "Calculate 12 + 7. Answer in JSON."}]
+    for thinking in (False, True):
+        r = client.chat.completions.parse(model="nanoseek", messages=ask, response_format=Sum,
+                                          max_tokens=150, temperature=0,
+                                          extra_body={"thinking": thinking})
+        assert isinstance(r.choices[0].message.parsed, Sum), r.choices[0].message.content
+        assert bool(r.choices[0].message.model_extra["reasoning_content"]) == thinking
+    r = client.chat.completions.create(model="nanoseek", messages=ask, max_tokens=20,
+                                       response_format={"type": "json_object"}, temperature=0,
+                                       extra_body={"thinking": False})
+    assert r.choices[0].message.content.lstrip().startswith("{")
+    with pytest.raises(openai.BadRequestError, match="response_format: the grammar does not"):
+        client.chat.completions.create(model="nanoseek", messages=ask, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}})

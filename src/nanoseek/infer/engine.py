@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
+from nanoseek.infer.grammar import Grammars, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner
 from nanoseek.infer.sampling import (
@@ -144,6 +145,7 @@ class Engine:
         self.counts: Tensor | None = None
         self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
         self.stats = EngineStats()
+        self.grammars = Grammars(tokenizer, cfg.vocab_size)  # response formats' (grammar.py)
         self._ids = itertools.count()
         # step(), add_request() and abort() may come from different threads (astream runs steps in
         # a worker thread): one at a time
@@ -228,6 +230,8 @@ class Engine:
         if params.n > self.max_batch:
             raise EngineError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
                              "slots")
+        if params.grammar is not None:
+            self.grammars.matcher(params.grammar)  # a GrammarError now, not in a step
         outside = [t for t in params.logit_bias if t >= self.cfg.vocab_size]
         if outside:
             raise EngineError(f"logit_bias token id {outside[0]} is outside the vocabulary "
@@ -346,7 +350,9 @@ class Engine:
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
         s = Sample(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
                    logprobs=[] if p.logprobs else None, thinking=req.in_reasoning,
-                   text_at_end=not req.deltas and not stream.stop_matcher.stop)
+                   text_at_end=not req.deltas and not stream.stop_matcher.stop,
+                   matcher=None if p.grammar is None else self.grammars.matcher(p.grammar),
+                   answering=not req.in_reasoning)
         self.rows.append(s)
         if p.penalised and self.counts is None:
             V = self.cfg.vocab_size
@@ -475,6 +481,9 @@ class Engine:
         if self.counts is not None and any(p.penalised for p in params):
             rows = torch.tensor([s.row for s in samples], device=self.device)
             logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])
+        held = [i for i, s in enumerate(samples) if s.matcher is not None and s.answering]
+        if held:
+            logits = mask_logits(logits, held, [samples[i].matcher for i in held])
         # a draw per sample, at the position of the token drawn: the same alone, batched or
         # speculating
         draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]

@@ -59,6 +59,8 @@ class SamplingParams:
     # token id -> a number in [-100, 100] added to its logit before anything else (OpenAI's form:
     # -100 bans a token, +100 all but forces it)
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # the answer (after </think>) held to this grammar (grammar.json_grammar's lark text)
+    grammar: str | None = None
     logprobs: bool = False  # log-probability of each chosen token (of the model's distribution)
     top_logprobs: int = 0  # and the n most likely alternatives at each step
     skip_special_tokens: bool = True
@@ -104,6 +106,7 @@ class SamplingParams:
               and all(isinstance(i, int) for i in self.stop_token_ids), "a list of token ids")
         self.stop = tuple(self.stop)
         self.stop_token_ids = tuple(int(i) for i in self.stop_token_ids)
+        check("grammar", self.grammar is None or isinstance(self.grammar, str), "None or a str")
         check("logit_bias", isinstance(self.logit_bias, dict) and all(
             isinstance(t, int) and not isinstance(t, bool) and t >= 0
             and isinstance(b, (int, float)) and not isinstance(b, bool) and -100 <= b <= 100

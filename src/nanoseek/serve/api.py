@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from nanoseek.infer.engine import Engine
+from nanoseek.infer.grammar import GrammarError, json_grammar
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.infer.sequence import Delta, Usage
 from nanoseek.serve.http import (
@@ -138,12 +139,6 @@ MESSAGE_KNOWN = frozenset({"role", "content", "reasoning_content", "reasoning", 
 def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
     refuse_unknown(body, known)
     # known names whose other values are not honoured (yet)
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise APIError(400, f"response_format {kind!r} is not supported by this server; only "
-                            "{\"type\": \"text\"}", param="response_format",
-                       code="unsupported_parameter")
     if body.get("tools"):  # (an empty list: no tools)
         raise APIError(400, "tools are not supported by this server", param="tools",
                        code="unsupported_parameter")
@@ -153,6 +148,26 @@ def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
     if body.get("echo") not in (None, False):
         raise APIError(400, "echo is not supported by this server", param="echo",
                        code="unsupported_parameter")
+
+
+def response_grammar(body: dict) -> str | None:
+    """The grammar of response_format (OpenAI's): none for text, any JSON object for json_object,
+    the schema's JSON for json_schema ({"json_schema": {"name", "schema", "strict"}})."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return json_grammar()
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format.json_schema must be an object with a schema "
+                                "object", param="response_format")
+        return json_grammar(schema)
+    raise APIError(400, f"response_format type must be text, json_object or json_schema, got "
+                        f"{kind if kind is not None else fmt!r}", param="response_format")
 
 
 def _logit_bias(body: dict) -> dict[int, float]:
@@ -285,6 +300,12 @@ COMPLETIONS_BODY = json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "
 
 async def _chat_completion(backend: Backend, request: Request, body: dict):
     params = sampling_from(body)
+    params.grammar = response_grammar(body)
+    if params.grammar is not None:
+        try:  # (compiling a schema may take a while: not on the event loop)
+            await asyncio.to_thread(backend.engine.grammars.matcher, params.grammar)
+        except GrammarError as e:
+            raise APIError(400, f"response_format: {e}", param="response_format") from None
     messages, thinking, prefix = chat_messages(body)
     include_usage = _include_usage(body)
     prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)

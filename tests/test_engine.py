@@ -313,6 +313,29 @@ def test_penalties_match_a_hand_computed_reference(chat):
     assert [x.token_ids for x in plain] != [x.token_ids for x in c]
 
 
+def test_logit_bias_bans_and_forces_tokens_per_request(chat):
+    """A batch of three, each row its own bias: -100 bans the greedy path's tokens, +100 on a token
+    makes every draw that token (sampled, speculating too), and the unbiased row is unchanged."""
+    _, tok = chat
+    base = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    greedy = engine(chat).generate(prompts(1), base)[0].token_ids
+    seven = tok.encode("7")[0]
+    banned = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
+                            logit_bias={t: -100 for t in set(greedy)})
+    forced = SamplingParams(max_tokens=12, temperature=1.0, seed=3, ignore_eos=True,
+                            logit_bias={seven: 100})
+    for spec in (False, True):
+        out = engine(chat, max_batch=3, speculative=spec).generate(prompts(1) * 3,
+                                                                    [banned, forced, base])
+        assert not set(out[0].token_ids) & set(greedy)
+        assert out[1].token_ids == [seven] * 12
+        assert out[2].token_ids == greedy
+    with pytest.raises(ValueError, match="logit_bias token id 100000 is outside"):
+        engine(chat).generate(prompts(1), SamplingParams(logit_bias={100_000: 1}))
+    with pytest.raises(ValueError, match="logit_bias must be a map"):
+        SamplingParams(logit_bias={1: 101})
+
+
 def test_filters_that_leave_one_token_are_greedy(chat):
     greedy = engine(chat).generate(prompts(2), SamplingParams(max_tokens=20, temperature=0))
     for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):

@@ -18,10 +18,18 @@ EXAMPLES = 50  # fuzzing-phase cases per operation, besides the examples and cov
 @pytest.fixture(scope="module")
 def engine(tiny_chat_dir):
     """Small: 64 positions, so that a generated request generates a few dozen tokens at most."""
+    import torch
+
     from nanoseek.infer.engine import Engine
 
-    return Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4,
-                                  max_seq_len=64, speculative=False)
+    # one torch thread, as the test servers run (OMP_NUM_THREADS=1): on 2 cores a second one
+    # spins against the event loop's thread for the GIL, and a 50-token reply took seconds, not
+    # 0.1 s, past the fuzzer's 10 s read timeout under load
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine.from_checkpoint(str(tiny_chat_dir), device="cpu", dtype="float32", max_batch=4,
+                                 max_seq_len=64, speculative=False)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

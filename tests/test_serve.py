@@ -71,6 +71,7 @@ def client(server):
 
 
 Q = [{"role": "user", "content": "Calculate 12 + 7."}]
+JSON = {"Content-Type": "application/json"}
 
 
 def test_chat_completion_has_reasoning_content_and_usage(client):
@@ -150,7 +151,7 @@ def test_errors_use_the_openai_envelope(server, body, status, needle):
 
 
 def test_malformed_bodies_are_400_not_422(server):
-    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", timeout=10)
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json", headers=JSON, timeout=10)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert httpx.get(server + "/health", timeout=5).json()["status"] == "ok"
 
@@ -168,7 +169,7 @@ def test_malformed_bodies_are_400_not_422(server):
 ])
 def test_bodies_that_were_500s_are_400s(server, body, needle):
     path = "/v1/completions" if b"prompt" in body else "/v1/chat/completions"
-    r = httpx.post(server + path, content=body, timeout=30)
+    r = httpx.post(server + path, content=body, headers=JSON, timeout=30)
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
@@ -458,3 +459,93 @@ def test_a_client_gone_before_the_first_byte_frees_its_request(tiny_chat_dir, pa
 
     asyncio.run(hang_up())
     assert not engine.has_unfinished() and engine.stats.generated_tokens < 100
+
+
+# ---- DeepSeek's API beyond plain chat: logit_bias, cache details, prefix completion, FIM
+
+
+def test_logit_bias_bans_and_forces_tokens(client, tiny_chat_dir):
+    from nanoseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tiny_chat_dir)
+    seven = tok.encode("7")[0]
+    forced = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=1.0, logit_bias={str(seven): 100},
+                                       extra_body={"ignore_eos": True})
+    assert forced.choices[0].text == "7" * 6
+    greedy = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=0, logprobs=0)
+    first = tok.encode(greedy.choices[0].logprobs.tokens[0])[0]
+    banned = client.completions.create(model="nanoseek", prompt="12 + 3 =", max_tokens=6,
+                                       temperature=0, logprobs=0, logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.tokens[0] != greedy.choices[0].logprobs.tokens[0]
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.chat.completions.create(model="nanoseek", messages=Q, logit_bias={"x": 1})
+
+
+def test_cached_tokens_are_reported_under_both_names(client):
+    system = {"role": "system", "content": "You add numbers. " * 5}
+    kw = dict(model="nanoseek", messages=[system, *Q], max_tokens=2, temperature=0)
+    client.chat.completions.create(**kw)
+    u = client.chat.completions.create(**kw).usage
+    hit = u.model_extra["prompt_cache_hit_tokens"]
+    assert 0 < hit < u.prompt_tokens and u.prompt_tokens_details.cached_tokens == hit
+
+
+def test_chat_prefix_completion_continues_the_answer_or_the_reasoning(server, tiny_chat_dir):
+    from nanoseek.serve.api import chat_ids
+    from nanoseek.tokenizer import Tokenizer, render_chat
+
+    tok = Tokenizer.load(tiny_chat_dir)
+
+    def post(last):
+        r = httpx.post(server + "/v1/chat/completions", timeout=60,
+                       json={"messages": [*Q, last], "max_tokens": 30, "temperature": 0})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    answer = post({"role": "assistant", "content": "12 + 7 =", "prefix": True})
+    msg = answer["choices"][0]["message"]
+    assert msg["reasoning_content"] == "" and msg["content"]  # the answer goes on
+    whole = render_chat(Q, thinking=False) + "12 + 7 ="
+    assert answer["usage"]["prompt_tokens"] == len(tok.encode(whole))
+    thought = post({"role": "assistant", "content": None, "reasoning_content": "12 + 7",
+                    "prefix": True})
+    msg = thought["choices"][0]["message"]
+    assert msg["reasoning_content"]  # the reasoning goes on, then (maybe) the answer
+    ids = chat_ids(tok, Q, True, {"reasoning": "12 + 7", "content": ""})
+    assert thought["usage"]["prompt_tokens"] == len(ids)
+    assert tok.decode(ids) == render_chat(Q) + "12 + 7"
+    r = httpx.post(server + "/v1/chat/completions", timeout=30, json={"messages": [
+        {"role": "assistant", "content": "x", "prefix": True}, *Q]})
+    assert r.status_code == 400 and "only the last message may be a prefix" in r.text
+
+
+def test_fim_needs_a_tokenizer_with_fim_tokens(client):
+    with pytest.raises(openai.BadRequestError, match="suffix: this tokenizer has no fill-in"):
+        client.completions.create(model="nanoseek", prompt="def f(", suffix="    return x\n")
+
+
+def test_json_output_through_the_sdks_parse(client):
+    """The openai SDK's parse() with a pydantic response_format: the answer after </think> is held
+    to the schema, so even the tiny model's parses; json_object holds it to an object."""
+    from pydantic import BaseModel, Field
+
+    class Sum(BaseModel):  # (bounded: unbounded, the tiny model writes digits to its last token)
+        answer: int = Field(ge=-999, le=999)
+        sure: bool
+
+    ask = [{"role": "user", "content": "Calculate 12 + 7. Answer in JSON."}]
+    for thinking in (False, True):
+        r = client.chat.completions.parse(model="nanoseek", messages=ask, response_format=Sum,
+                                          max_tokens=150, temperature=0,
+                                          extra_body={"thinking": thinking})
+        assert isinstance(r.choices[0].message.parsed, Sum), r.choices[0].message.content
+        assert bool(r.choices[0].message.model_extra["reasoning_content"]) == thinking
+    r = client.chat.completions.create(model="nanoseek", messages=ask, max_tokens=20,
+                                       response_format={"type": "json_object"}, temperature=0,
+                                       extra_body={"thinking": False})
+    assert r.choices[0].message.content.lstrip().startswith("{")
+    with pytest.raises(openai.BadRequestError, match="response_format: the grammar does not"):
+        client.chat.completions.create(model="nanoseek", messages=ask, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}})

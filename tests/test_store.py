@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from nanoseek.serve.store import TITLE_CHARS, ConversationStore, NotFound, StoreError
+from nanoseek.serve.store import TITLE_CHARS, Conflict, ConversationStore, NotFound, StoreError
 
 
 def test_create_list_open_rename_delete(tmp_path):
@@ -115,3 +115,45 @@ def test_a_writer_killed_mid_write_loses_nothing_already_saved(tmp_path, after):
     # at most the one committed but not yet reported
     assert len(messages) in (len(saved), len(saved) + 1)
     s.add_message(cid, "user", "still works")
+
+
+def test_turns_move_the_version_on_and_a_stale_one_is_refused(tmp_path):
+    s = ConversationStore(tmp_path / "c.db")
+    c = s.create()
+    assert c.version == 0 and s.get(c.id).version == 0
+    v, asked = s.begin_turn(c.id, 0, "Q1")
+    assert v == 1 and asked.role == "user" and s.get(c.id).title == "Q1"
+    s.add_message(c.id, "assistant", "A1")  # the answer belongs to the turn: no new version
+    assert s.get(c.id).version == 1
+    with pytest.raises(Conflict, match="version 1, not 0"):
+        s.begin_turn(c.id, 0, None)  # a tab still at 0 may not regenerate A1 away
+    assert [m.content for m in s.get(c.id).messages] == ["Q1", "A1"]
+    assert s.begin_turn(c.id, 1, None) == (2, None)  # regenerate: A1 goes
+    assert [m.content for m in s.get(c.id).messages] == ["Q1"]
+    s.rename(c.id, "Named")  # a rename is no turn
+    assert s.get(c.id).version == 2 and [x.version for x in s.list()] == [2]
+    with pytest.raises(NotFound):
+        s.begin_turn("nope", 0, "x")
+
+
+def test_a_version_1_database_gains_versions(tmp_path):
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as con:  # as nanoseek's first schema made it
+        con.executescript("""
+            CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL,
+                                        created REAL NOT NULL, updated REAL NOT NULL);
+            CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+                role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), content TEXT NOT NULL,
+                reasoning TEXT NOT NULL DEFAULT '', thought_s REAL, finish TEXT,
+                created REAL NOT NULL);
+            INSERT INTO conversations VALUES ('old', 'Old chat', 0, 0);
+            INSERT INTO messages (conversation_id, role, content, created)
+                VALUES ('old', 'user', 'hello', 0);
+            PRAGMA user_version=1;
+        """)
+    s = ConversationStore(db)
+    c = s.get("old")
+    assert (c.title, c.version, [m.content for m in c.messages]) == ("Old chat", 0, ["hello"])
+    assert s.begin_turn("old", 0, "again")[0] == 1
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (2,)

@@ -19,7 +19,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # no sandbox (CI runs as root, where Chromium's sandbox refuses to start), and no background
 # networking (a closed network refuses it)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+                 # a DNS-rebinding page: its own name, resolving to this machine
+                 "--host-resolver-rules=MAP rebound.test 127.0.0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,7 @@ def test_reasoning_streams_in_an_open_panel_that_closes_when_the_answer_starts(p
     c = stored(app, current_id(page))
     assert [m["role"] for m in c["messages"]] == ["user", "assistant"]
     assert c["title"] == "Calculate 12 + 7."
+    page.wait_for_selector("#title:text-is('Calculate 12 + 7.')")  # the header follows the title
     answer = c["messages"][1]
     assert answer["reasoning"] and answer["content"] and answer["finish"] == "stop"
     assert page.text_content(".msg.assistant .answer").strip() == answer["content"].strip()
@@ -350,8 +353,10 @@ def test_the_app_api_answers_bad_requests_with_clear_400s_and_404s(app):
                                       json={"content": "hi"})
     assert "title must be a non-empty string" in error("PATCH", conversation, 400,
                                                        json={"title": " "})
-    assert "not valid JSON" in error("PATCH", conversation, 400, content=b'{"title": "\\ud800"}')
-    assert "not valid JSON" in error("POST", reply, 400, content=b"[" * 5000)
+    json_type = {"Content-Type": "application/json"}
+    assert "not valid JSON" in error("PATCH", conversation, 400, content=b'{"title": "\\ud800"}',
+                                     headers=json_type)
+    assert "not valid JSON" in error("POST", reply, 400, content=b"[" * 5000, headers=json_type)
     assert "top_p must be in [0, 1], got 2" in error("POST", reply, 400,
                                                      json={"content": "hi", "top_p": 2})
     assert "content must be a non-empty string" in error("POST", reply, 400, json={"content": ""})
@@ -360,3 +365,171 @@ def test_the_app_api_answers_bad_requests_with_clear_400s_and_404s(app):
     assert "max_seq_len is 256" in error("POST", reply, 400, json={"content": "7 " * 400})
     assert stored(app, cid)["messages"] == []
     httpx.delete(f"{base}/api/conversations/{cid}")
+
+
+# ---- issue 17: two tabs, refusals, stops, keys; pages elsewhere
+
+
+def ask(base, cid, text, version=None):
+    """A question through the app's API, to the end of its answer; returns the events."""
+    body = {"content": text, "temperature": 0, **({"version": version} if version is not None
+                                                   else {})}
+    with httpx.stream("POST", f"{base}/api/conversations/{cid}/reply", json=body,
+                      timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+
+def test_a_stale_tab_gets_a_409_and_reloads_instead_of_clobbering(browser, app):
+    base = app[0]
+    cid = httpx.post(f"{base}/api/conversations").json()["id"]
+    ask(base, cid, "Calculate 1 + 1.")
+    context = browser.new_context(bypass_csp=True)
+    try:
+        a, b = context.new_page(), context.new_page()
+        for tab in (a, b):
+            tab.goto(f"{base}/#c={cid}")
+            done(tab)
+        a.fill("#input", "Calculate 2 + 2.")
+        a.keyboard.press("Enter")
+        done(a, 2)
+        before = stored(app, cid)["messages"]
+        assert [m["role"] for m in before] == ["user", "assistant"] * 2
+        # tab b still shows one answer: regenerating it would have deleted tab a's
+        b.click(".msg.assistant.last .regenerate")
+        b.wait_for_selector("#error:text-matches('changed elsewhere')")
+        done(b, 2)  # reloaded: both turns
+        assert b.locator(".msg.user").all_inner_texts() == ["Calculate 1 + 1.", "Calculate 2 + 2."]
+        assert stored(app, cid)["messages"] == before
+        # and a question from a stale tab is not lost: it goes back into the box
+        a.fill("#input", "Calculate 3 + 3.")
+        a.keyboard.press("Enter")
+        done(a, 3)
+        b.fill("#input", "Calculate 4 + 4.")
+        b.keyboard.press("Enter")
+        b.wait_for_function("document.querySelectorAll('.msg.user').length == 3 && "
+                            "document.querySelector('#input').value == 'Calculate 4 + 4.'")
+        assert len(stored(app, cid)["messages"]) == 6
+        # the server says so to any client: an old version, or a reply while one is written
+        r = httpx.post(f"{base}/api/conversations/{cid}/reply", json={"version": 0}, timeout=10)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "conversation_changed"
+    finally:
+        context.close()
+
+
+def test_a_refused_question_leaves_the_last_answer_regenerable(page, app):
+    page.goto(app[0])
+    page.fill("#input", "Calculate 5 + 6.")
+    page.keyboard.press("Enter")
+    done(page)
+    page.fill("#input", "7 " * 400)  # past the context: refused
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#error:text-matches('max_seq_len')")
+    assert page.locator(".msg.user").count() == 1
+    assert page.is_visible(".msg.assistant.last .regenerate")
+
+
+def test_an_answer_stopped_in_its_reasoning_says_so_after_a_reload(page, app):
+    base, db = app
+    cid = httpx.post(f"{base}/api/conversations").json()["id"]
+    with sqlite3.connect(db) as con:
+        for seconds, finish in ((None, "aborted"), (4, "aborted"), (2, "length")):
+            con.execute("INSERT INTO messages (conversation_id, role, content, created) "
+                        "VALUES (?, 'user', 'Calculate 9 + 9.', 0)", (cid,))
+            con.execute("INSERT INTO messages (conversation_id, role, content, reasoning, "
+                        "thought_s, finish, created) VALUES (?, 'assistant', '', '9 + 9 is', ?, "
+                        "?, 0)", (cid, seconds, finish))
+    page.goto(f"{base}/#c={cid}")
+    done(page, 3)
+    assert page.locator(".msg.assistant summary").all_inner_texts() == [
+        "Thought for a while (stopped)", "Thought for 4 seconds (stopped)",
+        "Thought for 2 seconds (cut off)"]
+
+
+def test_saving_a_key_clears_the_error_and_loads_the_list(browser, tiny_chat_dir, tmp_path):
+    proc, base = start(tiny_chat_dir, "--api-key", "sesame", "--max-batch", "2",
+                       db=tmp_path / "c.db")
+    context = browser.new_context(bypass_csp=True)
+    try:
+        key = {"Authorization": "Bearer sesame"}
+        cid = httpx.post(f"{base}/api/conversations", headers=key).json()["id"]
+        httpx.patch(f"{base}/api/conversations/{cid}", json={"title": "Kept"}, headers=key)
+        page = context.new_page()
+        page.goto(base)
+        page.wait_for_selector("#settings[open]")
+        page.wait_for_selector("#error:text-matches('invalid API key')")
+        page.fill("#api-key", "sesame")
+        page.click("#settings-save")
+        page.wait_for_selector(f".conv[data-id='{cid}'] .title:text-is('Kept')")
+        assert page.is_hidden("#error")
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+EVIL = """<!doctype html><body>
+<form id="f" method="POST" action="{base}/api/conversations" target="sink"
+      enctype="text/plain"><input name='{{"a":"' value='"}}'></form>
+<iframe name="sink"></iframe>
+<script>
+(async () => {{
+  const tries = [
+    fetch("{base}/api/conversations", {{method: "POST", mode: "no-cors"}}),
+    fetch("{base}/api/conversations", {{method: "POST", mode: "no-cors",
+          headers: {{"Content-Type": "text/plain"}}, body: "{{}}"}}),
+    fetch("{base}/v1/completions", {{method: "POST", mode: "no-cors",
+          headers: {{"Content-Type": "text/plain"}},
+          body: JSON.stringify({{prompt: "1 +", max_tokens: 2}})}}),
+  ];
+  await Promise.allSettled(tries);
+  document.getElementById("f").submit();
+  setTimeout(() => {{ window.finished = true; }}, 500);
+}})();
+</script></body>"""
+
+
+def test_pages_elsewhere_cannot_drive_the_server(browser, app):
+    """A page on another origin (simple requests need no preflight: no-cors fetches, a text/plain
+    form), and a DNS-rebinding page (another name for 127.0.0.1), get nothing done."""
+    import http.server
+    import threading
+
+    base = app[0]
+    before = httpx.get(f"{base}/api/conversations", timeout=10).json()["data"]
+    def generated():
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        return float(re.search(r"^nanoseek_completion_tokens_total (\S+)$", text, re.M).group(1))
+
+    tokens = generated()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = EVIL.format(base=base).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{evil.server_address[1]}/")
+        page.wait_for_function("window.finished === true")
+        page.wait_for_timeout(300)
+        port = base.rsplit(":", 1)[1]
+        rebound = page.goto(f"http://rebound.test:{port}/")
+        assert rebound.status == 400
+        status = page.evaluate("fetch('/api/conversations', {method: 'POST'}).then(r => r.status)")
+        assert status == 400
+    finally:
+        context.close()
+        evil.shutdown()
+    assert httpx.get(f"{base}/api/conversations", timeout=10).json()["data"] == before
+    assert generated() == tokens

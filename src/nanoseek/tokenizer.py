@@ -14,6 +14,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from nanoseek.errors import UserError
+
 # Special tokens exactly as DeepSeek writes them: the bars are U+FF5C, the underscore-like mark
 # U+2581.
 BOS = "<｜begin▁of▁sentence｜>"
@@ -27,8 +29,11 @@ THINK_END = "</think>"
 # tokenizer): they are part of the model's visible output, so decode(skip_special_tokens=True) must
 # keep them.
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
+# Fill-in-the-middle, as DeepSeek-V3 pretrains it (prefix-suffix-middle); a tokenizer may lack them
+FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 CONTROL_TOKENS = SPECIAL_TOKENS + [THINK_START, THINK_END]
 ROLES = ("system", "user", "assistant")
+_LONG_TEXT = 4096  # characters; a longer text is encoded without holding the GIL
 
 # The R1 chat template. It and render_chat below must stay in lockstep (tests compare them through
 # transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template
@@ -66,28 +71,43 @@ def _check_messages(messages: list[dict]) -> None:
             raise ValueError(f"message {i}: content must be a str, got {m.get('content')!r}")
 
 
-def render_chat(messages: list[dict], add_generation_prompt: bool = True,
-                thinking: bool = True) -> str:
-    """Python twin of CHAT_TEMPLATE: same string as transformers'
-    apply_chat_template(tokenize=False)."""
+def _chat_pieces(messages: list[dict], add_generation_prompt: bool,
+                 thinking: bool) -> list[tuple[str, bool]]:
+    """The rendered chat as (text, is_control) pieces: control tokens the template writes, and
+    message text."""
     _check_messages(messages)
-    out = [BOS, "\n\n".join(m["content"] for m in messages if m["role"] == "system")]
+    out = [(BOS, True), ("\n\n".join(m["content"] for m in messages if m["role"] == "system"),
+                         False)]
     for m in messages:
         if m["role"] == "user":
-            out.append(USER + m["content"])
+            out += [(USER, True), (m["content"], False)]
         elif m["role"] == "assistant":
             # Reasoning of earlier turns is dropped (and any reasoning_content key ignored): R1 is
             # trained to see only final answers in its context, which also keeps multi-turn prompts
             # short.
-            out.append(ASSISTANT + m["content"].split(THINK_END)[-1].lstrip() + EOS)
+            out += [(ASSISTANT, True), (m["content"].split(THINK_END)[-1].lstrip(), False),
+                    (EOS, True)]
     if add_generation_prompt:
-        out.append(ASSISTANT + THINK_START + "\n" + ("" if thinking else "\n" + THINK_END + "\n\n"))
-    return "".join(out)
+        out += [(ASSISTANT, True), (THINK_START, True), ("\n", False)]
+        if not thinking:
+            out += [("\n", False), (THINK_END, True), ("\n\n", False)]
+    return out
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = True,
+                thinking: bool = True) -> str:
+    """Python twin of CHAT_TEMPLATE: same string as transformers'
+    apply_chat_template(tokenize=False)."""
+    return "".join(text for text, _ in _chat_pieces(messages, add_generation_prompt, thinking))
 
 
 def render_completion(reasoning: str | None, content: str) -> str:
     """What the model should emit after the generation prompt (`...<think>\\n`): the SFT target."""
     return f"{reasoning or ''}\n{THINK_END}\n\n{content}{EOS}"
+
+
+class TokenizerError(UserError):
+    """What this tokenizer cannot encode (e.g. fill-in-the-middle without FIM tokens)."""
 
 
 class Tokenizer:
@@ -100,6 +120,7 @@ class Tokenizer:
         self.tok = tok
         self.bos_id, self.eos_id, self.pad_id, self.user_id, self.assistant_id = range(5)
         self.think_start_id, self.think_end_id = 5, 6
+        self._plain: tokenizers.Tokenizer | None = None  # encode_text's, made on first use
 
     @property
     def vocab_size(self) -> int:
@@ -109,9 +130,25 @@ class Tokenizer:
         return self.tok.token_to_id(s)
 
     def encode(self, text: str) -> list[int]:
-        # No BOS here: render_chat writes it, and plain-text pretraining docs get it from the data
-        # loader.
+        """Text to ids; the control tokens' spellings in it become control tokens (render_chat's
+        output, a raw completion prompt). No BOS here: render_chat writes it, and plain-text
+        pretraining docs get it from the data loader."""
+        if len(text) > _LONG_TEXT:  # encode_batch lets go of the GIL (encode holds it throughout)
+            return self.tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Text to ids as plain text: a control token's spelling in it (a user typing
+        `<｜Assistant｜>`) stays characters, never the token."""
+        if not text:
+            return []
+        if self._plain is None:  # the same BPE without the added tokens (so none is matched)
+            state = json.loads(self.tok.to_str())
+            state["added_tokens"] = []
+            self._plain = tokenizers.Tokenizer.from_str(json.dumps(state))
+        if len(text) > _LONG_TEXT:
+            return self._plain.encode_batch([text], add_special_tokens=False)[0].ids
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
@@ -121,7 +158,30 @@ class Tokenizer:
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
                     thinking: bool = True) -> list[int]:
-        return self.encode(render_chat(messages, add_generation_prompt, thinking))
+        """encode(render_chat(...)), except that message text is plain text (encode_text): only
+        the template writes control tokens, so no message can forge a turn. (Between control tokens
+        the text is encoded on its own either way, so for text without their spellings the ids are
+        the same.)"""
+        ids, text = [], ""
+        for piece, control in _chat_pieces(messages, add_generation_prompt, thinking):
+            if control:  # the text between two control tokens is encoded as one
+                ids += self.encode_text(text) + [self.tok.token_to_id(piece)]
+                text = ""
+            else:
+                text += piece
+        return ids + self.encode_text(text)
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt, prefix-suffix-middle as DeepSeek-V3 is trained on it:
+        BOS <｜fim▁begin｜> prefix <｜fim▁hole｜> suffix <｜fim▁end｜>, the model writing the middle
+        (both texts plain)."""
+        marks = [self.tok.token_to_id(t) for t in (FIM_BEGIN, FIM_HOLE, FIM_END)]
+        if None in marks:
+            raise TokenizerError(f"this tokenizer has no fill-in-the-middle tokens ({FIM_BEGIN} "
+                                 f"{FIM_HOLE} {FIM_END}), so no model of it was trained for FIM")
+        begin, hole, end = marks
+        return ([self.bos_id, begin] + self.encode_text(prefix) + [hole] + self.encode_text(suffix)
+                + [end])
 
     def save(self, path: str | Path, model_max_length: int = 16384) -> None:
         """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) in the HF

@@ -15,8 +15,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       "included",
         description="A chat app at / (reasoning streamed in a collapsible panel, conversations "
                     "kept in SQLite), and the API: POST /v1/chat/completions (streaming or not, "
-                    "reasoning_content beside content, n, stop, seed, logprobs, a thinking switch, "
-                    "usage with prompt-cache hits), POST /v1/completions, GET /v1/models, GET "
+                    "reasoning_content beside content, n, stop, seed, logprobs, logit_bias, a "
+                    "thinking switch, prefix completion, usage with prompt-cache hits), POST "
+                    "/v1/completions (FIM with suffix, given FIM tokens), GET /v1/models, GET "
                     "/health, GET /metrics. One engine batches all requests. Binds 127.0.0.1 "
                     "unless --host says otherwise.",
         epilog="example: nanoseek serve ckpt/ --port 8000, then open http://127.0.0.1:8000/ or "
@@ -38,7 +39,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="seconds a request may run (default 600)")
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                        help="allow browser calls from this origin, e.g. http://localhost:3000; "
-                            "repeatable (default: none)")
+                            "repeatable (default: none: only the chat app's own page)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="a host name clients may reach the server under (the Host header), "
+                            "e.g. chat.example.com; repeatable (default: on a loopback --host, "
+                            "127.0.0.1, localhost and ::1 only; else any)")
+    serve.add_argument("--client-timeout", type=float, default=20.0, metavar="S",
+                       help="seconds a client may take to send a request's headers, and again "
+                            "its body (default 20)")
     serve.add_argument("--db", default=str(data_dir() / "conversations.db"), metavar="PATH",
                        help="SQLite file of the chat app's conversations (default: %(default)s)")
     serve.add_argument("--reasoning-alias", action="store_true",
@@ -52,10 +60,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from nanoseek.serve.app import create_app
+    from nanoseek.serve.guard import LOOPBACK_NAMES, loopback, slow_client_protocol
     from nanoseek.serve.http import ServerConfig
     from nanoseek.serve.store import ConversationStore, StoreError
 
     keys = tuple(k for k in (args.api_key or os.environ.get("NANOSEEK_API_KEY"),) if k)
+    if args.client_timeout <= 0:
+        raise BadArgs(f"--client-timeout must be > 0 seconds, got {args.client_timeout}")
+    hosts = tuple(h.lower() for h in args.allowed_host or ())
+    if hosts or loopback(args.host):
+        hosts += LOOPBACK_NAMES if loopback(args.host) else (args.host.lower(),)
     try:
         store = ConversationStore(args.db)
     except (StoreError, OSError) as e:
@@ -64,11 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(model_name=args.model_name, api_keys=keys,
                           reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
                           timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ()),
+                          allowed_hosts=hosts, client_timeout_s=args.client_timeout,
                           notice=getattr(args, "notice", ""))
     app = create_app(engine, config, store)
     url = f"http://{args.host}:{args.port}"
     print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r}: "
           f"chat app at {url}/ , API at {url}/v1 ({engine.max_batch} slots"
           f"{', API key required' if keys else ''}; conversations in {args.db})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                http=slow_client_protocol(args.client_timeout))
     return 0

@@ -33,11 +33,13 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
+from nanoseek.infer.grammar import Grammars, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner
 from nanoseek.infer.sampling import (
     SamplingParams,
     TokenLogprob,
+    apply_logit_bias,
     apply_penalties,
     logprobs_of,
     sample,
@@ -45,7 +47,7 @@ from nanoseek.infer.sampling import (
     uniform,
 )
 from nanoseek.infer.sequence import Completion, Delta, Request, Sample
-from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
+from nanoseek.infer.stream import TextStream
 from nanoseek.model.model import KVCache, Transformer
 from nanoseek.tokenizer import BOS, Tokenizer
 
@@ -56,6 +58,19 @@ Params = SamplingParams | Sequence[SamplingParams] | None
 SPECULATE_UP_TO = 16
 
 _entropy = random.SystemRandom()
+
+
+def _leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
+    """Whether generation starts inside a think block: the prompt's last <think> token comes after
+    its last </think> token (stream.prompt_leaves_reasoning_open, read from the ids: however long
+    the block so far, and a tag a message spelled as plain text is no tag)."""
+    def last(token: int) -> int:
+        try:
+            return len(ids) - 1 - ids[::-1].index(token)
+        except ValueError:
+            return -1
+
+    return last(tok.think_start_id) > last(tok.think_end_id)
 
 
 def _fresh_seed() -> int:
@@ -132,6 +147,7 @@ class Engine:
         self.counts: Tensor | None = None
         self.seen: Tensor | None = None  # (max_batch, vocab) tokens in prompt or output
         self.stats = EngineStats()
+        self.grammars = Grammars(tokenizer, cfg.vocab_size)  # response formats' (grammar.py)
         self._ids = itertools.count()
         # step(), add_request() and abort() may come from different threads (astream runs steps in
         # a worker thread): one at a time
@@ -216,6 +232,12 @@ class Engine:
         if params.n > self.max_batch:
             raise EngineError(f"n = {params.n} samples do not fit in the engine's {self.max_batch} "
                              "slots")
+        if params.grammar is not None:
+            self.grammars.matcher(params.grammar)  # a GrammarError now, not in a step
+        outside = [t for t in params.logit_bias if t >= self.cfg.vocab_size]
+        if outside:
+            raise EngineError(f"logit_bias token id {outside[0]} is outside the vocabulary "
+                             f"[0, {self.cfg.vocab_size})")
         return ids
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
@@ -233,7 +255,7 @@ class Engine:
             rid = request_id or f"req-{next(self._ids)}"
             if rid in self.requests:
                 raise EngineError(f"request id {rid!r} is already running")
-            in_reasoning = prompt_leaves_reasoning_open(self.tok.decode(ids[-64:]))
+            in_reasoning = _leaves_reasoning_open(ids, self.tok)
             req = Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
                           in_reasoning, deltas, done=[None] * params.n)
             self.requests[rid] = req
@@ -330,7 +352,9 @@ class Engine:
         stream = TextStream(self.tok, p.stop, p.skip_special_tokens, in_reasoning=req.in_reasoning)
         s = Sample(req, index, stream, seed, row=len(self.rows), len=len(req.prompt),
                    logprobs=[] if p.logprobs else None, thinking=req.in_reasoning,
-                   text_at_end=not req.deltas and not stream.stop_matcher.stop)
+                   text_at_end=not req.deltas and not stream.stop_matcher.stop,
+                   matcher=None if p.grammar is None else self.grammars.matcher(p.grammar),
+                   answering=not req.in_reasoning)
         self.rows.append(s)
         if p.penalised and self.counts is None:
             V = self.cfg.vocab_size
@@ -454,9 +478,14 @@ class Engine:
         logits = logits.float()
         params = [s.req.params for s in samples]
         raw = logits
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits, params)
         if self.counts is not None and any(p.penalised for p in params):
             rows = torch.tensor([s.row for s in samples], device=self.device)
             logits = apply_penalties(logits, params, self.counts[rows], self.seen[rows])
+        held = [i for i, s in enumerate(samples) if s.matcher is not None and s.answering]
+        if held:
+            logits = mask_logits(logits, held, [samples[i].matcher for i in held])
         # a draw per sample, at the position of the token drawn: the same alone, batched or
         # speculating
         draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]

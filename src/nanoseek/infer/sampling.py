@@ -56,6 +56,11 @@ class SamplingParams:
     stop: Sequence[str] = ()  # stop strings: generation ends before them, and they are not returned
     stop_token_ids: Sequence[int] = ()  # besides EOS (unless ignore_eos)
     ignore_eos: bool = False
+    # token id -> a number in [-100, 100] added to its logit before anything else (OpenAI's form:
+    # -100 bans a token, +100 all but forces it)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # the answer (after </think>) held to this grammar (grammar.json_grammar's lark text)
+    grammar: str | None = None
     logprobs: bool = False  # log-probability of each chosen token (of the model's distribution)
     top_logprobs: int = 0  # and the n most likely alternatives at each step
     skip_special_tokens: bool = True
@@ -101,6 +106,11 @@ class SamplingParams:
               and all(isinstance(i, int) for i in self.stop_token_ids), "a list of token ids")
         self.stop = tuple(self.stop)
         self.stop_token_ids = tuple(int(i) for i in self.stop_token_ids)
+        check("grammar", self.grammar is None or isinstance(self.grammar, str), "None or a str")
+        check("logit_bias", isinstance(self.logit_bias, dict) and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0
+            and isinstance(b, (int, float)) and not isinstance(b, bool) and -100 <= b <= 100
+            for t, b in self.logit_bias.items()), "a map of token ids to numbers in [-100, 100]")
 
     @property
     def greedy(self) -> bool:
@@ -118,6 +128,20 @@ class TokenLogprob:
     logprob: float
     # (token id, logprob), most likely first
     top: list[tuple[int, float]] = field(default_factory=list)
+
+
+def apply_logit_bias(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """logits (b, V) with each row's logit_bias added (a new tensor)."""
+    rows, ids, bias = [], [], []
+    for r, p in enumerate(params):
+        rows += [r] * len(p.logit_bias)
+        ids += list(p.logit_bias)
+        bias += list(p.logit_bias.values())
+    out = logits.clone()
+    dev = logits.device
+    out.index_put_((torch.tensor(rows, device=dev), torch.tensor(ids, device=dev)),
+                   torch.tensor(bias, device=dev, dtype=out.dtype), accumulate=True)
+    return out
 
 
 def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Tensor,

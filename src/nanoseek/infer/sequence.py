@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -107,6 +108,8 @@ class Sample:
     # inside the think block (text_at_end only; else the stream's parser knows)
     thinking: bool = False
     text_at_end: bool = False  # detokenized once when finished, not token by token (add_request)
+    matcher: Any = None  # the grammar's state (llguidance), when the request has one
+    answering: bool = False  # past </think> (or never in it): where the grammar holds
     finish_reason: str | None = None
     delta: Delta | None = None  # being filled during a step
 
@@ -127,6 +130,9 @@ class Sample:
                 d.logprobs.append(lp)
         if self.thinking if self.text_at_end else self.stream.parser.in_reasoning:
             self.reasoning_tokens += 1
+        if self.matcher is not None and self.answering:
+            self.matcher.consume_token(t)
+        self.answering = self.answering or t == tok.think_end_id
         if (t == tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
             return self.finish("stop", tok)
         if self.text_at_end:  # the parser's state from the tag tokens alone; finish checks it

@@ -1,5 +1,9 @@
 """The DeepSeek/OpenAI-compatible API: /v1/chat/completions with `reasoning_content`,
-/v1/completions and /v1/models, over the server's one engine loop (app.py).
+/v1/completions and /v1/models, over the server's one engine loop (app.py). Beyond plain chat:
+logit_bias, chat prefix completion (a last assistant message with `prefix: true`, as DeepSeek's
+beta API has it), fill-in-the-middle (`suffix`, for a tokenizer with FIM tokens), and the prompt
+cache's hits as DeepSeek (`prompt_cache_hit_tokens`) and OpenAI (`prompt_tokens_details`) name
+them. A parameter it does not honour is a 400 that names it.
 
 On the wire: streamed chunks carry `delta.reasoning_content` first, then `delta.content`, never both
 in one chunk; the first chunk carries the role; a last chunk per choice has `finish_reason` and an
@@ -9,6 +13,7 @@ empty delta; with `stream_options.include_usage` a chunk with `choices: []` and 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -16,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from nanoseek.infer.engine import Engine
+from nanoseek.infer.grammar import GrammarError, json_grammar
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.infer.sequence import Delta, Usage
 from nanoseek.serve.http import (
@@ -29,9 +35,11 @@ from nanoseek.serve.http import (
     json_object,
     number,
     range_schema,
+    refuse_unknown,
     sse,
+    unless_disconnected,
 )
-from nanoseek.tokenizer import render_chat
+from nanoseek.tokenizer import Tokenizer, TokenizerError
 
 
 def add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -44,23 +52,22 @@ def add_api_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_BODY)
     async def chat_completions(request: Request):
-        return await _chat_completion(backend, await _body(config, request))
+        return await _chat_completion(backend, request, await _body(config, request, CHAT_KNOWN))
 
     @app.post("/v1/completions", openapi_extra=COMPLETIONS_BODY)
     async def completions(request: Request):
-        return await _completion(backend, await _body(config, request))
+        return await _completion(backend, request, await _body(config, request, COMPLETIONS_KNOWN))
 
 
 # ---------------------------------------------------------------------------------------------
 # request parsing: every problem is a 400 that names the field
 
 
-async def _body(config: ServerConfig, request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > config.max_body_bytes:  # a chunked body has no content-length to check up front
-        raise APIError(413, "the request body is over the limit of "
-                            f"{config.max_body_bytes:,} bytes", code="request_too_large")
-    body = json_object(raw)
+async def _body(config: ServerConfig, request: Request, known: frozenset[str]) -> dict:
+    """The request's JSON (parsed in a worker thread: up to max_body_bytes of it), once its model
+    is this server's and it has no parameter this server does not honour."""
+    body = await asyncio.to_thread(json_object, await request.body())
+    refuse_unsupported(body, known)
     model = body.get("model", config.model_name)
     if model != config.model_name:
         raise APIError(404, f"model {model!r} does not exist; this server has "
@@ -108,22 +115,95 @@ def sampling_from(body: dict, legacy: bool = False) -> SamplingParams:
             frequency_penalty=number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
             repetition_penalty=number(body, "repetition_penalty", 1.0, lo=0.01, hi=10),
             seed=number(body, "seed", None, int), n=number(body, "n", 1, int, lo=1, hi=16),
-            stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos, top_logprobs=top)
+            stop=tuple(stop or ()), logprobs=logprobs, ignore_eos=ignore_eos, top_logprobs=top,
+            logit_bias=_logit_bias(body))
     except ValueError as e:  # what only SamplingParams checks (e.g. top_p 0)
         field, _, rest = str(e).removeprefix("SamplingParams.").partition(" ")
         raise APIError(400, f"{field} {rest}", param=field) from None
 
 
-def chat_prompt(body: dict) -> str:
+# What each route honours. Any other parameter, unless null, is a 400 that names it: a client
+# must never believe a setting took effect when it did not (OpenAI answers the same way).
+SAMPLING_KNOWN = frozenset({
+    "model", "stream", "stream_options", "n", "seed", "stop", "max_tokens", "temperature",
+    "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "logprobs", "ignore_eos", "logit_bias"})
+CHAT_KNOWN = SAMPLING_KNOWN | {"messages", "thinking", "top_logprobs", "max_completion_tokens",
+                               "response_format", "tools", "tool_choice"}
+COMPLETIONS_KNOWN = SAMPLING_KNOWN | {"prompt", "echo", "suffix"}
+# a message's keys; reasoning sent back is dropped, as R1 must not see it (DeepSeek's rule), except
+# in a last assistant message with prefix: true, whose answer (and reasoning) the model continues
+MESSAGE_KNOWN = frozenset({"role", "content", "reasoning_content", "reasoning", "prefix"})
+
+
+def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
+    refuse_unknown(body, known)
+    # known names whose other values are not honoured (yet)
+    if body.get("tools"):  # (an empty list: no tools)
+        raise APIError(400, "tools are not supported by this server", param="tools",
+                       code="unsupported_parameter")
+    if body.get("tool_choice") not in (None, "none", "auto"):
+        raise APIError(400, f"tool_choice {body['tool_choice']!r} needs tools, and this server "
+                            "has none", param="tool_choice", code="unsupported_parameter")
+    if body.get("echo") not in (None, False):
+        raise APIError(400, "echo is not supported by this server", param="echo",
+                       code="unsupported_parameter")
+
+
+def response_grammar(body: dict) -> str | None:
+    """The grammar of response_format (OpenAI's): none for text, any JSON object for json_object,
+    the schema's JSON for json_schema ({"json_schema": {"name", "schema", "strict"}})."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return json_grammar()
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format.json_schema must be an object with a schema "
+                                "object", param="response_format")
+        return json_grammar(schema)
+    raise APIError(400, f"response_format type must be text, json_object or json_schema, got "
+                        f"{kind if kind is not None else fmt!r}", param="response_format")
+
+
+def _logit_bias(body: dict) -> dict[int, float]:
+    """OpenAI's logit_bias: {"token id": bias in [-100, 100]} (JSON keys are strings)."""
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict):
+        raise APIError(400, "logit_bias must be an object of token ids to numbers",
+                       param="logit_bias")
+    out = {}
+    for key, value in bias.items():
+        if not key.isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias: {key!r}: {value!r} must be a token id and a number "
+                                "in [-100, 100]", param="logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
+def chat_messages(body: dict) -> tuple[list[dict], bool, dict | None]:
+    """The conversation as the template takes it, whether the model thinks first, and the prefix
+    the model continues ({"reasoning", "content"}), if the last message is one."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", param="messages")
-    clean = []
+    clean, prefix = [], None
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
             raise APIError(400, f"messages[{i}]: role must be system, user or assistant",
                            param="messages")
+        for name, value in m.items():
+            if name not in MESSAGE_KNOWN and value not in (None, False, []):
+                raise APIError(400, f"messages[{i}].{name} is not supported by this server",
+                               param="messages", code="unsupported_parameter")
         content = m.get("content")
+        if content is None and m["role"] == "assistant":  # as clients send a tool-call turn
+            content = ""
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             texts = [p.get("text", "") for p in content
                      if isinstance(p, dict) and p.get("type") == "text"]
@@ -131,6 +211,16 @@ def chat_prompt(body: dict) -> str:
         if not isinstance(content, str):
             raise APIError(400, f"messages[{i}]: content must be a string or a list of text parts",
                            param="messages")
+        if m.get("prefix") not in (None, False):
+            if m["prefix"] is not True or m["role"] != "assistant" or i != len(messages) - 1:
+                raise APIError(400, f"messages[{i}].prefix: only the last message may be a "
+                                    "prefix (true), and only the assistant's", param="messages")
+            reasoning = m.get("reasoning_content", m.get("reasoning")) or ""
+            if not isinstance(reasoning, str):
+                raise APIError(400, f"messages[{i}].reasoning_content must be a string",
+                               param="messages")
+            prefix = {"reasoning": reasoning, "content": content}
+            break
         # reasoning_content / reasoning sent back is dropped: R1 sees only earlier answers
         clean.append({"role": m["role"], "content": content})
     thinking = body.get("thinking", True)
@@ -139,8 +229,23 @@ def chat_prompt(body: dict) -> str:
     if not isinstance(thinking, bool):
         raise APIError(400, "thinking must be true/false or {\"type\": \"enabled\"|\"disabled\"}",
                        param="thinking")
-    return render_chat(clean, thinking=thinking)
+    return clean, thinking, prefix
 
+
+def chat_ids(tok: Tokenizer, messages: list[dict], thinking: bool, prefix: dict | None
+             ) -> list[int]:
+    """The prompt's token ids; with a prefix, what the template writes before an assistant turn
+    and then the turn's start: its reasoning, open, when there is no answer text yet and thinking
+    is on (the model goes on reasoning), else the reasoning closed and the answer so far (the model
+    goes on answering), spelled as R1 writes a turn (`<think>\n...\n</think>\n\n...`)."""
+    if prefix is None:
+        return tok.encode_chat(messages, True, thinking)
+    ids = tok.encode_chat(messages, add_generation_prompt=False) if messages else [tok.bos_id]
+    ids += [tok.assistant_id, tok.think_start_id]
+    if thinking and not prefix["content"]:
+        return ids + tok.encode_text("\n" + prefix["reasoning"])
+    return ids + tok.encode_text("\n" + prefix["reasoning"] + "\n") + [tok.think_end_id] + \
+        tok.encode_text("\n\n" + prefix["content"])
 
 def _include_usage(body: dict) -> bool:
     """stream_options.include_usage; checked before the request is queued, where it would run
@@ -193,10 +298,17 @@ COMPLETIONS_BODY = json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "
 # the two generating routes
 
 
-async def _chat_completion(backend: Backend, body: dict):
+async def _chat_completion(backend: Backend, request: Request, body: dict):
     params = sampling_from(body)
-    prompt = chat_prompt(body)
+    params.grammar = response_grammar(body)
+    if params.grammar is not None:
+        try:  # (compiling a schema may take a while: not on the event loop)
+            await asyncio.to_thread(backend.engine.grammars.matcher, params.grammar)
+        except GrammarError as e:
+            raise APIError(400, f"response_format: {e}", param="response_format") from None
+    messages, thinking, prefix = chat_messages(body)
     include_usage = _include_usage(body)
+    prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
     rid, queue = await backend.submit(prompt, params)
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     cid, created = f"chatcmpl-{rid[4:]}", int(time.time())
@@ -209,6 +321,13 @@ async def _chat_completion(backend: Backend, body: dict):
         events = _event_stream(deltas, params.n, _chat_chunks(chunk, alias, logprob), chunk,
                                include_usage)
         return _event_response(head, events, lambda: backend.cancel(rid))
+    return await unless_disconnected(request, _chat_response(backend, deltas, params, cid,
+                                                             created))
+
+
+async def _chat_response(backend: Backend, deltas: AsyncIterator[Delta | None],
+                         params: SamplingParams, cid: str, created: int) -> dict:
+    engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     choices = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
     usages = {}
     async for d in deltas:
@@ -235,11 +354,19 @@ async def _chat_completion(backend: Backend, body: dict):
             "choices": out, "usage": usage_json([usages[i] for i in range(params.n)])}
 
 
-async def _completion(backend: Backend, body: dict):
+async def _completion(backend: Backend, request: Request, body: dict):
     params = sampling_from(body, legacy=True)
-    prompt = body.get("prompt")
+    prompt, suffix = body.get("prompt"), body.get("suffix")
     if not isinstance(prompt, str) or not prompt:
         raise APIError(400, "prompt must be a non-empty string", param="prompt")
+    if suffix is not None:  # fill in the middle, between prompt and suffix
+        if not isinstance(suffix, str):
+            raise APIError(400, "suffix must be a string", param="suffix")
+        try:
+            prompt = await asyncio.to_thread(backend.engine.tok.encode_fim, prompt, suffix)
+        except TokenizerError as e:
+            raise APIError(400, f"suffix: {e}", param="suffix",
+                           code="unsupported_parameter") from None
     include_usage = _include_usage(body)
     rid, queue = await backend.submit(prompt, params, param="prompt")
     engine, model, n = backend.engine, backend.config.model_name, params.n
@@ -261,6 +388,13 @@ async def _completion(backend: Backend, body: dict):
 
         events = _event_stream(deltas, n, chunks_of, chunk, include_usage)
         return _event_response([], events, lambda: backend.cancel(rid))
+    return await unless_disconnected(request, _completion_response(backend, deltas, params, rid))
+
+
+async def _completion_response(backend: Backend, deltas: AsyncIterator[Delta | None],
+                               params: SamplingParams, rid: str) -> dict:
+    engine, model, n = backend.engine, backend.config.model_name, params.n
+    skip = params.skip_special_tokens
     texts, finish, usages, lps = [""] * n, [None] * n, {}, [[] for _ in range(n)]
     async for d in deltas:
         if d is None:
@@ -288,6 +422,7 @@ def usage_json(usages: list[Usage]) -> dict:
             "total_tokens": first.prompt_tokens + completion,
             "prompt_cache_hit_tokens": first.cached_tokens,
             "prompt_cache_miss_tokens": first.uncached_tokens,
+            "prompt_tokens_details": {"cached_tokens": first.cached_tokens},  # OpenAI's name
             "completion_tokens_details": {
                 "reasoning_tokens": sum(u.reasoning_tokens for u in usages)}}
 

@@ -1,7 +1,7 @@
 """The server: one engine loop (a thread calling Engine.step) serves every request of the API and
 the chat app, so both batch together: continuous batching; each request's deltas reach its handler
-through an asyncio queue. Here too are the server's Prometheus metrics, its guards (API key, body
-size), its error handlers and the assembly of the routes (api.py, webapp.py) into one app.
+through an asyncio queue. Here too are the server's Prometheus metrics, its error handlers and the
+assembly of the guards (guard.py) and the routes (api.py, webapp.py) into one app.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.infer.sequence import Delta, Usage
 from nanoseek.serve.api import add_api_routes
+from nanoseek.serve.guard import Guard
 from nanoseek.serve.http import APIError, Backend, ServerConfig
 from nanoseek.serve.store import ConversationStore
 from nanoseek.serve.webapp import add_chat_routes
@@ -101,7 +102,16 @@ class EngineLoop:
         rid = f"req-{uuid.uuid4().hex[:24]}"
         self.queues[rid] = (asyncio.get_running_loop(), queue)
         try:
-            self.engine.add_request(prompt, params, request_id=rid)
+            # in a worker thread: a text prompt is tokenized there, and the engine's lock may be
+            # held by a step for a while
+            adding = asyncio.ensure_future(
+                asyncio.to_thread(self.engine.add_request, prompt, params, request_id=rid))
+            try:
+                await asyncio.shield(adding)
+            except asyncio.CancelledError:  # the client left: once the request is in, it goes
+                adding.add_done_callback(lambda f: (f.cancelled() or f.exception(),
+                                                    self.cancel(rid)))
+                raise
         except ValueError as e:
             self.queues.pop(rid, None)
             code = "context_length_exceeded" if "max_seq_len" in str(e) else None
@@ -191,12 +201,13 @@ def create_app(engine: Engine, config: ServerConfig | None = None,
     backend = Backend(engine, store or ConversationStore(":memory:"), config,
                       loop.submit, loop.deltas, loop.cancel)
     app = FastAPI(title="nanoseek", version="1", docs_url=None, redoc_url=None)
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
     _add_error_handlers(app)
-    _add_guard(app, config, metrics)
+    app.add_middleware(Guard, config=config, routes=app.router.routes,
+                       count=lambda route, status: metrics.requests.labels(route, status).inc())
+    if config.cors_origins:  # added last, so outermost: a preflight never meets the key check
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.get("/health")
     async def health():
@@ -230,30 +241,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception):
         return APIError(500, "internal server error", type="server_error").response()
-
-
-def _add_guard(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
-    """The API key on /v1 and /api, the body size by its content-length, and a count of /v1 requests
-    by route and status."""
-
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        path = request.url.path
-        if config.api_keys and path.startswith(("/v1", "/api")):
-            auth = request.headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
-                response = APIError(401, "invalid API key", type="authentication_error",
-                                    code="invalid_api_key").response()
-                metrics.requests.labels(path, "401").inc()
-                return response
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > config.max_body_bytes:
-            response = APIError(413, f"the request body is {int(size):,} bytes; the limit is "
-                                     f"{config.max_body_bytes:,}", code="request_too_large"
-                                ).response()
-        else:
-            response = await call_next(request)
-        # CORS preflights are not requests
-        if path.startswith("/v1") and request.method != "OPTIONS":
-            metrics.requests.labels(path, str(response.status_code)).inc()
-        return response

@@ -13,7 +13,8 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sequence import Delta
@@ -28,8 +29,12 @@ class ServerConfig:
     max_queue: int = 256  # requests waiting for a slot; beyond, 429 with Retry-After
     keepalive_s: float = 10.0  # an SSE comment this often while a streamed request waits
     timeout_s: float = 600.0  # a request running longer is cancelled (504)
-    max_body_bytes: int = 1 << 20
-    cors_origins: tuple[str, ...] = ()  # closed by default
+    max_body_bytes: int = 1 << 20  # on every route, however the body is sent
+    cors_origins: tuple[str, ...] = ()  # pages elsewhere that may call the server; none by default
+    # Host names the server answers to; none: any. A loopback server names its loopback names, so
+    # that a DNS-rebinding page (its own name, resolving to 127.0.0.1) is refused
+    allowed_hosts: tuple[str, ...] = ()
+    client_timeout_s: float = 20.0  # for a request's headers, and again for its body
     notice: str = ""  # a line the chat app shows above every conversation (e.g. an untrained model)
 
 
@@ -59,9 +64,37 @@ class APIError(Exception):
         self.param, self.code = param, code
 
     def response(self) -> JSONResponse:
+        """The error as the client sees it (also an ASGI app: guard.py sends it itself)."""
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return JSONResponse({"error": error}, status_code=self.status,
                             headers={"Retry-After": "1"} if self.status == 429 else None)
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns when the client hangs up. The body has been read (guard.Guard reads it whole), so the
+    next message receive() gives is the hang-up, or the end of the response."""
+    if (await request.receive())["type"] != "http.disconnect":
+        # a server that answers with more (empty) body instead, as some test transports do, never
+        # reports a hang-up this way: wait for nothing rather than spin
+        await asyncio.Event().wait()
+
+
+async def unless_disconnected(request: Request, work: Awaitable):
+    """`work`'s result; or, should the client hang up first, `work` is cancelled (its generation
+    with it: a request nobody waits for must not hold its slots) and the answer is a 499 (nginx's
+    "client closed request", which only the metrics see)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return Response(status_code=499)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +112,15 @@ def json_object(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     return body
+
+
+def refuse_unknown(body: dict, known: frozenset[str]) -> None:
+    """A 400 naming the first parameter, unless null, that is not in `known`: a client must never
+    believe a setting took effect when it did not (OpenAI answers the same way)."""
+    for name, value in body.items():
+        if name not in known and value is not None:
+            raise APIError(400, f"{name} is not supported by this server", param=name,
+                           code="unsupported_parameter")
 
 
 def number(body: dict, name: str, default, kind=float, lo=None, hi=None):

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from nanoseek.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: conversations.version
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0  -- turns begun (begin_turn): what a page's copy is of
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,6 +51,10 @@ class NotFound(StoreError):
     """No conversation with that id."""
 
 
+class Conflict(StoreError):
+    """The conversation changed since the version the caller read (another tab moved it on)."""
+
+
 @dataclass
 class Message:
     id: int
@@ -66,6 +71,7 @@ class Conversation:
     title: str
     created: float
     updated: float
+    version: int = 0
     messages: list[Message] | None = None
 
     def to_json(self) -> dict:
@@ -95,6 +101,9 @@ class ConversationStore:
             with self._transaction() as db:  # not executescript: it would commit on its own
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     db.execute(statement)
+                if version == 1:  # (CREATE TABLE IF NOT EXISTS left its table as it was)
+                    db.execute("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL "
+                               "DEFAULT 0")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             self._db.close()
@@ -123,14 +132,14 @@ class ConversationStore:
         now = time.time()
         c = Conversation(uuid.uuid4().hex, _title(title), now, now)
         with self._transaction() as db:
-            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)",
-                       (c.id, c.title, c.created, c.updated))
+            db.execute("INSERT INTO conversations (id, title, created, updated) "
+                       "VALUES (?, ?, ?, ?)", (c.id, c.title, c.created, c.updated))
         return c
 
     def list(self, query: str = "", limit: int = 200) -> list[Conversation]:
         """Newest first; with a query, those whose title or any message contains it
         (case-insensitive)."""
-        sql = "SELECT id, title, created, updated FROM conversations"
+        sql = "SELECT id, title, created, updated, version FROM conversations"
         args: tuple = ()
         if query:
             like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -144,8 +153,8 @@ class ConversationStore:
 
     def get(self, cid: str) -> Conversation:
         with self._lock:
-            row = self._db.execute("SELECT id, title, created, updated FROM conversations "
-                                   "WHERE id = ?", (cid,)).fetchone()
+            row = self._db.execute("SELECT id, title, created, updated, version "
+                                   "FROM conversations WHERE id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
             msgs = self._db.execute("SELECT id, role, content, reasoning, thought_s, finish "
@@ -176,25 +185,52 @@ class ConversationStore:
             row = db.execute("SELECT title FROM conversations WHERE id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
-            mid = db.execute("INSERT INTO messages (conversation_id, role, content, reasoning, "
-                             "thought_s, finish, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (cid, role, content, reasoning, thought_s, finish, now)).lastrowid
-            untitled = role == "user" and row[0] == "New chat" and content.strip()
-            title = _title(content) if untitled else row[0]
-            db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
-                       (now, title, cid))
+            return self._add(db, cid, row[0], role, content, reasoning, thought_s, finish, now)
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, cid: str, title: str, role: str, content: str,
+             reasoning: str, thought_s: float | None, finish: str | None, now: float) -> Message:
+        mid = db.execute("INSERT INTO messages (conversation_id, role, content, reasoning, "
+                         "thought_s, finish, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (cid, role, content, reasoning, thought_s, finish, now)).lastrowid
+        untitled = role == "user" and title == "New chat" and content.strip()
+        db.execute("UPDATE conversations SET updated = ?, title = ? WHERE id = ?",
+                   (now, _title(content) if untitled else title, cid))
         return Message(mid, role, content, reasoning, thought_s, finish)
 
-    def delete_message(self, mid: int) -> None:
+    def begin_turn(self, cid: str, version: int,
+                   question: str | None) -> tuple[int, Message | None]:
+        """A new turn of a conversation read at `version`: the question asked (None: regenerate,
+        the last answer goes), in one transaction with the version's step, so that of two pages
+        that read the same version only one moves it on; the other gets Conflict. Returns the new
+        version and the question's message."""
+        now = time.time()
         with self._transaction() as db:
-            db.execute("DELETE FROM messages WHERE id = ?", (mid,))
+            row = db.execute("SELECT title, version FROM conversations WHERE id = ?",
+                             (cid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no conversation {cid!r}")
+            if row[1] != version:
+                raise Conflict(f"conversation {cid!r} is at version {row[1]}, not {version}: it "
+                               "changed elsewhere (another tab?)")
+            asked = None
+            if question is None:
+                self._drop_last_reply(db, cid)
+            else:
+                asked = self._add(db, cid, row[0], "user", question, "", None, None, now)
+            db.execute("UPDATE conversations SET version = version + 1 WHERE id = ?", (cid,))
+        return version + 1, asked
 
     def drop_last_reply(self, cid: str) -> None:
         """Regenerate: the last message goes if it is the assistant's (the user's question
         stays)."""
         with self._transaction() as db:
-            db.execute("DELETE FROM messages WHERE id = (SELECT MAX(id) FROM messages "
-                       "WHERE conversation_id = ?) AND role = 'assistant'", (cid,))
+            self._drop_last_reply(db, cid)
+
+    @staticmethod
+    def _drop_last_reply(db: sqlite3.Connection, cid: str) -> None:
+        db.execute("DELETE FROM messages WHERE id = (SELECT MAX(id) FROM messages "
+                   "WHERE conversation_id = ?) AND role = 'assistant'", (cid,))
 
 
 def _title(text: str) -> str:

@@ -5,10 +5,15 @@ as server-sent events: `reasoning` text, then `content` text with the answer so 
 sanitised HTML (render.py), then `done` with the saved message. A client that goes away (the stop
 button) aborts the generation and what was generated is saved, marked `aborted`, as DeepSeek's app
 keeps a stopped answer.
+
+Two tabs on one conversation: each reply names the conversation's version it was asked from (the
+page has it from the conversation and from each reply's `start` event), a reply asked from an older
+version, or while another is being written, is a 409, and the page then reloads the conversation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -29,11 +34,11 @@ from nanoseek.serve.http import (
     json_object,
     number,
     range_schema,
+    refuse_unknown,
     sse,
 )
 from nanoseek.serve.render import code_css, render
-from nanoseek.serve.store import ConversationStore, NotFound, StoreError
-from nanoseek.tokenizer import render_chat
+from nanoseek.serve.store import Conflict, ConversationStore, NotFound, StoreError
 
 STATIC = files("nanoseek.serve") / "static"
 RENDER_EVERY_S = 0.1  # re-render the streaming answer at most this often (and once at the end)
@@ -46,7 +51,13 @@ REPLY_BODY = json_body({
     "content": NON_BLANK | {"type": ["string", "null"], "description":
                             "the new question; absent or null: regenerate the last answer"},
     "thinking": {"type": "boolean"}, "temperature": range_schema("number", 0, 2), "top_p": TOP_P,
-    "max_tokens": range_schema("integer", 1)}, body_required=False)
+    "max_tokens": range_schema("integer", 1),
+    "version": range_schema("integer", 0) | {"description": "the conversation's version the page "
+                                             "shows; another is a 409 (absent: not checked)"}},
+    body_required=False)
+
+
+REPLY_KNOWN = frozenset({"content", "thinking", "temperature", "top_p", "max_tokens", "version"})
 
 
 def add_chat_routes(app: FastAPI, backend: Backend) -> None:
@@ -68,12 +79,14 @@ def add_chat_routes(app: FastAPI, backend: Backend) -> None:
         return {"model": backend.config.model_name, "notice": backend.config.notice}
 
     _add_conversation_routes(app, backend.store)
+    answering: set[str] = set()  # conversations whose reply is being written
 
     @app.post("/api/conversations/{cid}/reply", openapi_extra=REPLY_BODY)
     async def reply(cid: str, request: Request):
         """{"content": the user's new message (absent: regenerate the last answer), "thinking":
-        bool, "temperature", "top_p", "max_tokens"} -> an event stream of the answer."""
-        return await _reply(backend, cid, await _json(request))
+        bool, "temperature", "top_p", "max_tokens", "version"} -> an event stream of the
+        answer."""
+        return await _reply(backend, cid, await _json(request), answering)
 
 
 def _add_conversation_routes(app: FastAPI, store: ConversationStore) -> None:
@@ -115,47 +128,64 @@ def _add_conversation_routes(app: FastAPI, store: ConversationStore) -> None:
         return {"id": cid, "deleted": True}
 
 
-async def _reply(backend: Backend, cid: str, body: dict) -> Response:
+async def _reply(backend: Backend, cid: str, body: dict, answering: set[str]) -> Response:
     store = backend.store
     params = _params(body)
-    thinking = body.get("thinking", True)
-    content = body.get("content")
+    refuse_unknown(body, REPLY_KNOWN)
+    thinking, content = body.get("thinking", True), body.get("content")
+    version = body.get("version")
     if not isinstance(thinking, bool):
         raise APIError(400, "thinking must be true or false", param="thinking")
     if content is not None and (not isinstance(content, str) or not content.strip()):
         raise APIError(400, "content must be a non-empty string", param="content")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise APIError(400, "version must be an integer", param="version")
     try:
-        if content is None:
-            store.drop_last_reply(cid)
-            asked = None
-        else:
-            asked = store.add_message(cid, "user", content)
-        history = store.get(cid).messages
+        c = store.get(cid)
     except StoreError as e:
         raise _fail(e) from None
-    if not history or history[-1].role != "user":
+    if version is not None and version != c.version:
+        raise _conflict(f"this conversation changed elsewhere (version {c.version}, not "
+                        f"{version})")
+    if cid in answering:
+        raise _conflict("this conversation is being answered elsewhere")
+    messages = [{"role": m.role, "content": m.content} for m in c.messages]
+    if content is None:  # regenerate: without the last answer
+        messages = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    else:
+        messages.append({"role": "user", "content": content})
+    if not messages or messages[-1]["role"] != "user":
         raise APIError(400, "nothing to answer: the conversation has no question after its last "
                             "answer")
-    messages = [{"role": m.role, "content": m.content} for m in history]
-    prompt = render_chat(messages, thinking=thinking)
+    prompt = await asyncio.to_thread(backend.engine.tok.encode_chat, messages, True, thinking)
+    # queued before anything is stored: a refused request (too long, queue full) changes nothing
+    rid, queue = await backend.submit(prompt, params)
     try:
-        rid, queue = await backend.submit(prompt, params)
-    except APIError:  # refused (too long, queue full): the question was not asked
-        if asked is not None:
-            store.delete_message(asked.id)
-        raise
-    return event_stream(_events(store, cid, backend.deltas(rid, queue, 1)),
-                        on_close=lambda: backend.cancel(rid))
+        new_version, _ = store.begin_turn(cid, c.version, content)
+    except StoreError as e:  # another reply began meanwhile, or the conversation was deleted
+        backend.cancel(rid)
+        raise (_conflict(str(e)) if isinstance(e, Conflict) else _fail(e)) from None
+    answering.add(cid)
+
+    def close() -> None:
+        backend.cancel(rid)
+        answering.discard(cid)
+
+    return event_stream(_events(store, cid, new_version, backend.deltas(rid, queue, 1)),
+                        on_close=close)
 
 
-async def _events(store: ConversationStore, cid: str,
+async def _events(store: ConversationStore, cid: str, version: int,
                   source: AsyncIterator) -> AsyncIterator[bytes]:
     start, thought, rendered_at = time.monotonic(), None, 0.0
     reasoning, content, finish, saved = "", "", None, False
 
     def save() -> Any:
-        return store.add_message(cid, "assistant", content, reasoning, thought, finish or "aborted")
+        # a reply stopped in its reasoning keeps how long it thought
+        took = thought if thought is not None else round(time.monotonic() - start, 1)
+        return store.add_message(cid, "assistant", content, reasoning, took, finish or "aborted")
 
+    yield sse({"type": "start", "version": version})
     try:
         async for d in source:
             if d is None:
@@ -186,6 +216,10 @@ async def _events(store: ConversationStore, cid: str,
                 save()
             except StoreError:  # the conversation was deleted meanwhile
                 pass
+
+
+def _conflict(message: str) -> APIError:
+    return APIError(409, message + "; reload it", code="conversation_changed")
 
 
 def _fail(e: StoreError) -> APIError:

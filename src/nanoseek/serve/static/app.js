@@ -4,7 +4,9 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { id: null, busy: null, thinking: true };
+// version: the conversation's version this page shows; a reply names it, and the server answers
+// 409 if another tab has moved the conversation on since
+const state = { id: null, version: 0, busy: null, thinking: true };
 // max_tokens null: as many as the model's context leaves
 const settings = Object.assign({ temperature: 0.6, top_p: 0.95, max_tokens: null, key: "" },
   JSON.parse(localStorage.getItem("nanoseek.settings") || "{}"));
@@ -18,7 +20,9 @@ async function api(path, options = {}) {
     let message = r.statusText;
     try { message = (await r.json()).error.message; } catch (e) { /* not our envelope */ }
     if (r.status === 401) openSettings("This server needs an API key.");
-    throw new Error(message);
+    const error = new Error(message);
+    error.status = r.status;
+    throw error;
   }
   return r;
 }
@@ -38,6 +42,7 @@ async function loadList() {
   list.replaceChildren(...data.map((c) => {
     const li = document.createElement("li");
     li.className = "conv" + (c.id === state.id ? " current" : "");
+    if (c.id === state.id) $("#title").textContent = c.title;  // e.g. named by its first question
     li.dataset.id = c.id;
     const title = document.createElement("span");
     title.className = "title";
@@ -100,6 +105,7 @@ async function removeConversation(c) {
 function newChat() {
   stop();
   state.id = null;
+  state.version = 0;
   history.replaceState(null, "", location.pathname);
   $("#title").textContent = "nanoseek";
   $("#messages").replaceChildren(emptyNote);
@@ -118,6 +124,7 @@ async function openConversation(id) {
     return newChat();
   }
   state.id = c.id;
+  state.version = c.version;
   history.replaceState(null, "", "#c=" + c.id);
   $("#title").textContent = c.title;
   const box = $("#messages");
@@ -153,6 +160,16 @@ function thoughtLabel(s) {
   return `Thought for ${n} second${n === 1 ? "" : "s"}`;
 }
 
+// The thinking panel's title for a reply that ended (seconds: how long it thought, or null), the
+// same live and after a reload: one stopped or cut off in its reasoning says so.
+function endedLabel(seconds, hasAnswer, finish) {
+  const thought = seconds != null ? thoughtLabel(seconds) : "Thought for a while";
+  if (hasAnswer) return thought;
+  if (finish === "aborted") return thought + " (stopped)";
+  if (finish === "length") return thought + " (cut off)";
+  return "Thinking";
+}
+
 // One assistant message; `m` is a stored message, or undefined while streaming.
 function assistantMessage(m) {
   const summary = make("summary");
@@ -176,7 +193,7 @@ function assistantMessage(m) {
   if (m) {
     reasoning.textContent = m.reasoning;
     details.hidden = !m.reasoning;
-    summary.textContent = m.thought_s != null && m.content ? thoughtLabel(m.thought_s) : "Thinking";
+    summary.textContent = endedLabel(m.thought_s, !!m.content, m.finish);
     rendered.innerHTML = m.html;  // sanitised by the server
     view.content = m.content;
     if (m.finish === "aborted") note.textContent = "Stopped.";
@@ -210,6 +227,7 @@ async function send(text) {
     if (!state.id) {
       const c = await (await api("/api/conversations", { method: "POST" })).json();
       state.id = c.id;
+      state.version = c.version;
       history.replaceState(null, "", "#c=" + c.id);
     }
   } catch (e) { return showError(e.message); }
@@ -220,6 +238,7 @@ async function send(text) {
   autosize();
   if (!(await stream({ content: text }))) {  // refused (e.g. too long): the question was not kept
     asked.remove();
+    markLast();  // the answer before it is the last again (and can be regenerated)
     if (!$("#input").value) $("#input").value = text;
   }
 }
@@ -242,7 +261,7 @@ async function stream(extra) {
   const started = performance.now();
   let accepted = false;
   const body = { ...extra, thinking: state.thinking, temperature: settings.temperature, top_p: settings.top_p,
-                 max_tokens: settings.max_tokens };
+                 max_tokens: settings.max_tokens, version: state.version };
   try {
     const r = await api(`/api/conversations/${state.id}/reply`,
                         { method: "POST", body: JSON.stringify(body), signal: controller.signal });
@@ -265,14 +284,17 @@ async function stream(extra) {
   } catch (e) {
     if (e.name === "AbortError") {
       view.note.textContent = "Stopped.";
+      view.finish = "aborted";
     } else {
-      showError(e.message);
       if (!view.content && !view.reasoning.textContent) view.el.remove();
+      if (e.status === 409) await openConversation(state.id);  // another tab moved it on
+      showError(e.message);
     }
   } finally {
     view.el.classList.remove("streaming");
     if (view.thought === null && view.reasoning.textContent) {
-      view.summary.textContent = "Thought for a while (stopped)";
+      view.summary.textContent = endedLabel((performance.now() - started) / 1000, false,
+                                            view.finish || "aborted");
     }
     if (!view.reasoning.textContent) view.details.hidden = true;
     state.busy = null;
@@ -284,7 +306,9 @@ async function stream(extra) {
 }
 
 function onEvent(view, ev, started) {
-  if (ev.type === "reasoning") {
+  if (ev.type === "start") {
+    state.version = ev.version;
+  } else if (ev.type === "reasoning") {
     view.details.hidden = false;
     view.reasoning.append(ev.text);
   } else if (ev.type === "content") {
@@ -304,6 +328,7 @@ function onEvent(view, ev, started) {
     view.rendered.innerHTML = ev.message.html;  // sanitised by the server
     view.tail.textContent = "";
     view.el.dataset.id = ev.message.id;
+    view.finish = ev.message.finish;
     if (ev.message.finish === "length") view.note.textContent = "Cut off at the max-tokens limit.";
   } else if (ev.type === "error") {
     showError(ev.message);
@@ -342,6 +367,9 @@ function saveSettings() {
   settings.max_tokens = $("#max-tokens").value.trim() ? Math.round(num("#max-tokens", 1, 1e7, 0)) || null : null;
   settings.key = $("#api-key").value.trim();
   localStorage.setItem("nanoseek.settings", JSON.stringify(settings));
+  showError("");  // (a new key: what failed may work now)
+  if (state.id) openConversation(state.id);
+  else loadList().catch((e) => showError(e.message));
 }
 
 // ---------------------------------------------------------------- wiring

@@ -272,9 +272,15 @@ SAMPLING_FIELDS = {
     "logprobs": {"type": ["boolean", "null"]},
     "top_logprobs": range_schema("integer", 0, 20) | {"description": "read only with logprobs"},
     "ignore_eos": {"type": ["boolean", "null"]},
+    "logit_bias": {"type": ["object", "null"], "propertyNames": {"pattern": "^[0-9]+$"},
+                   "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                   "description": "token id -> a bias added to its logit"},
 }
 MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
     "role": {"enum": ["system", "user", "assistant"]},
+    "prefix": {"type": ["boolean", "null"], "description": "the last message only, an "
+               "assistant's: the model continues it (its reasoning_content if no content)"},
+    "reasoning_content": {"type": ["string", "null"]},
     "content": {"anyOf": [{"type": "string"}, {
         "type": "array", "description": "content parts: the text ones are joined, others skipped",
         "items": {"type": "object", "properties": {"type": {"type": "string"},
@@ -286,9 +292,20 @@ CHAT_COMPLETIONS_BODY = json_body(SAMPLING_FIELDS | {
                        "properties": {"include_usage": {"type": ["boolean", "null"]}}},
     "thinking": {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
         "type": {"enum": ["enabled", "disabled"]}}}]},
+    "response_format": {"anyOf": [
+        {"type": "null"},
+        {"type": "object", "required": ["type"],
+         "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type", "json_schema"], "properties": {
+            "type": {"const": "json_schema"},
+            "json_schema": {"type": "object", "required": ["schema"], "properties": {
+                "name": {"type": "string"}, "strict": {"type": "boolean"},
+                "schema": {"type": "object"}}}}}]},
 }, required=("messages",))
 COMPLETIONS_BODY = json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "top_logprobs"} | {
     "prompt": {"type": "string", "minLength": 1},
+    "suffix": {"type": ["string", "null"], "description": "fill in the middle (FIM tokens needed)"},
+    "echo": {"enum": [False, None]},
     "logprobs": range_schema("integer", 0, 20) | {
         "description": "alternatives returned with each token's log-probability"},
 }, required=("prompt",))

@@ -103,6 +103,33 @@ def test_log_probs_with_shared_prompts_equal_each_sequence_run_whole():
             torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "llama"])
+def test_log_probs_under_bf16_autocast_as_a_gpu_update_runs(family):
+    """The update's forward under bf16 autocast (what it runs in on a GPU; here on the CPU): the
+    prompt-sharing cache takes the mixed dtypes (a GQA model's bf16 values beside fp32 keys), the
+    log-probs stay fp32 and near fp32's, and gradients reach the fp32 weights."""
+    from nanoseek.model.config import PRESETS, ModelConfig
+    from nanoseek.model.model import Transformer
+    from nanoseek.train.grpo import token_logprobs
+
+    torch.manual_seed(0)
+    cfg = PRESETS["tiny"] if family == "deepseek_v3" else ModelConfig(
+        model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(1)
+    P = [torch.randint(7, 300, (9,), generator=g).tolist()] * 2
+    C = [torch.randint(7, 300, (k,), generator=g).tolist() for k in (5, 3)]
+    want, _, _ = token_logprobs(model, P, C, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, mask, _ = token_logprobs(model, P, C, torch.device("cpu"))
+    assert logp.dtype == torch.float32
+    assert ((logp - want).abs() * mask).max() < 0.1
+    (logp * mask).sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if not n.startswith("mtp.")]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
 @pytest.mark.parametrize("level,mu", [("sequence", 1), ("token", 2)])
 def test_leaving_out_zero_advantage_completions_changes_no_update(level, mu):
     """With beta 0, completions of groups whose rewards are all equal add nothing to the gradient,

@@ -294,7 +294,8 @@ class _PromptKV:
 
     def update(self, layer_id: int, positions: Tensor, kv: Tensor, kv_len: int) -> Tensor:
         index = positions[..., None].expand(-1, -1, kv.shape[-1])
-        new = self.layers[layer_id].scatter(1, index, kv)
+        # the layer's dtype: under autocast a GQA model's values come out bf16, its keys fp32
+        new = self.layers[layer_id].scatter(1, index, kv.to(self.layers[layer_id].dtype))
         self.layers[layer_id] = new
         return new[:, :kv_len]
 

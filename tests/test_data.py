@@ -179,12 +179,13 @@ def test_chat_tokens_mask_only_the_assistants_completions(tok):
     ids, mask = chat_tokens(tok, m)
     assert len(ids) == len(mask)
     kept = [t for t, k in zip(ids, mask) if k]
-    # exactly the two completions (the first with its reasoning, the second with an empty think
-    # block)
-    assert tok.decode(kept) == render_completion("0 + 0 = 0", "0") + render_completion(None, "0")
+    # exactly the two completions: the first with its reasoning; the second has none, so it is
+    # DeepThink off, whose empty think block is the prompt's, and only its answer is learned
+    assert tok.decode(kept) == render_completion("0 + 0 = 0", "0") + "0" + EOS
     # and each follows its context exactly as the engine renders it (earlier reasoning dropped)
     assert tok.decode(ids) == (render_chat(m[:2]) + render_completion("0 + 0 = 0", "0")
-                               + render_chat(m[:4]) + render_completion(None, "0"))
+                               + render_chat(m[:4], thinking=False) + "0" + EOS)
+    assert kept.count(tok.think_end_id) == 1 and ids.count(tok.think_end_id) == 2
 
 
 def test_chat_corpus_gives_a_loss_only_on_assistant_tokens(tmp_path, tok):

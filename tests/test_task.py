@@ -105,9 +105,15 @@ def test_a_scorer_that_misbehaves_is_named(tmp_path):
 
 
 def test_unknown_specs_and_misplaced_configs():
-    with pytest.raises(TaskError, match="use gym:NAME"):
+    with pytest.raises(TaskError, match="use skills, skills:held-out, gym:NAME"):
         load_task("arithmetic")
-    with pytest.raises(TaskError, match="config applies to reasoning-gym tasks"):
+    with pytest.raises(TaskError, match="unknown keys"):
+        load_task("skills", config={"skilz": 1})
+    # the held-out set, whole or a seeded part of it
+    whole, part = load_task("skills:held-out"), load_task("skills:held-out", size=30, seed=1)
+    assert len(whole.examples) > 400 and len(part.examples) == 30
+    assert {e.prompt for e in part.examples} <= {e.prompt for e in whole.examples}
+    with pytest.raises(TaskError, match="config applies to skills and to reasoning-gym tasks"):
         load_task("x.jsonl", config={"a": 1})
     with pytest.raises(TaskError, match="no such task file"):
         load_task("/nonexistent/x.py")

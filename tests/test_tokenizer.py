@@ -343,3 +343,20 @@ def test_fill_in_the_middle_prompts(tok):
     begin, hole, end = (t.token_to_id(x) for x in (FIM_BEGIN, FIM_HOLE, FIM_END))
     assert ids[:2] == [t.bos_id, begin] and ids[-1] == end and ids.count(end) == 1
     assert t.decode(ids) == BOS + FIM_BEGIN + "def f(" + FIM_END + FIM_HOLE + "return x" + FIM_END
+
+
+def test_split_digits_gives_one_token_per_digit_and_loads_in_transformers(tmp_path):
+    texts = [f"What is {a} × {b}? {a} × {b} = {a * b}" for a in range(100, 400, 7)
+             for b in range(3, 90, 11)]
+    tok = train_tokenizer(texts, vocab_size=400, split_digits=True)
+    digits = [tok.decode([i]) for i in tok.encode("What is 347 × 268? 92996 (12)")]
+    assert [d.strip() for d in digits if d.strip().isdigit()] == list("34726892996") + ["1", "2"]
+    assert all(len(d.strip()) == 1 for d in digits if any(c.isdigit() for c in d))
+    assert len(tok.encode(" 347")) == 3  # the space rides on the first digit
+    for s in HARD + random_strings(100, seed=3):
+        assert tok.decode(tok.encode(s)) == s, repr(s)
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    for s in HARD + texts[:20]:
+        assert hf.encode(s) == tok.encode(s), repr(s)

@@ -25,7 +25,7 @@ import torch
 
 from nanoseek.files import DataError, atomic_directory, jsonl_objects, numbered_lines
 from nanoseek.model.model import IGNORE_INDEX
-from nanoseek.tokenizer import Tokenizer, render_chat, render_completion
+from nanoseek.tokenizer import EOS, Tokenizer, render_chat, render_completion
 
 # ---------------------------------------------------------------------------------------------
 # corpus readers
@@ -165,14 +165,18 @@ def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], 
     """(ids, mask) of a conversation for SFT: one sequence per assistant turn, each its context
     rendered with the generation prompt exactly as the engine will see it (mask 0) followed by the
     turn's completion — reasoning, </think>, answer, EOS — (mask 1, the only tokens with a
-    loss)."""
+    loss). A turn without reasoning is DeepThink off: its context ends in the empty, closed think
+    block the engine writes when thinking is off, and only the answer is learned (a loss on that
+    block would teach the model to skip its reasoning when thinking is on)."""
     ids: list[int] = []
     mask: list[int] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        context = tokenizer.encode(render_chat(messages[:i]))
-        target = tokenizer.encode(render_completion(m.get("reasoning_content"), m["content"]))
+        reasoning = m.get("reasoning_content")
+        context = tokenizer.encode(render_chat(messages[:i], thinking=bool(reasoning)))
+        target = tokenizer.encode(render_completion(reasoning, m["content"]) if reasoning
+                                  else m["content"] + EOS)
         ids += context + target
         mask += [0] * len(context) + [1] * len(target)
     return ids, mask

@@ -223,9 +223,11 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
-                    show_progress: bool = False) -> Tokenizer:
+                    show_progress: bool = False, split_digits: bool = False) -> Tokenizer:
     """Train a byte-level BPE on an iterator of strings; any Unicode string round-trips through
-    it."""
+    it. split_digits: every digit is a token of its own (with the space before it, if any), as
+    LLaMA's tokenizer does: a small model then learns arithmetic digit by digit instead of
+    memorising a token per number."""
     if vocab_size <= 256 + len(CONTROL_TOKENS):
         raise ValueError(f"vocab_size must exceed 256 bytes + {len(CONTROL_TOKENS)} control tokens "
                          f"= {256 + len(CONTROL_TOKENS)}, got {vocab_size}")
@@ -233,7 +235,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     # GPT-2 style split (words, numbers, punctuation, whitespace) then bytes -> printable unicode
     # chars. DeepSeek uses a finer regex (e.g. digits in groups of 3); this is the simple standard
     # choice.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = byte_level
+    if split_digits:
+        digit = pre_tokenizers.Split(tokenizers.Regex(r" ?\p{N}"), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([digit, byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -154,10 +154,12 @@ def add_corpus_flags(p: argparse.ArgumentParser) -> None:
 
 def add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True,
-                   help="gym:NAME (a reasoning-gym dataset), FILE.jsonl (GSM8K / MATH / "
+                   help="skills (the shipped model's skills; skills:held-out: its held-out "
+                        "set), gym:NAME (a reasoning-gym dataset), FILE.jsonl (GSM8K / MATH / "
                         "prompt+answer lines) or FILE.py (prompts() and score(completion, "
                         "reference))")
-    p.add_argument("--task-config", help="reasoning-gym options as JSON, e.g. '{\"min_terms\": 2}'")
+    p.add_argument("--task-config", help="reasoning-gym (or skills) options as JSON, e.g. "
+                                         "'{\"min_terms\": 2}'")
     p.add_argument("--size", type=positive_int, default=200,
                    help="prompts (default 200; a file: its first N)")
     p.add_argument("--task-seed", type=int, default=0,

@@ -1,5 +1,8 @@
-"""Where tasks come from. Three sources, one `load_task(spec)`:
+"""Where tasks come from. Four sources, one `load_task(spec)`:
 
+- `skills` — the skills of the model nanoseek ships, in many phrasings, with messages outside
+  them that the honest reply answers (chats.py; `config` sets the mix); `skills:held-out` is its
+  held-out set (heldout.py), or `size` prompts of it;
 - `gym:NAME` — any reasoning-gym dataset (`config` passes its options), scored by the dataset's own
   `score_answer` (gym.py);
 - `FILE.jsonl` — benchmark files: GSM8K (`question`, `answer` ending in `#### n`), MATH (`problem`,
@@ -91,14 +94,23 @@ def user_task(path: str | Path, limit: int | None = None) -> Task:
 
 
 def load_task(spec: str, size: int = 1000, seed: int = 0, config: dict | None = None) -> Task:
-    """`gym:NAME`, a `.jsonl` benchmark file or a `.py` task file."""
+    """`skills` (the shipped model's skills, chats.py), `gym:NAME`, a `.jsonl` benchmark file or a
+    `.py` task file."""
+    if spec in ("skills", "skills:held-out"):
+        from nanoseek.tasks.chats import heldout_task, skills_task
+
+        if spec == "skills":
+            return skills_task(size, seed, config)
+        task = heldout_task()  # all of it: a fixed set
+        return task if size >= len(task.examples) else task.split(size, seed)[1]
     if spec.startswith("gym:"):
         return gym_task(spec[4:], size, seed, config)
     if config:
-        raise TaskError(f"{spec}: a config applies to reasoning-gym tasks (gym:NAME) only")
+        raise TaskError(f"{spec}: a config applies to skills and to reasoning-gym tasks "
+                        "(gym:NAME) only")
     if spec.endswith(".jsonl"):
         return jsonl_task(spec, size)
     if spec.endswith(".py"):
         return user_task(spec, size)
-    raise TaskError(f"unknown task {spec!r}: use gym:NAME (a reasoning-gym dataset), FILE.jsonl "
-                    "or FILE.py")
+    raise TaskError(f"unknown task {spec!r}: use skills, skills:held-out, gym:NAME (a "
+                    "reasoning-gym dataset), FILE.jsonl or FILE.py")

@@ -135,10 +135,9 @@ def test_a_plain_request_whose_client_left_is_cancelled(server, path, body):
                   f"Content-Length: {len(payload)}\r\n\r\n{payload}".encode())
         time.sleep(1.0)
         assert not select.select([s], [], [], 0)[0]  # no answer yet: it is generating
-    t0 = time.perf_counter()
     assert wait_idle(server, tries=50) == {"status": "ok", "running": 0, "waiting": 0}
-    assert time.perf_counter() - t0 < 4  # 4 x 1000 tokens would take longer
-    assert metric(server, "nanoseek_completion_tokens_total") == generated  # it never finished
+    # it never finished (no clock: a loaded machine makes any time bound flaky)
+    assert metric(server, "nanoseek_completion_tokens_total") == generated
 
 
 # ---- 4. no tokenizing on the event loop

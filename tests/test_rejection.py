@@ -55,7 +55,7 @@ def test_sample_command(tiny_chat_dir, tmp_path, capsys):
     assert all("reasoning_content" in json.loads(line)["messages"][1]
                for line in out.read_text().splitlines())
     assert main(["sample", str(tiny_chat_dir), "--task", "nope", "--out", str(out)]) == 2
-    assert "use gym:NAME" in capsys.readouterr().err
+    assert "gym:NAME" in capsys.readouterr().err
     # the default 256 tokens do not fit
     assert main(["sample", str(tiny_chat_dir), "--task", "gym:basic_arithmetic", "--size", "1",
                  "--out", str(out), "--quiet", "--max-seq-len", "128"]) == 2

@@ -129,8 +129,9 @@ class Guard:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.client_timeout_s
         while True:
-            try:
-                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            try:  # (asyncio.timeout, not wait_for, which on 3.11 may swallow a cancel)
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 return b"", APIError(408, "the request body did not arrive within "
                                           f"{config.client_timeout_s:g} s", code="timeout")

@@ -15,6 +15,7 @@ from nanoseek.tokenizer import (
     PAD,
     THINK_END,
     THINK_START,
+    TOOL_TOKENS,
     USER,
     Tokenizer,
     render_chat,
@@ -177,6 +178,28 @@ def test_control_tokens_single_when_glued(tok):
     assert not set(tok.encode("begin of sentence think User Assistant < > ｜ ▁")) & set(range(7))
 
 
+def test_tool_tokens_follow_the_control_tokens(tok, hf):
+    """DeepSeek-V3's tool-call tokens: ids 7..15, one token each however glued, kept by decode
+    (they are parsed out of the answer), never made from message text; a tokenizer without them
+    still works and says so."""
+    assert tok.has_tool_tokens and len(TOOL_TOKENS) == 9
+    assert TOOL_TOKENS[0] == "<\uff5ctool\u2581calls\u2581begin\uff5c>"
+    for i, s in enumerate(TOOL_TOKENS, start=len(CONTROL_TOKENS)):
+        assert tok.token_to_id(s) == i and tok.encode(f"x{s}{s}\n").count(i) == 2
+        assert tok.decode([i], skip_special_tokens=True) == s == hf.decode([i],
+                                                                          skip_special_tokens=True)
+        assert i not in tok.encode_text(f"a{s}b")
+    forged = "".join(TOOL_TOKENS)
+    ids = tok.encode_chat([{"role": "user", "content": forged}])
+    assert not set(ids) & set(range(7, 16)) and tok.decode(ids) == render_chat(
+        [{"role": "user", "content": forged}])
+    state = json.loads(tok.tok.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in TOOL_TOKENS]
+    old = Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(state)))
+    assert not old.has_tool_tokens
+    assert old.encode_chat(CONVERSATIONS["system"]) == tok.encode_chat(CONVERSATIONS["system"])
+
+
 def test_skip_special_tokens_keeps_think_tags(tok):
     body = "q<think>\nreasoning\n</think>\n\nanswer"
     ids = ([tok.bos_id] + tok.encode(USER + "q" + ASSISTANT) + tok.encode(body)
@@ -297,7 +320,7 @@ def test_save_load_roundtrip(tok, saved):
 
 def test_bad_vocab_size():
     with pytest.raises(ValueError, match="vocab_size"):
-        train_tokenizer(["abc"], vocab_size=256 + len(CONTROL_TOKENS))
+        train_tokenizer(["abc"], vocab_size=256 + len(CONTROL_TOKENS + TOOL_TOKENS))
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(["abc"], vocab_size=100)
 

@@ -32,6 +32,17 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
 # Fill-in-the-middle, as DeepSeek-V3 pretrains it (prefix-suffix-middle); a tokenizer may lack them
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 CONTROL_TOKENS = SPECIAL_TOKENS + [THINK_START, THINK_END]
+# DeepSeek-V3's tool-call tokens. train_tokenizer adds them right after the control tokens (ids
+# 7..15); an older tokenizer may lack them, and then no tools can be offered to its model. Like
+# the think tags (and as in V3's tokenizer) they are not special: decode keeps them, so the server
+# finds a call in the decoded answer. Only the template writes them (encode_chat).
+TOOL_CALLS_BEGIN, TOOL_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+TOOL_CALL_BEGIN, TOOL_CALL_END = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>"
+TOOL_OUTPUTS_BEGIN, TOOL_OUTPUTS_END = "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>"
+TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"
+TOOL_SEP = "<｜tool▁sep｜>"
+TOOL_TOKENS = [TOOL_CALLS_BEGIN, TOOL_CALLS_END, TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_OUTPUTS_BEGIN,
+               TOOL_OUTPUTS_END, TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_SEP]
 ROLES = ("system", "user", "assistant")
 _LONG_TEXT = 4096  # characters; a longer text is encoded without holding the GIL
 
@@ -128,6 +139,12 @@ class Tokenizer:
 
     def token_to_id(self, s: str) -> int | None:
         return self.tok.token_to_id(s)
+
+    @property
+    def has_tool_tokens(self) -> bool:
+        """Whether DeepSeek-V3's tool-call tokens are added tokens here (a model can take tools)."""
+        added = {t.content for t in self.tok.get_added_tokens_decoder().values()}
+        return added.issuperset(TOOL_TOKENS)
 
     def encode(self, text: str) -> list[int]:
         """Text to ids; the control tokens' spellings in it become control tokens (render_chat's
@@ -228,9 +245,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     it. split_digits: every digit is a token of its own (with the space before it, if any), as
     LLaMA's tokenizer does: a small model then learns arithmetic digit by digit instead of
     memorising a token per number."""
-    if vocab_size <= 256 + len(CONTROL_TOKENS):
-        raise ValueError(f"vocab_size must exceed 256 bytes + {len(CONTROL_TOKENS)} control tokens "
-                         f"= {256 + len(CONTROL_TOKENS)}, got {vocab_size}")
+    added = CONTROL_TOKENS + TOOL_TOKENS
+    if vocab_size <= 256 + len(added):
+        raise ValueError(f"vocab_size must exceed 256 bytes + {len(added)} added tokens "
+                         f"= {256 + len(added)}, got {vocab_size}")
     tok = tokenizers.Tokenizer(models.BPE())
     # GPT-2 style split (words, numbers, punctuation, whitespace) then bytes -> printable unicode
     # chars. DeepSeek uses a finer regex (e.g. digits in groups of 3); this is the simple standard
@@ -248,12 +266,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         # all 256 bytes are in the vocab even if the corpus never shows them: nothing is ever
         # unknown
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        # listed first, so they get ids 0..6 in order
-        special_tokens=[AddedToken(s, normalized=False) for s in CONTROL_TOKENS],
+        # listed first, so they get ids 0..6 in order (then the tool tokens, 7..15)
+        special_tokens=[AddedToken(s, normalized=False) for s in added],
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    # The trainer registers all of its special_tokens as special; un-flag the think tags so decode
-    # keeps them. There is no API to change the flag in place, so edit the serialized form.
+    # The trainer registers all of its special_tokens as special; un-flag the think tags and tool
+    # tokens so decode keeps them. There is no API to change the flag in place, so edit the
+    # serialized form.
     state = json.loads(tok.to_str())
     for t in state["added_tokens"]:
         t["special"] = t["content"] in SPECIAL_TOKENS

@@ -43,31 +43,73 @@ TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool�
 TOOL_SEP = "<｜tool▁sep｜>"
 TOOL_TOKENS = [TOOL_CALLS_BEGIN, TOOL_CALLS_END, TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_OUTPUTS_BEGIN,
                TOOL_OUTPUTS_END, TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_SEP]
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 _LONG_TEXT = 4096  # characters; a longer text is encoded without holding the GIL
 
 # The R1 chat template. It and render_chat below must stay in lockstep (tests compare them through
 # transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template
 # does; earlier assistant turns keep only the answer after their last </think>; the generation
 # prompt opens the reasoning block, or with thinking=False an empty, already-closed one.
-CHAT_TEMPLATE = (r"""{%- for m in messages -%}
-  {%- if m['role'] not in ['system', 'user', 'assistant'] or m['content'] is not string -%}
-    {{- raise_exception('message ' ~ loop.index0
-                        ~ ': need role system/user/assistant and str content') -}}
+# Tool calls and results are written as DeepSeek-V3's template (V3-0324's) writes them: an
+# assistant's calls after its answer, each `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`
+# and its JSON arguments fenced as ```json, all inside <｜tool▁calls▁begin｜> and
+# <｜tool▁calls▁end｜>; a run of tool results, one per line, inside <｜tool▁outputs▁begin｜> and
+# <｜tool▁outputs▁end｜>, after which the same assistant turn goes on (no new <｜Assistant｜>).
+# With the same messages the text is V3's, except that nanoseek opens the reasoning block in the
+# generation prompt (as R1) and drops earlier reasoning. V3 renders no tool definitions; the
+# server writes them into a system text (serve/tools.py).
+CHAT_TEMPLATE = (r"""{%- set ns = namespace(prev='', ok=true) -%}
+{%- for m in messages -%}
+  {%- set calls = m['tool_calls'] if m['tool_calls'] is defined and m['tool_calls'] else [] -%}
+  {%- set ns.ok = m['role'] in ['system', 'user', 'assistant', 'tool']
+      and (m['content'] is string
+           or (calls and (m['content'] is not defined or m['content'] is none)))
+      and (not calls or m['role'] == 'assistant')
+      and (m['role'] != 'tool' or ns.prev in ['tool', 'calls']) -%}
+  {%- for c in calls -%}
+    {%- if not (c is mapping and c['type'] == 'function' and c['function'] is mapping
+                and c['function']['name'] is string and c['function']['arguments'] is string) -%}
+      {%- set ns.ok = false -%}
+    {%- endif -%}
+  {%- endfor -%}
+  {%- if not ns.ok -%}
+    {{- raise_exception('message ' ~ loop.index0 ~ ': need role system/user/assistant/tool and'
+                        ~ ' str content (an assistant\'s may be null with tool_calls of'
+                        ~ ' {type: function, function: {name, arguments: str}}); a tool'
+                        ~ ' result follows tool calls') -}}
+  {%- endif -%}
+  {%- if m['role'] != 'system' -%}
+    {%- set ns.prev = 'calls' if calls else m['role'] -%}
   {%- endif -%}
 {%- endfor -%}
 {{- '<｜begin▁of▁sentence｜>' -}}
 {{- messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | join('\n\n') -}}
+{%- set ns.prev = '' -%}
 {%- for m in messages -%}
   {%- if m['role'] == 'user' -%}
     {{- '<｜User｜>' + m['content'] -}}
   {%- elif m['role'] == 'assistant' -%}
-    {{- '<｜Assistant｜>' + m['content'].split('</think>')[-1].lstrip()"""
-    r""" + '<｜end▁of▁sentence｜>' -}}
+    {{- ('<｜tool▁outputs▁end｜>' if ns.prev == 'tool' else '<｜Assistant｜>')
+        + (m['content'] or '').split('</think>')[-1].lstrip() -}}
+    {%- if m['tool_calls'] is defined and m['tool_calls'] -%}
+      {{- '<｜tool▁calls▁begin｜>' -}}
+      {%- for c in m['tool_calls'] -%}
+        {{- ('' if loop.first else '\n') + '<｜tool▁call▁begin｜>' + c['type'] + '<｜tool▁sep｜>'
+            + c['function']['name'] + '\n```json\n' + c['function']['arguments']
+            + '\n```<｜tool▁call▁end｜>' -}}
+      {%- endfor -%}
+      {{- '<｜tool▁calls▁end｜>' -}}
+    {%- endif -%}
+    {{- '<｜end▁of▁sentence｜>' -}}
+  {%- elif m['role'] == 'tool' -%}
+    {{- ('\n' if ns.prev == 'tool' else '<｜tool▁outputs▁begin｜>') + '<｜tool▁output▁begin｜>'
+        + m['content'] + '<｜tool▁output▁end｜>' -}}
   {%- endif -%}
+  {%- if m['role'] != 'system' -%}{%- set ns.prev = m['role'] -%}{%- endif -%}
 {%- endfor -%}
+{%- if ns.prev == 'tool' -%}{{- '<｜tool▁outputs▁end｜>' -}}{%- endif -%}
 {%- if add_generation_prompt -%}
-  {{- '<｜Assistant｜><think>\n' -}}
+  {{- ('' if ns.prev == 'tool' else '<｜Assistant｜>') + '<think>\n' -}}
   {%- if thinking is defined and not thinking -%}{{- '\n</think>\n\n' -}}{%- endif -%}
 {%- endif -%}""")
 
@@ -75,11 +117,27 @@ CHAT_TEMPLATE = (r"""{%- for m in messages -%}
 def _check_messages(messages: list[dict]) -> None:
     if not messages:
         raise ValueError("messages is empty")
+    prev = None  # the last non-system message's role ("calls": an assistant's with tool calls)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ValueError(f"message {i}: role must be one of {ROLES}, got {m!r}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i}: content must be a str, got {m.get('content')!r}")
+        calls = m.get("tool_calls") or []
+        if calls and m["role"] != "assistant":
+            raise ValueError(f"message {i}: only an assistant's message has tool_calls")
+        if not isinstance(m.get("content"), str) and not (calls and m.get("content") is None):
+            raise ValueError(f"message {i}: content must be a str (or null beside tool_calls), "
+                             f"got {m.get('content')!r}")
+        for c in calls if isinstance(calls, list) else [calls]:
+            f = c.get("function") if isinstance(c, dict) else None
+            if not (isinstance(f, dict) and c.get("type") == "function"
+                    and isinstance(f.get("name"), str) and isinstance(f.get("arguments"), str)):
+                raise ValueError(f"message {i}: a tool call must be {{type: function, function: "
+                                 f"{{name: str, arguments: str}}}}, got {c!r}")
+        if m["role"] == "tool" and prev not in ("tool", "calls"):
+            raise ValueError(f"message {i}: a tool result must follow an assistant's tool calls "
+                             "(or another result)")
+        if m["role"] != "system":
+            prev = "calls" if calls else m["role"]
 
 
 def _chat_pieces(messages: list[dict], add_generation_prompt: bool,
@@ -89,17 +147,36 @@ def _chat_pieces(messages: list[dict], add_generation_prompt: bool,
     _check_messages(messages)
     out = [(BOS, True), ("\n\n".join(m["content"] for m in messages if m["role"] == "system"),
                          False)]
+    prev = None
     for m in messages:
         if m["role"] == "user":
             out += [(USER, True), (m["content"], False)]
         elif m["role"] == "assistant":
             # Reasoning of earlier turns is dropped (and any reasoning_content key ignored): R1 is
             # trained to see only final answers in its context, which also keeps multi-turn prompts
-            # short.
-            out += [(ASSISTANT, True), (m["content"].split(THINK_END)[-1].lstrip(), False),
-                    (EOS, True)]
+            # short. After tool results the turn goes on, past <｜tool▁outputs▁end｜>.
+            answer = (m["content"] or "").split(THINK_END)[-1].lstrip()
+            out += [(TOOL_OUTPUTS_END if prev == "tool" else ASSISTANT, True), (answer, False)]
+            if m.get("tool_calls"):
+                out.append((TOOL_CALLS_BEGIN, True))
+                for k, c in enumerate(m["tool_calls"]):
+                    f = c["function"]
+                    body = f"{f['name']}\n```json\n{f['arguments']}\n```"
+                    out += [("\n" if k else "", False), (TOOL_CALL_BEGIN, True), (c["type"], False),
+                            (TOOL_SEP, True), (body, False), (TOOL_CALL_END, True)]
+                out.append((TOOL_CALLS_END, True))
+            out.append((EOS, True))
+        elif m["role"] == "tool":
+            out += [("\n", False) if prev == "tool" else (TOOL_OUTPUTS_BEGIN, True),
+                    (TOOL_OUTPUT_BEGIN, True), (m["content"], False), (TOOL_OUTPUT_END, True)]
+        if m["role"] != "system":
+            prev = m["role"]
+    if prev == "tool":
+        out.append((TOOL_OUTPUTS_END, True))
     if add_generation_prompt:
-        out += [(ASSISTANT, True), (THINK_START, True), ("\n", False)]
+        if prev != "tool":
+            out.append((ASSISTANT, True))
+        out += [(THINK_START, True), ("\n", False)]
         if not thinking:
             out += [("\n", False), (THINK_END, True), ("\n\n", False)]
     return out
@@ -182,7 +259,10 @@ class Tokenizer:
         ids, text = [], ""
         for piece, control in _chat_pieces(messages, add_generation_prompt, thinking):
             if control:  # the text between two control tokens is encoded as one
-                ids += self.encode_text(text) + [self.tok.token_to_id(piece)]
+                if (tid := self.tok.token_to_id(piece)) is None:  # a tool token, in an old vocab
+                    raise TokenizerError(f"this model's tokenizer has no tool-call tokens "
+                                         f"({piece}): it cannot take tool calls or results")
+                ids += self.encode_text(text) + [tid]
                 text = ""
             else:
                 text += piece

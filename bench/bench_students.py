@@ -10,8 +10,9 @@ is left out. The systems take turns, a warm-up round first, and each figure is t
 continuation. The machine's load average is printed beside the figures: on shared cores it moves
 them more than anything here.
 
-    python bench/bench_students.py                      # batch 1 and 32, ~10 min on 2 cores
-    python bench/bench_students.py --batches 1 --new-tokens 16 --repeats 1   # a smoke run
+    python bench/bench_students.py                      # batch 1 and 32
+    python bench/bench_students.py --batches 1 --compile   # + the compiled engine
+    python bench/bench_students.py --batches 1 --new-tokens 8 --repeats 1 --warmup 0   # smoke run
 """
 
 from __future__ import annotations

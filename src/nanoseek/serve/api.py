@@ -48,7 +48,7 @@ from nanoseek.serve.tools import (
     system_text,
     tools_from,
 )
-from nanoseek.tokenizer import TOOL_CALLS_BEGIN, Tokenizer, TokenizerError
+from nanoseek.tokenizer import THINK_END, THINK_START, TOOL_CALLS_BEGIN, Tokenizer, TokenizerError
 
 
 def add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -237,6 +237,12 @@ def chat_ids(tok: Tokenizer, messages: list[dict], thinking: bool, prefix: dict 
     goes on answering), spelled as R1 writes a turn (`<think>\n...\n</think>\n\n...`)."""
     if prefix is None:
         return tok.encode_chat(messages, True, thinking)
+    if tok.assistant_id is None:  # a foreign template opens the turn itself; think tags are text
+        turn = prefix["content"]
+        if prefix["reasoning"]:
+            turn = f"{THINK_START}\n{prefix['reasoning']}" + (
+                f"\n{THINK_END}\n\n{turn}" if turn or not thinking else "")
+        return tok.encode_chat(messages, True, thinking) + tok.encode_text(turn)
     ids = tok.encode_chat(messages, add_generation_prompt=False) if messages else [tok.bos_id]
     ids += [tok.assistant_id, tok.think_start_id]
     if thinking and not prefix["content"]:
@@ -347,7 +353,8 @@ async def _chat_completion(backend: Backend, request: Request, body: dict):
     include_usage = _include_usage(body)
     try:
         prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
-    except ValueError as e:  # what the template refuses (a tool result after no call)
+    # what the template refuses: nanoseek's (a tool result after no call) or the model's own
+    except ValueError as e:  # (a TemplateError is one)
         raise APIError(400, f"messages: {e}", param="messages") from None
     rid, queue = await backend.submit(prompt, params)
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias

@@ -78,6 +78,10 @@ class Preset:
     # samples to its 600K reasoning ones: messages outside the skills, and DeepThink off
     general: int = 1500
     docs: int = 40_000  # pretraining documents (worked problems in the chat format)
+    # pretraining's loss on the assistant's turns only (the reasoning and the answer), not on the
+    # questions: their numbers and phrasings are random, and predicting them teaches nothing the
+    # model is asked to do (still pretraining: from scratch, on the task's documents)
+    replies_only: bool = True
     vocab: int = 768
     teacher: str = "tiny"  # a preset, and TrainConfig.extra's overrides of it
     teacher_shape: dict[str, Any] = field(default_factory=lambda: dict(TEACHER_SHAPE))
@@ -188,15 +192,19 @@ class Pipeline:
 
         p = self.p
         stage_dir.mkdir(parents=True, exist_ok=True)
-        docs = self.documents(p.docs, seed=0)  # thinking on: a pretraining loss has no mask
+        docs = self.documents(p.docs, seed=0)  # thinking on: the base learns to reason first
         write_jsonl(iter(docs), stage_dir / "corpus.jsonl")
         cold = self.documents(p.cold_start, seed=1, thinking_off=p.thinking_off)
         write_jsonl(({"messages": c["messages"]} for c in cold), stage_dir / "cold_start.jsonl")
         # digits one token each: the traces work digit by digit
         tok = train_tokenizer([x["text"] for x in docs], vocab_size=p.vocab, split_digits=True)
         tok.save(stage_dir / "tokenizer")
-        prepare_corpus(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data", val_fraction=0.01,
-                       seed=0, progress=False)
+        if p.replies_only:
+            prepare_chats(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data",
+                          val_fraction=0.01, seed=0, progress=False, reuse=False, log=self.log)
+        else:
+            prepare_corpus(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data",
+                           val_fraction=0.01, seed=0, progress=False)
         prepare_chats(str(stage_dir / "cold_start.jsonl"), tok, stage_dir / "cold_data",
                       val_fraction=0.1, seed=0, progress=False, reuse=False, log=self.log)
         return {"documents": len(docs), "cold_start": len(cold), "vocab": tok.vocab_size}

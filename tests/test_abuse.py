@@ -277,7 +277,7 @@ def test_unhonoured_chat_parameters_are_400s_naming_them(server, extra, param):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"echo": True}, "echo"), ({"best_of": 2}, "best_of"), ({"user": "u"}, "user")])
+    ({"echo": True, "logprobs": 1}, "echo"), ({"best_of": 2}, "best_of"), ({"user": "u"}, "user")])
 def test_unhonoured_completion_parameters_are_400s_naming_them(server, extra, param):
     r = httpx.post(server + "/v1/completions", json={"prompt": "1 +", **extra}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

@@ -161,17 +161,36 @@ def test_cuda_graph_steps_give_the_eager_output(chat):
         return e
 
     ps = prompts(7)
-    params = [SamplingParams(max_tokens=6 + 4 * i, temperature=0.8, seed=i) for i in range(7)]
+    # the graph samples: every filter, greedy rows beside sampled ones, log-probabilities
+    filters = [{}, {"top_k": 5}, {"top_p": 0.7}, {"min_p": 0.2}, {"temperature": 0},
+               {"top_k": 3, "top_p": 0.9, "temperature": 1.3},
+               {"logprobs": True, "top_logprobs": 2}]
+    params = [SamplingParams(**{"max_tokens": 6 + 4 * i, "temperature": 0.8, "seed": i, **f})
+              for i, f in enumerate(filters)]
     eager = engine(chat, max_batch=8).generate(ps, params)
     steps = graphed(model, max_batch=8, speculative=False)
-    assert [c.token_ids for c in steps.generate(ps, params)] == [c.token_ids for c in eager]
-    assert {("main", 8, 1), ("main", 1, 1)} <= steps.runner.ran, steps.runner.ran
-    assert steps.runner.graphs[("main", 8, 1)].graph is None  # no recording off a GPU
+    got = steps.generate(ps, params)
+    assert [c.token_ids for c in got] == [c.token_ids for c in eager]
+    # (the static step attends over the whole cache under a mask: equal up to rounding)
+    lps = [(lp, want) for lp, want in zip(got[-1].logprobs, eager[-1].logprobs, strict=True)]
+    assert all([t for t, _ in a.top] == [t for t, _ in b.top] and abs(a.logprob - b.logprob) < 1e-4
+               for a, b in lps) and len(lps) == len(got[-1].token_ids)
+    assert {("sample", 8, 1), ("sample", 1, 1)} <= steps.runner.ran, steps.runner.ran
+    assert steps.runner.graphs[("sample", 8, 1)].graph is None  # no recording off a GPU
+    # a penalty needs the host: those steps take the greedy graph's logits and sample eagerly
+    params[2] = SamplingParams(max_tokens=30, temperature=0.8, seed=2, presence_penalty=1.5)
+    steps = graphed(model, max_batch=8, speculative=False)
+    assert ([c.token_ids for c in steps.generate(ps, params)]
+            == [c.token_ids for c in engine(chat, max_batch=8).generate(ps, params)])
+    assert ("greedy", 8, 1) in steps.runner.ran
     spec = graphed(model, max_batch=2, speculative=True)
+    for p in (SamplingParams(max_tokens=40, temperature=0),
+              SamplingParams(max_tokens=40, temperature=0.7, top_p=0.9, seed=3)):
+        assert ([c.token_ids for c in spec.generate(ps[:2], p)]
+                == [c.token_ids for c in engine(chat, max_batch=2).generate(ps[:2], p)])
+    assert {("greedy", 2, 2), ("sample", 2, 2), ("mtp", 2, 2)} <= spec.runner.ran
+    assert spec.stats.accepted > 0
     greedy = SamplingParams(max_tokens=40, temperature=0)
-    assert ([c.token_ids for c in spec.generate(ps[:2], greedy)]
-            == [c.token_ids for c in engine(chat, max_batch=2).generate(ps[:2], greedy)])
-    assert {("main", 2, 2), ("mtp", 2, 2)} <= spec.runner.ran and spec.stats.accepted > 0
     # bf16, the dtype the GPU records: the graph path's logits are the eager bf16 engine's
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     want = Engine(bf16, tok, max_seq_len=256, max_batch=8, speculative=False).generate(ps, greedy)

@@ -195,6 +195,30 @@ def test_streamed_completions_equal_the_unstreamed(client):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_echo_puts_the_prompt_before_the_completion(client):
+    """echo (OpenAI's legacy /v1/completions): each choice's text starts with the prompt, streamed
+    in its first chunk; the prompt's log-probabilities are not computed, so echo with logprobs is
+    a 400 naming echo."""
+    prompt = "<｜User｜>Calculate 2 + 3.<｜Assistant｜>"
+    kw = dict(model="nanoseek", prompt=prompt, max_tokens=12, temperature=0, n=2, seed=3)
+    plain = client.completions.create(**kw)
+    echoed = client.completions.create(**kw, echo=True)
+    assert [c.text for c in echoed.choices] == [prompt + c.text for c in plain.choices]
+    assert echoed.usage.completion_tokens == plain.usage.completion_tokens
+    firsts, texts = {}, {0: "", 1: ""}
+    for c in client.completions.create(**kw, echo=True, stream=True):
+        for ch in c.choices:
+            firsts.setdefault(ch.index, ch.text)
+            texts[ch.index] += ch.text
+    assert all(t.startswith(prompt) for t in firsts.values()) and len(firsts) == 2
+    assert [texts[i] for i in (0, 1)] == [c.text for c in echoed.choices]
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs") as e:
+        client.completions.create(**kw, echo=True, logprobs=1)
+    assert e.value.body["param"] == "echo"
+    with pytest.raises(openai.BadRequestError, match="echo must be true or false"):
+        client.completions.create(**kw, extra_body={"echo": "yes"})
+
+
 def test_streamed_logprobs_equal_the_unstreamed(client):
     """Every generated token's logprob arrives in the stream too, </think> included (on an empty
     delta)."""

@@ -10,11 +10,13 @@ import tokenizers
 from nanoseek.tokenizer import (
     ASSISTANT,
     BOS,
+    CHAT_TEMPLATE,
     CONTROL_TOKENS,
     EOS,
     PAD,
     THINK_END,
     THINK_START,
+    TOOL_TOKENS,
     USER,
     Tokenizer,
     render_chat,
@@ -104,6 +106,64 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nA\n"},
     ],
 }
+
+
+def call(name: str, arguments: str, id: str = "call_1") -> dict:
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# Tool conversations, and each one's rendering by DeepSeek-V3's official template (V3-0324's
+# tokenizer_config.json, through apply_chat_template with add_generation_prompt=True; None content
+# given there as "", which it renders alike). nanoseek's rendering is that text plus the opened
+# reasoning block.
+TOOL_CONVERSATIONS = {
+    "tool_call": ([
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [call("get_weather", '{"city": "Paris"}')]},
+    ], BOS + "S" + USER + "Weather in Paris?" + ASSISTANT + "<｜tool▁calls▁begin｜>"
+       "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```"
+       "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + EOS + ASSISTANT),
+    "tool_result": ([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [call("get_weather", '{"city": "Paris"}')]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C, sunny"},
+    ], BOS + USER + "Weather in Paris?" + ASSISTANT + "<｜tool▁calls▁begin｜>"
+       "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```"
+       "<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + EOS + "<｜tool▁outputs▁begin｜>"
+       "<｜tool▁output▁begin｜>22C, sunny<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"),
+    "two_calls_two_results": ([
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "content": "Let me look.",
+         "tool_calls": [call("w", '{"c": "P"}'), call("w", '{"c": "R"}', "call_2")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "25"},
+        {"role": "assistant", "content": "Paris 22, Rome 25."},
+        {"role": "user", "content": "Thanks"},
+    ], BOS + USER + "Paris and Rome?" + ASSISTANT + "Let me look.<｜tool▁calls▁begin｜>"
+       "<｜tool▁call▁begin｜>function<｜tool▁sep｜>w\n```json\n{\"c\": \"P\"}\n```"
+       "<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>w\n```json\n{\"c\": \"R\"}"
+       "\n```<｜tool▁call▁end｜>"
+       "<｜tool▁calls▁end｜>" + EOS + "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>22"
+       "<｜tool▁output▁end｜>\n<｜tool▁output▁begin｜>25<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
+       "Paris 22, Rome 25." + EOS + USER + "Thanks" + ASSISTANT),
+    "calls_after_results": ([
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [call("a", "{}")]},
+        {"role": "tool", "content": "r1"},
+        {"role": "assistant", "content": None, "tool_calls": [call("b", '{"x": 1}')]},
+        {"role": "tool", "content": "r2"},
+    ], BOS + USER + "Q" + ASSISTANT + "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+       "<｜tool▁sep｜>a\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + EOS
+       + "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>r1<｜tool▁output▁end｜>"
+       "<｜tool▁outputs▁end｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>b"
+       "\n```json\n{\"x\": 1}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>" + EOS
+       + "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>r2<｜tool▁output▁end｜>"
+       "<｜tool▁outputs▁end｜>"),
+}
+CONVERSATIONS |= {name: msgs for name, (msgs, _) in TOOL_CONVERSATIONS.items()}
 OPTIONS = [
     {"add_generation_prompt": True},
     {"add_generation_prompt": True, "thinking": False},
@@ -177,6 +237,28 @@ def test_control_tokens_single_when_glued(tok):
     assert not set(tok.encode("begin of sentence think User Assistant < > ｜ ▁")) & set(range(7))
 
 
+def test_tool_tokens_follow_the_control_tokens(tok, hf):
+    """DeepSeek-V3's tool-call tokens: ids 7..15, one token each however glued, kept by decode
+    (they are parsed out of the answer), never made from message text; a tokenizer without them
+    still works and says so."""
+    assert tok.has_tool_tokens and len(TOOL_TOKENS) == 9
+    assert TOOL_TOKENS[0] == "<\uff5ctool\u2581calls\u2581begin\uff5c>"
+    for i, s in enumerate(TOOL_TOKENS, start=len(CONTROL_TOKENS)):
+        assert tok.token_to_id(s) == i and tok.encode(f"x{s}{s}\n").count(i) == 2
+        assert tok.decode([i], skip_special_tokens=True) == s == hf.decode([i],
+                                                                          skip_special_tokens=True)
+        assert i not in tok.encode_text(f"a{s}b")
+    forged = "".join(TOOL_TOKENS)
+    ids = tok.encode_chat([{"role": "user", "content": forged}])
+    assert not set(ids) & set(range(7, 16)) and tok.decode(ids) == render_chat(
+        [{"role": "user", "content": forged}])
+    state = json.loads(tok.tok.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in TOOL_TOKENS]
+    old = Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(state)))
+    assert not old.has_tool_tokens
+    assert old.encode_chat(CONVERSATIONS["system"]) == tok.encode_chat(CONVERSATIONS["system"])
+
+
 def test_skip_special_tokens_keeps_think_tags(tok):
     body = "q<think>\nreasoning\n</think>\n\nanswer"
     ids = ([tok.bos_id] + tok.encode(USER + "q" + ASSISTANT) + tok.encode(body)
@@ -199,6 +281,36 @@ def test_render_chat_exact():
     assert render_chat(one, add_generation_prompt=False) == BOS + USER + "Hi"
     assert render_chat(CONVERSATIONS["two_systems"], add_generation_prompt=False) == (
         BOS + "Be brief.\n\nAnswer in French." + USER + "Hi")
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_CONVERSATIONS))
+def test_tool_turns_render_as_deepseek_v3s_template(tok, name):
+    msgs, official = TOOL_CONVERSATIONS[name]
+    assert render_chat(msgs) == official + THINK_START + "\n"
+    assert render_chat(msgs, thinking=False) == official + "<think>\n\n</think>\n\n"
+    # without the generation prompt: no <｜Assistant｜> at the end (V3 writes it after a user turn
+    # even then; nanoseek, as R1, with the turn it opens)
+    assert render_chat(msgs, add_generation_prompt=False) == official.removesuffix(ASSISTANT)
+    ids = tok.encode_chat(msgs)
+    assert tok.decode(ids) == render_chat(msgs)
+    for t in TOOL_TOKENS:  # every tool token the template writes is one token
+        assert ids.count(tok.token_to_id(t)) == render_chat(msgs).count(t)
+    # a tool call's reasoning is dropped like an answer's
+    thought = [m | {"content": "<think>\nhm\n</think>\n\n" + m["content"]}
+               if m["role"] == "assistant" and m["content"] else m for m in msgs]
+    assert render_chat(thought) == render_chat(msgs)
+
+
+def test_tool_turns_need_a_tokenizer_with_tool_tokens(tok):
+    from nanoseek.tokenizer import TokenizerError
+
+    state = json.loads(tok.tok.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in TOOL_TOKENS]
+    state["model"]["vocab"] = {k: v for k, v in state["model"]["vocab"].items()
+                               if k not in TOOL_TOKENS}
+    old = Tokenizer(tokenizers.Tokenizer.from_str(json.dumps(state)))
+    with pytest.raises(TokenizerError, match="no tool-call tokens"):
+        old.encode_chat(TOOL_CONVERSATIONS["tool_call"][0])
 
 
 def test_render_completion():
@@ -285,7 +397,7 @@ def test_save_load_roundtrip(tok, saved):
     assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (BOS, EOS, PAD)
     assert config["add_bos_token"] is False and config["clean_up_tokenization_spaces"] is False
     assert isinstance(config["model_max_length"], int)
-    assert "<｜Assistant｜><think>" in config["chat_template"]
+    assert config["chat_template"] == CHAT_TEMPLATE
     loaded = Tokenizer.load(saved)
     assert loaded.vocab_size == tok.vocab_size
     for s in HARD + random_strings(50, seed=5):
@@ -297,24 +409,36 @@ def test_save_load_roundtrip(tok, saved):
 
 def test_bad_vocab_size():
     with pytest.raises(ValueError, match="vocab_size"):
-        train_tokenizer(["abc"], vocab_size=256 + len(CONTROL_TOKENS))
+        train_tokenizer(["abc"], vocab_size=256 + len(CONTROL_TOKENS + TOOL_TOKENS))
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(["abc"], vocab_size=100)
 
 
 @pytest.mark.parametrize("msgs, where", [
     ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "message 1"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+      {"role": "tool", "content": "c"}], "message 2"),
+    ([{"role": "user", "content": "a"},
+      {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]}], "message 1"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
+      "tool_calls": [call("f", {"x": 1})]}], "message 1"),
+    ([{"role": "user", "content": "a", "tool_calls": [call("f", "{}")]}], "message 0"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
+      "tool_calls": [call("f", "{}")]}, {"role": "tool", "content": None}], "message 2"),
     ([{"role": "user", "content": "a"}, {"role": "assistant"}], "message 1"),
     ([{"role": "user", "content": None}], "message 0"),
     ([{"role": "user", "content": [{"type": "text", "text": "a"}]}], "message 0"),
     (["just a string"], "message 0"),
     ([], "empty"),
 ])
-def test_bad_messages(tok, msgs, where):
+def test_bad_messages(tok, hf, msgs, where):
     with pytest.raises(ValueError, match=where):
         render_chat(msgs)
     with pytest.raises(ValueError, match=where):
         tok.encode_chat(msgs)
+    if msgs and all(isinstance(m, dict) for m in msgs):  # the template refuses them alike
+        with pytest.raises(Exception, match=where):
+            hf.apply_chat_template(msgs, tokenize=False)
 
 
 def test_load_errors(tmp_path):

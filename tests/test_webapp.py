@@ -106,6 +106,9 @@ def test_reasoning_streams_in_an_open_panel_that_closes_when_the_answer_starts(p
     page.reload()
     page.evaluate(RECORD)
     assert page.is_hidden("#notice")  # a checkpoint of the user's: nothing to warn about
+    # nor a promise of skills it may not have
+    assert page.get_attribute("#input", "placeholder") == "Message nanoseek"
+    assert page.inner_text("#empty").startswith("Write a message.")
     page.fill("#input", "Calculate 12 + 7.")
     page.keyboard.press("Enter")
     done(page)
@@ -193,6 +196,30 @@ def test_enter_sends_shift_enter_breaks_the_line_and_the_answer_tools_work(page,
     page.wait_for_function(only_sums)
     page.fill("#search", "no such words anywhere")
     page.wait_for_function("document.querySelectorAll('.conv').length == 0")
+
+
+def test_the_shipped_model_says_what_to_ask(browser, tmp_path):
+    """The default model does sums, comparisons, sorts and letter counts, and says so instead of
+    inviting anything."""
+    from nanoseek.infer.bundled import BUNDLED
+
+    if not (BUNDLED / "model.safetensors").is_file() or os.environ.get("NANOSEEK_DEFAULT_MODEL"):
+        pytest.skip("the default model is not the shipped one here")
+    proc, base = start(None, db=tmp_path / "c.db")
+    context = browser.new_context(bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.goto(base)
+        page.wait_for_function("document.querySelector('#input').placeholder.startsWith('Ask')")
+        placeholder = page.get_attribute("#input", "placeholder")
+        ask = page.inner_text("#empty")
+        for skill in ("sum", "comparison", "sort", "letter count"):
+            assert skill in placeholder and skill in ask, (placeholder, ask)
+        assert "anything" not in placeholder + ask and page.is_hidden("#notice")
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_stop_ends_the_generation_and_keeps_what_was_written(browser, tmp_path):

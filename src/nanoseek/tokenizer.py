@@ -32,31 +32,84 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
 # Fill-in-the-middle, as DeepSeek-V3 pretrains it (prefix-suffix-middle); a tokenizer may lack them
 FIM_BEGIN, FIM_HOLE, FIM_END = "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"
 CONTROL_TOKENS = SPECIAL_TOKENS + [THINK_START, THINK_END]
-ROLES = ("system", "user", "assistant")
+# DeepSeek-V3's tool-call tokens. train_tokenizer adds them right after the control tokens (ids
+# 7..15); an older tokenizer may lack them, and then no tools can be offered to its model. Like
+# the think tags (and as in V3's tokenizer) they are not special: decode keeps them, so the server
+# finds a call in the decoded answer. Only the template writes them (encode_chat).
+TOOL_CALLS_BEGIN, TOOL_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+TOOL_CALL_BEGIN, TOOL_CALL_END = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>"
+TOOL_OUTPUTS_BEGIN, TOOL_OUTPUTS_END = "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>"
+TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"
+TOOL_SEP = "<｜tool▁sep｜>"
+TOOL_TOKENS = [TOOL_CALLS_BEGIN, TOOL_CALLS_END, TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_OUTPUTS_BEGIN,
+               TOOL_OUTPUTS_END, TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_SEP]
+ROLES = ("system", "user", "assistant", "tool")
 _LONG_TEXT = 4096  # characters; a longer text is encoded without holding the GIL
 
 # The R1 chat template. It and render_chat below must stay in lockstep (tests compare them through
 # transformers). System texts go first, untagged, joined by a blank line as DeepSeek's template
 # does; earlier assistant turns keep only the answer after their last </think>; the generation
 # prompt opens the reasoning block, or with thinking=False an empty, already-closed one.
-CHAT_TEMPLATE = (r"""{%- for m in messages -%}
-  {%- if m['role'] not in ['system', 'user', 'assistant'] or m['content'] is not string -%}
-    {{- raise_exception('message ' ~ loop.index0
-                        ~ ': need role system/user/assistant and str content') -}}
+# Tool calls and results are written as DeepSeek-V3's template (V3-0324's) writes them: an
+# assistant's calls after its answer, each `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`
+# and its JSON arguments fenced as ```json, all inside <｜tool▁calls▁begin｜> and
+# <｜tool▁calls▁end｜>; a run of tool results, one per line, inside <｜tool▁outputs▁begin｜> and
+# <｜tool▁outputs▁end｜>, after which the same assistant turn goes on (no new <｜Assistant｜>).
+# With the same messages the text is V3's, except that nanoseek opens the reasoning block in the
+# generation prompt (as R1) and drops earlier reasoning. V3 renders no tool definitions; the
+# server writes them into a system text (serve/tools.py).
+CHAT_TEMPLATE = (r"""{%- set ns = namespace(prev='', ok=true) -%}
+{%- for m in messages -%}
+  {%- set calls = m['tool_calls'] if m['tool_calls'] is defined and m['tool_calls'] else [] -%}
+  {%- set ns.ok = m['role'] in ['system', 'user', 'assistant', 'tool']
+      and (m['content'] is string
+           or (calls and (m['content'] is not defined or m['content'] is none)))
+      and (not calls or m['role'] == 'assistant')
+      and (m['role'] != 'tool' or ns.prev in ['tool', 'calls']) -%}
+  {%- for c in calls -%}
+    {%- if not (c is mapping and c['type'] == 'function' and c['function'] is mapping
+                and c['function']['name'] is string and c['function']['arguments'] is string) -%}
+      {%- set ns.ok = false -%}
+    {%- endif -%}
+  {%- endfor -%}
+  {%- if not ns.ok -%}
+    {{- raise_exception('message ' ~ loop.index0 ~ ': need role system/user/assistant/tool and'
+                        ~ ' str content (an assistant\'s may be null with tool_calls of'
+                        ~ ' {type: function, function: {name, arguments: str}}); a tool'
+                        ~ ' result follows tool calls') -}}
+  {%- endif -%}
+  {%- if m['role'] != 'system' -%}
+    {%- set ns.prev = 'calls' if calls else m['role'] -%}
   {%- endif -%}
 {%- endfor -%}
 {{- '<｜begin▁of▁sentence｜>' -}}
 {{- messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | join('\n\n') -}}
+{%- set ns.prev = '' -%}
 {%- for m in messages -%}
   {%- if m['role'] == 'user' -%}
     {{- '<｜User｜>' + m['content'] -}}
   {%- elif m['role'] == 'assistant' -%}
-    {{- '<｜Assistant｜>' + m['content'].split('</think>')[-1].lstrip()"""
-    r""" + '<｜end▁of▁sentence｜>' -}}
+    {{- ('<｜tool▁outputs▁end｜>' if ns.prev == 'tool' else '<｜Assistant｜>')
+        + (m['content'] or '').split('</think>')[-1].lstrip() -}}
+    {%- if m['tool_calls'] is defined and m['tool_calls'] -%}
+      {{- '<｜tool▁calls▁begin｜>' -}}
+      {%- for c in m['tool_calls'] -%}
+        {{- ('' if loop.first else '\n') + '<｜tool▁call▁begin｜>' + c['type'] + '<｜tool▁sep｜>'
+            + c['function']['name'] + '\n```json\n' + c['function']['arguments']
+            + '\n```<｜tool▁call▁end｜>' -}}
+      {%- endfor -%}
+      {{- '<｜tool▁calls▁end｜>' -}}
+    {%- endif -%}
+    {{- '<｜end▁of▁sentence｜>' -}}
+  {%- elif m['role'] == 'tool' -%}
+    {{- ('\n' if ns.prev == 'tool' else '<｜tool▁outputs▁begin｜>') + '<｜tool▁output▁begin｜>'
+        + m['content'] + '<｜tool▁output▁end｜>' -}}
   {%- endif -%}
+  {%- if m['role'] != 'system' -%}{%- set ns.prev = m['role'] -%}{%- endif -%}
 {%- endfor -%}
+{%- if ns.prev == 'tool' -%}{{- '<｜tool▁outputs▁end｜>' -}}{%- endif -%}
 {%- if add_generation_prompt -%}
-  {{- '<｜Assistant｜><think>\n' -}}
+  {{- ('' if ns.prev == 'tool' else '<｜Assistant｜>') + '<think>\n' -}}
   {%- if thinking is defined and not thinking -%}{{- '\n</think>\n\n' -}}{%- endif -%}
 {%- endif -%}""")
 
@@ -64,11 +117,27 @@ CHAT_TEMPLATE = (r"""{%- for m in messages -%}
 def _check_messages(messages: list[dict]) -> None:
     if not messages:
         raise ValueError("messages is empty")
+    prev = None  # the last non-system message's role ("calls": an assistant's with tool calls)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ValueError(f"message {i}: role must be one of {ROLES}, got {m!r}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i}: content must be a str, got {m.get('content')!r}")
+        calls = m.get("tool_calls") or []
+        if calls and m["role"] != "assistant":
+            raise ValueError(f"message {i}: only an assistant's message has tool_calls")
+        if not isinstance(m.get("content"), str) and not (calls and m.get("content") is None):
+            raise ValueError(f"message {i}: content must be a str (or null beside tool_calls), "
+                             f"got {m.get('content')!r}")
+        for c in calls if isinstance(calls, list) else [calls]:
+            f = c.get("function") if isinstance(c, dict) else None
+            if not (isinstance(f, dict) and c.get("type") == "function"
+                    and isinstance(f.get("name"), str) and isinstance(f.get("arguments"), str)):
+                raise ValueError(f"message {i}: a tool call must be {{type: function, function: "
+                                 f"{{name: str, arguments: str}}}}, got {c!r}")
+        if m["role"] == "tool" and prev not in ("tool", "calls"):
+            raise ValueError(f"message {i}: a tool result must follow an assistant's tool calls "
+                             "(or another result)")
+        if m["role"] != "system":
+            prev = "calls" if calls else m["role"]
 
 
 def _chat_pieces(messages: list[dict], add_generation_prompt: bool,
@@ -78,17 +147,36 @@ def _chat_pieces(messages: list[dict], add_generation_prompt: bool,
     _check_messages(messages)
     out = [(BOS, True), ("\n\n".join(m["content"] for m in messages if m["role"] == "system"),
                          False)]
+    prev = None
     for m in messages:
         if m["role"] == "user":
             out += [(USER, True), (m["content"], False)]
         elif m["role"] == "assistant":
             # Reasoning of earlier turns is dropped (and any reasoning_content key ignored): R1 is
             # trained to see only final answers in its context, which also keeps multi-turn prompts
-            # short.
-            out += [(ASSISTANT, True), (m["content"].split(THINK_END)[-1].lstrip(), False),
-                    (EOS, True)]
+            # short. After tool results the turn goes on, past <｜tool▁outputs▁end｜>.
+            answer = (m["content"] or "").split(THINK_END)[-1].lstrip()
+            out += [(TOOL_OUTPUTS_END if prev == "tool" else ASSISTANT, True), (answer, False)]
+            if m.get("tool_calls"):
+                out.append((TOOL_CALLS_BEGIN, True))
+                for k, c in enumerate(m["tool_calls"]):
+                    f = c["function"]
+                    body = f"{f['name']}\n```json\n{f['arguments']}\n```"
+                    out += [("\n" if k else "", False), (TOOL_CALL_BEGIN, True), (c["type"], False),
+                            (TOOL_SEP, True), (body, False), (TOOL_CALL_END, True)]
+                out.append((TOOL_CALLS_END, True))
+            out.append((EOS, True))
+        elif m["role"] == "tool":
+            out += [("\n", False) if prev == "tool" else (TOOL_OUTPUTS_BEGIN, True),
+                    (TOOL_OUTPUT_BEGIN, True), (m["content"], False), (TOOL_OUTPUT_END, True)]
+        if m["role"] != "system":
+            prev = m["role"]
+    if prev == "tool":
+        out.append((TOOL_OUTPUTS_END, True))
     if add_generation_prompt:
-        out += [(ASSISTANT, True), (THINK_START, True), ("\n", False)]
+        if prev != "tool":
+            out.append((ASSISTANT, True))
+        out += [(THINK_START, True), ("\n", False)]
         if not thinking:
             out += [("\n", False), (THINK_END, True), ("\n\n", False)]
     return out
@@ -129,6 +217,12 @@ class Tokenizer:
     def token_to_id(self, s: str) -> int | None:
         return self.tok.token_to_id(s)
 
+    @property
+    def has_tool_tokens(self) -> bool:
+        """Whether DeepSeek-V3's tool-call tokens are added tokens here (a model can take tools)."""
+        added = {t.content for t in self.tok.get_added_tokens_decoder().values()}
+        return added.issuperset(TOOL_TOKENS)
+
     def encode(self, text: str) -> list[int]:
         """Text to ids; the control tokens' spellings in it become control tokens (render_chat's
         output, a raw completion prompt). No BOS here: render_chat writes it, and plain-text
@@ -165,7 +259,10 @@ class Tokenizer:
         ids, text = [], ""
         for piece, control in _chat_pieces(messages, add_generation_prompt, thinking):
             if control:  # the text between two control tokens is encoded as one
-                ids += self.encode_text(text) + [self.tok.token_to_id(piece)]
+                if (tid := self.tok.token_to_id(piece)) is None:  # a tool token, in an old vocab
+                    raise TokenizerError(f"this model's tokenizer has no tool-call tokens "
+                                         f"({piece}): it cannot take tool calls or results")
+                ids += self.encode_text(text) + [tid]
                 text = ""
             else:
                 text += piece
@@ -228,9 +325,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     it. split_digits: every digit is a token of its own (with the space before it, if any), as
     LLaMA's tokenizer does: a small model then learns arithmetic digit by digit instead of
     memorising a token per number."""
-    if vocab_size <= 256 + len(CONTROL_TOKENS):
-        raise ValueError(f"vocab_size must exceed 256 bytes + {len(CONTROL_TOKENS)} control tokens "
-                         f"= {256 + len(CONTROL_TOKENS)}, got {vocab_size}")
+    added = CONTROL_TOKENS + TOOL_TOKENS
+    if vocab_size <= 256 + len(added):
+        raise ValueError(f"vocab_size must exceed 256 bytes + {len(added)} added tokens "
+                         f"= {256 + len(added)}, got {vocab_size}")
     tok = tokenizers.Tokenizer(models.BPE())
     # GPT-2 style split (words, numbers, punctuation, whitespace) then bytes -> printable unicode
     # chars. DeepSeek uses a finer regex (e.g. digits in groups of 3); this is the simple standard
@@ -248,12 +346,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         # all 256 bytes are in the vocab even if the corpus never shows them: nothing is ever
         # unknown
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        # listed first, so they get ids 0..6 in order
-        special_tokens=[AddedToken(s, normalized=False) for s in CONTROL_TOKENS],
+        # listed first, so they get ids 0..6 in order (then the tool tokens, 7..15)
+        special_tokens=[AddedToken(s, normalized=False) for s in added],
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    # The trainer registers all of its special_tokens as special; un-flag the think tags so decode
-    # keeps them. There is no API to change the flag in place, so edit the serialized form.
+    # The trainer registers all of its special_tokens as special; un-flag the think tags and tool
+    # tokens so decode keeps them. There is no API to change the flag in place, so edit the
+    # serialized form.
     state = json.loads(tok.to_str())
     for t in state["added_tokens"]:
         t["special"] = t["content"] in SPECIAL_TOKENS

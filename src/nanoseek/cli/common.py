@@ -221,7 +221,7 @@ def add_sampling_flags(p: argparse.ArgumentParser, temperature: float, top_p: fl
 
 def engine_from(args: argparse.Namespace):
     """The engine of the engine flags, on CHECKPOINT or (none given) the model nanoseek ships."""
-    from nanoseek.infer.bundled import UNTRAINED_NOTE, default_checkpoint
+    from nanoseek.infer.bundled import BUNDLED, SHIPPED_HINT, UNTRAINED_NOTE, default_checkpoint
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.prefix_cache import PrefixCache
 
@@ -231,6 +231,8 @@ def engine_from(args: argparse.Namespace):
         if not trained:
             print(f"nanoseek: {UNTRAINED_NOTE}", file=sys.stderr, flush=True)
             args.notice = UNTRAINED_NOTE  # the chat app shows it too
+        elif path == BUNDLED:
+            args.hint = SHIPPED_HINT  # the chat app says what to ask
     pc = PrefixCache(directory=args.prefix_cache_dir) if args.prefix_cache_dir else PrefixCache()
     try:
         return Engine.from_checkpoint(str(path), device=args.device, dtype=args.dtype,

@@ -52,6 +52,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     params = sampling_from(args)
     engine = engine_from(args)
+    if getattr(args, "hint", ""):  # the shipped model: say what it can be asked
+        print(args.hint, flush=True)
     session = ChatSession(engine, params, thinking=not args.no_think, system=args.system)
     return run_chat(session, sys.stdin, sys.stdout)
 

@@ -79,7 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           reasoning_alias=args.reasoning_alias, max_queue=args.max_queue,
                           timeout_s=args.timeout, cors_origins=tuple(args.cors_origin or ()),
                           allowed_hosts=hosts, client_timeout_s=args.client_timeout,
-                          notice=getattr(args, "notice", ""))
+                          notice=getattr(args, "notice", ""),
+                          hint=getattr(args, "hint", ""))
     app = create_app(engine, config, store)
     url = f"http://{args.host}:{args.port}"
     print(f"nanoseek: serving {args.checkpoint or 'the default model'} as {args.model_name!r}: "

@@ -19,7 +19,11 @@ from nanoseek.model.model import Transformer
 UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an UNTRAINED `tiny` "
                   "model (random weights, so its replies are noise). Pass a checkpoint directory "
                   "from `nanoseek train` instead.")
-
+# What the shipped model can be asked (its skills, tasks/skills.py): the chat app invites these, not
+# "anything", since everything else gets only its honest "I can't do that" reply
+SHIPPED_HINT = ("Ask a sum, a comparison, a sort or a letter count: \"What is 23 + 19?\", "
+                "\"Which is larger, 41 or 14?\", \"Sort 7, 2, 9\", \"How many r's in "
+                "strawberry?\"")
 
 BUNDLED = Path(__file__).parent.parent / "assets" / "model"
 

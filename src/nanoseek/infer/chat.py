@@ -1,5 +1,7 @@
 """`nanoseek chat`: a terminal conversation that streams the model's reasoning (dimmed) and then its
-answer. Earlier turns go back to the model without their reasoning, as R1 is trained to see them."""
+answer. Earlier turns go back to the model without their reasoning, as R1 is trained to see them.
+What the user types is plain text: it is encoded apart from the template's control tokens, so typing
+`<｜Assistant｜>` or `</think>` cannot forge a turn or close a think block."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import TextIO
 from nanoseek.files import atomic_write
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
-from nanoseek.tokenizer import render_chat
+from nanoseek.tokenizer import THINK_END
 
 HELP = """commands:
   /think on|off   reason before answering (on), or answer at once (off: an empty think block)
@@ -34,10 +36,11 @@ class ChatSession:
     system: str | None = None
     messages: list[dict] = field(default_factory=list)
 
-    def prompt(self) -> str:
+    def prompt(self) -> list[int]:
+        """The conversation's token ids: the template's control tokens around plain-text turns."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = [{"role": m["role"], "content": m["content"]} for m in self.messages]
-        return render_chat(head + turns, thinking=self.thinking)
+        return self.engine.tok.encode_chat(head + turns, thinking=self.thinking)
 
     def command(self, line: str) -> str | None:
         """Run a /command; returns what to print, or None to quit."""
@@ -80,38 +83,71 @@ class ChatSession:
     def reply(self, user: str, out: TextIO, color: bool) -> None:
         """Stream one answer to `out`; Ctrl-C stops it (what was written so far is kept)."""
         self.messages.append({"role": "user", "content": user})
-        reasoning, content, started = "", "", False
         try:
-            self.engine.validate(self.prompt(), self.params)
+            prompt = self.engine.validate(self.prompt(), self.params)
         except ValueError as e:  # the conversation outgrew the context: say so, keep the session
             self.messages.pop()
             out.write(f"[{e}; /reset starts over, or raise --max-seq-len]\n")
             return
-        stream = self.engine.stream([self.prompt()], self.params)
+        show = _Display(out, color)
+        reasoning, content, stopped = "", "", False
+        stream = self.engine.stream([prompt], self.params)
         try:
             for d in stream:
-                if d.reasoning:
-                    if not reasoning:
-                        out.write((DIM if color else "") + "thinking: ")
-                    reasoning += d.reasoning
-                    out.write(d.reasoning)
-                if d.content:
-                    if not started:
-                        if reasoning:
-                            out.write((RESET if color else "") + "\n\n")
-                        started = True
-                    content += d.content
-                    out.write(d.content)
-                out.flush()
+                reasoning += d.reasoning
+                content += d.content
+                if self.thinking:
+                    show.write(d.reasoning, d.content)
         except KeyboardInterrupt:
             stream.close()  # frees the engine's slot
-            out.write((RESET if color else "") + " [stopped]")
-        if color and reasoning and not started:
-            out.write(RESET)
-        out.write("\n")
-        out.flush()
+            stopped = True
+        if not self.thinking:
+            # The prompt closed an empty think block, so the parser reads the output as answer. A
+            # model not taught to answer straight away reasons anyway and closes its block again:
+            # the text before that stray </think> is its reasoning, not part of the answer. The
+            # answer is held until it ends because only then is it known whether such a tag comes.
+            extra, content = split_stray_reasoning(content)
+            reasoning += extra
+            show.write(extra, content)
+        show.end(stopped)
         self.messages.append({"role": "assistant", "content": content,
                               "reasoning_content": reasoning})
+
+
+def split_stray_reasoning(content: str) -> tuple[str, str]:
+    """(reasoning, answer) of an answer written after a closed think block: whatever comes before
+    its last `</think>` is reasoning (R1 writes `reasoning\n</think>\n\nanswer`), its tags
+    dropped."""
+    *before, answer = content.split(THINK_END)
+    reasoning = "\n".join(b.strip() for b in before if b.strip())
+    return reasoning, (answer.lstrip() if before else answer)
+
+
+class _Display:
+    """Reasoning dimmed after `thinking: `, then a blank line and the answer."""
+
+    def __init__(self, out: TextIO, color: bool):
+        self.out, self.color = out, color
+        self.reasoning = self.content = False  # whether each has started
+
+    def write(self, reasoning: str, content: str) -> None:
+        if reasoning:
+            if not self.reasoning:
+                self.out.write((DIM if self.color else "") + "thinking: ")
+                self.reasoning = True
+            self.out.write(reasoning)
+        if content:
+            if not self.content and self.reasoning:
+                self.out.write((RESET if self.color else "") + "\n\n")
+            self.content = True
+            self.out.write(content)
+        self.out.flush()
+
+    def end(self, stopped: bool) -> None:
+        dimmed = self.color and self.reasoning and not self.content
+        self.out.write((RESET if self.color and (stopped or dimmed) else "")
+                       + (" [stopped]" if stopped else "") + "\n")
+        self.out.flush()
 
 
 def run_chat(session: ChatSession, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:

@@ -35,8 +35,9 @@ from torch import Tensor
 from nanoseek.errors import UserError
 from nanoseek.infer.grammar import Grammars, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
-from nanoseek.infer.runner import Runner
+from nanoseek.infer.runner import Runner, Sampling
 from nanoseek.infer.sampling import (
+    RowParams,
     SamplingParams,
     TokenLogprob,
     apply_logit_bias,
@@ -413,11 +414,17 @@ class Engine:
             tokens = torch.tensor([[s.pending, s.draft] for s in samples], device=self.device)
         else:
             tokens = torch.tensor([[s.pending] for s in samples], device=self.device)
-        h, logits = self.runner.decode((0, len(samples)), tokens, [s.len for s in samples])
+        h, logits, picked = self.runner.decode((0, len(samples)), tokens,
+                                               [s.len for s in samples],
+                                               self._in_graph(samples, tokens.shape[1]))
         self.stats.decode_steps += 1
         for s in samples:
             s.len += 1
-        self._sample_append(samples, logits[:, 0])
+        if picked is not None:
+            picked = picked.tolist()
+            self._append_picked(samples, [p[0] for p in picked], logits, 0)
+        else:
+            self._sample_append(samples, logits[:, 0])
         if not speculate:
             return
         live = [s for s in samples if s.finish_reason is None]
@@ -426,7 +433,10 @@ class Engine:
         self.stats.accepted += len(accepted)
         for s in accepted:
             s.len += 1
-        if accepted:
+        if accepted and picked is not None:
+            self._append_picked(accepted, [picked[s.row][1] for s in accepted],
+                                None if logits is None else logits[[s.row for s in accepted]], 1)
+        elif accepted:
             self._sample_append(accepted, logits[[s.row for s in accepted], 1])
         rows = {s.row for s in accepted}
         self._mtp_draft(samples, (h, [int(s.row in rows) for s in samples]))
@@ -472,6 +482,33 @@ class Engine:
 
     # -----------------------------------------------------------------------------------------
     # sampling, stopping, bookkeeping
+
+    def _in_graph(self, samples: list[Sample], S: int) -> Sampling | None:
+        """How a decode step's graph may pick the tokens of these rows (S a row), or None when one
+        of them needs the host to sample (penalties, logit_bias, a grammar: _sample_append)."""
+        params = [s.req.params for s in samples]
+        if self.runner.graphs is None or any(
+                p.logit_bias or p.penalised or s.matcher is not None
+                for p, s in zip(params, samples)):
+            return None
+        logits = any(p.logprobs for p in params)
+        if all(p.greedy for p in params):
+            return Sampling(greedy=True, logits=logits)
+        # each token's draw at its own position, as _sample_append draws it
+        draws = [[0.0 if s.seed is None else uniform(s.seed, len(s.out) + j) for j in range(S)]
+                 for s in samples]
+        return Sampling(False, RowParams.of(params, self.model.cfg.vocab_size, "cpu"),
+                        torch.tensor(draws, dtype=torch.float32), logits)
+
+    def _append_picked(self, samples: list[Sample], tokens: list[int], logits: Tensor | None,
+                       j: int) -> None:
+        """Take the tokens a graph picked (at position j of each row's step)."""
+        lps = None
+        if logits is not None:
+            lps = logprobs_of(logits[:, j].float(), torch.tensor(tokens, device=logits.device),
+                              [s.req.params.top_logprobs for s in samples])
+        for i, (s, t) in enumerate(zip(samples, tokens)):
+            self._append(s, t, None if lps is None else lps[i])
 
     def _sample_append(self, samples: list[Sample], logits: Tensor) -> None:
         """Draw each sample's next token from its row of logits and take it."""

@@ -6,9 +6,12 @@ compile, with static shapes: the rows are padded up to a power-of-two bucket and
 over the whole cache under a mask, so one step per bucket serves every length. On a GPU (bf16 or
 fp16 weights) each bucket's step is recorded once as a CUDA graph, at start-up while the cache is
 still empty, and replayed: a 100M-parameter model's step is hundreds of small kernels, whose
-launches from Python cost more than the kernels themselves. On a CPU the steps are torch.compile'd
-instead (graphs do not exist there). Which forward runs where, and what the cache rows hold, is the
-engine's business (engine.py).
+launches from Python cost more than the kernels themselves. A decode step's graph also picks its
+tokens (sampling.sample_rows, from buffers of each row's parameters and random draws), so only the
+chosen ids leave it: two graphs a bucket, greedy (an argmax) and sampled (the filters); rows whose
+sampling needs the host (penalties, logit_bias, a grammar) sample eagerly from the greedy graph's
+logits. On a CPU the steps are torch.compile'd instead (graphs do not exist there). Which forward
+runs where, and what the cache rows hold, is the engine's business (engine.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nanoseek.infer.sampling import RowParams, sample_rows
 from nanoseek.model.model import KVCache, Transformer, static_shapes
 
 # below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head
@@ -27,24 +31,37 @@ ABSORB_BELOW = 16
 
 
 @dataclass
+class Sampling:
+    """How a decode step's graph picks the tokens of rows 0..k-1 (k, S): greedy (argmax), or by
+    each row's parameters and each token's draw (sampling.uniform). logits: also hand back the
+    logits (for log-probabilities)."""
+
+    greedy: bool
+    params: RowParams | None = None  # (k,), unless greedy
+    draws: Tensor | None = None  # (k, S) float32, unless greedy
+    logits: bool = False
+
+
+@dataclass
 class StepGraph:
     """One bucket's decode, verify or drafting step: static input buffers (tokens, [h], positions,
-    mask) the runner fills before each run, and the outputs the run leaves. graph is the recorded
-    CUDA graph, replayed; None off a GPU, where the same step runs eagerly on the same buffers (what
-    the CPU tests check)."""
+    mask; a sampled step's row parameters and draws too) the runner fills before each run, and the
+    outputs the run leaves. graph is the recorded CUDA graph, replayed; None off a GPU, where the
+    same step runs eagerly on the same buffers (what the CPU tests check)."""
 
-    fn: Callable[..., tuple[Tensor, Tensor | None]]
+    fn: Callable[..., tuple[Tensor | None, ...]]
     inputs: tuple[Tensor, ...]
     view: KVCache
+    sampler: tuple = ()  # (RowParams, draws) of a sampled main step
     graph: torch.cuda.CUDAGraph | None = None
-    outputs: tuple[Tensor, Tensor | None] | None = None
+    outputs: tuple[Tensor | None, ...] | None = None
 
-    def run(self) -> tuple[Tensor, Tensor | None]:
+    def run(self) -> tuple[Tensor | None, ...]:
         if self.graph is not None:
             self.graph.replay()
         else:
             with static_shapes():
-                self.outputs = self.fn(*self.inputs, self.view)
+                self.outputs = self.fn(*self.inputs, self.view, *self.sampler)
         return self.outputs
 
 
@@ -63,6 +80,8 @@ class Runner:
             # stands in for it syncs with the host (model.grouped_mm)
             bf16 = model.embed_tokens.weight.dtype == torch.bfloat16
             graphs = compile and self.device.type == "cuda" and bf16
+        # (forward, bucket, tokens a row) -> its step; a main step's forward is "greedy" or
+        # "sample"
         self.graphs: dict[tuple[str, int, int], StepGraph] | None = {} if graphs else None
         self._pool = None  # the CUDA graphs' shared memory pool
         self._compiled = None
@@ -96,7 +115,9 @@ class Runner:
         while the cache is empty: a recording run writes its dummy rows' latents at position 0."""
         if self.graphs is None or self.device.type != "cuda":
             return
-        steps = [("main", 1)] + ([("main", 2), ("mtp", 1), ("mtp", 2)] if speculative else [])
+        main = [("greedy", 1), ("sample", 1)]
+        steps = main + ([("greedy", 2), ("sample", 2), ("mtp", 1), ("mtp", 2)]
+                        if speculative else [])
         for b in reversed(self.buckets()):
             for which, S in steps:
                 self._graph(which, b, S)
@@ -112,9 +133,13 @@ class Runner:
         positions = torch.zeros(b, S, dtype=torch.long, device=dev)
         mask = torch.zeros(b, S, self.cache.max_len, dtype=torch.bool, device=dev)
         mask[..., 0] = True  # the recording runs see position 0 only: no empty softmax
-        step = StepGraph(getattr(self, f"_{which}_forward"),
+        sampler = ()
+        if which == "sample":
+            sampler = (RowParams.neutral(b, self.model.cfg.vocab_size, dev),
+                       torch.zeros(b, S, device=dev))
+        step = StepGraph(self._main_step if which != "mtp" else self._mtp_forward,
                          (tokens, *(h if which == "mtp" else ()), positions, mask),
-                         self._view(b))
+                         self._view(b), sampler)
         if dev.type == "cuda":
             # a first run off the graph: lazy initialisations (cuBLAS workspaces, autotuning)
             # must not be recorded
@@ -125,7 +150,7 @@ class Runner:
             torch.cuda.current_stream(dev).wait_stream(side)
             step.graph = torch.cuda.CUDAGraph()
             with static_shapes(), torch.cuda.graph(step.graph, pool=self._pool):
-                step.outputs = step.fn(*step.inputs, step.view)
+                step.outputs = step.fn(*step.inputs, step.view, *step.sampler)
             self._pool = step.graph.pool()
         self.graphs[key] = step
         return step
@@ -156,11 +181,20 @@ class Runner:
         return self.model.hidden_states(tokens, positions, cache=self.cache.rows(*rows), mask=mask,
                                         absorb=S < ABSORB_BELOW)
 
-    def decode(self, rows: tuple[int, int], tokens: Tensor,
-               starts: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """The main model on tokens (k, S) at positions starts + j: hidden states and logits. S is
-        1 for a decode step, 2 for a verify step (the pending token and the draft)."""
-        return self._forward("main", rows, tokens, starts)
+    def decode(self, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
+               sampling: Sampling | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The main model on tokens (k, S) at positions starts + j: hidden states, logits, and
+        when the step ran as a graph (a CUDA graph, or its buffers on a CPU) and `sampling` says
+        how, the tokens it picked (k, S) (the logits then only if sampling.logits). Else the
+        picked tokens are None: the caller samples from the logits. S is 1 for a decode step, 2
+        for a verify step (the pending token and the draft)."""
+        if self.graphs is None or self._bucket(rows, tokens.shape[1]) is None:
+            return (*self._forward("main", rows, tokens, starts), None)
+        which = "greedy" if sampling is None or sampling.greedy else "sample"
+        h, logits, picked = self._forward(which, rows, tokens, starts, sampling=sampling)
+        if sampling is None:
+            return h, logits, None
+        return h, logits if sampling.logits else None, picked
 
     def mtp(self, rows: tuple[int, int], h: Tensor, tokens: Tensor,
             starts: Sequence[int]) -> Tensor:
@@ -172,6 +206,19 @@ class Runner:
                       cache: KVCache) -> tuple[Tensor, Tensor]:
         h = self.model.hidden_states(tokens, positions, cache=cache, mask=mask, absorb=True)
         return h, self.model.lm_head(h)
+
+    def _main_step(self, tokens: Tensor, positions: Tensor, mask: Tensor, cache: KVCache,
+                   params: RowParams | None = None,
+                   draws: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """A graph's decode or verify step: hidden states, logits, and each token's pick (b, S):
+        the argmax, or with params and draws, sampled."""
+        h, logits = self._main_forward(tokens, positions, mask, cache)
+        if params is None:
+            return h, logits, logits.argmax(dim=-1)
+        b, S, V = logits.shape
+        each = RowParams(*(x.repeat_interleave(S) for x in (
+            params.temperature, params.top_k, params.min_p, params.top_p)))
+        return h, logits, sample_rows(logits.reshape(b * S, V), each, draws.reshape(-1)).view(b, S)
 
     def _mtp_forward(self, tokens: Tensor, h: Tensor, positions: Tensor, mask: Tensor,
                      cache: KVCache) -> tuple[Tensor, None]:
@@ -186,10 +233,12 @@ class Runner:
         return hk, None
 
     def _forward(self, which: str, rows: tuple[int, int], tokens: Tensor, starts: Sequence[int],
-                 h: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The main model ('main': hidden states and logits) or the MTP module ('mtp': its normed
-        output of h and the tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions
-        starts + j: eager, or a static step of the bucket (a CUDA graph or a compiled one)."""
+                 h: Tensor | None = None,
+                 sampling: Sampling | None = None) -> tuple[Tensor | None, ...]:
+        """The main model ('main': hidden states and logits; as a graph, 'greedy' or 'sample',
+        which add the tokens picked) or the MTP module ('mtp': its normed output of h and the
+        tokens) on cache rows rows[0]:rows[1], tokens (k, S) at positions starts + j: eager, or a
+        static step of the bucket (a CUDA graph or a compiled one)."""
         k, S = tokens.shape
         b = self._bucket(rows, S)
         h_arg = () if h is None else (h,)  # _mtp_forward takes h after the tokens
@@ -208,8 +257,15 @@ class Runner:
                 buf[k:].zero_()
             step.inputs[-2].copy_(positions)
             step.inputs[-1].copy_(mask)
+            if step.sampler:  # padding rows keep what they hold: their picks are dropped
+                params, draws = step.sampler
+                params.copy_(sampling.params, k)
+                draws[:k].copy_(sampling.draws)
+            out = step.run()
+            if which != "mtp" and not (sampling is None or sampling.logits):
+                out = (out[0], None, out[2])  # (the logits are not needed: no copy of them)
             # copies: the outputs' memory is the graphs' pool, rewritten by the next replay
-            return tuple(None if o is None else o[:k].clone() for o in step.run())
+            return tuple(None if o is None else o[:k].clone() for o in out)
         if b > k:
             tokens = torch.cat([tokens, tokens.new_zeros(b - k, S)])
             h_arg = tuple(torch.cat([x, x.new_zeros(b - k, *x.shape[1:])]) for x in h_arg)

@@ -157,26 +157,65 @@ def apply_penalties(logits: Tensor, params: Sequence[SamplingParams], counts: Te
     return logits - pres * (counts > 0) - freq * counts
 
 
-def filter_probs(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+@dataclass
+class RowParams:
+    """SamplingParams of a block of rows as tensors (b,) on the logits' device: what filter_probs
+    and a CUDA graph's sampler read (a graph's are its static buffers, refilled before each run)."""
+
+    temperature: Tensor  # 0: greedy (that row's sampled token is then replaced by its argmax)
+    top_k: Tensor  # int64, >= 1 (the vocabulary's size: off)
+    min_p: Tensor
+    top_p: Tensor
+
+    @staticmethod
+    def of(params: Sequence[SamplingParams], vocab: int, device) -> RowParams:
+        def t(xs, dtype=torch.float32):
+            return torch.tensor(xs, dtype=dtype, device=device)
+
+        return RowParams(t([p.temperature for p in params]),
+                         t([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params],
+                           torch.long),
+                         t([p.min_p for p in params]), t([p.top_p for p in params]))
+
+    @staticmethod
+    def neutral(b: int, vocab: int, device) -> RowParams:
+        """b rows at temperature 1 with no filter."""
+        def full(v, dtype=torch.float32):
+            return torch.full((b,), v, dtype=dtype, device=device)
+
+        return RowParams(full(1.0), full(vocab, torch.long), full(0.0), full(1.0))
+
+    def copy_(self, other: RowParams, k: int) -> None:
+        """Rows 0..k-1 from other's (k,) (a graph's buffers, refilled before a run)."""
+        for name in ("temperature", "top_k", "min_p", "top_p"):
+            getattr(self, name)[:k].copy_(getattr(other, name), non_blocking=True)
+
+
+def filter_probs(logits: Tensor, params: Sequence[SamplingParams] | RowParams) -> Tensor:
     """Softmax at each row's temperature, then top-k, min-p and top-p; rows (b, V) of probabilities
-    with the dropped tokens at 0 (not renormalised: sample() scales its draw by the row's total)."""
-    dev = logits.device
-    if all(p.temperature == 1 for p in params):
-        probs = logits.softmax(dim=-1)  # (x / 1 is x: the same numbers, one op fewer)
+    with the dropped tokens at 0 (not renormalised: sample() scales its draw by the row's total).
+    Given SamplingParams, a filter no row uses is skipped; given RowParams, all of them run, as in
+    a CUDA graph: a filter at its neutral value (top_k = V, min_p 0, top_p 1, temperature 1)
+    changes no number, so both give the same probabilities."""
+    if not isinstance(params, RowParams):
+        use = (all(p.temperature == 1 for p in params), any(p.top_k > 0 for p in params),
+               any(p.min_p > 0 for p in params), any(p.top_p < 1 for p in params))
+        params = RowParams.of(params, logits.shape[-1], logits.device)
     else:
-        temp = torch.tensor([max(p.temperature, 1e-5) for p in params], device=dev)[:, None]
-        probs = (logits / temp).softmax(dim=-1)
-    if any(p.top_k > 0 for p in params):
-        V = probs.shape[-1]
-        # a k past the vocabulary keeps it all (and fits in int64)
-        k = torch.tensor([min(p.top_k, V) if p.top_k > 0 else V for p in params], device=dev)
-        kth = probs.sort(dim=-1, descending=True)[0].gather(1, (k - 1)[:, None])
+        use = (False, True, True, True)
+    plain_t, use_k, use_min_p, use_top_p = use
+    if plain_t:
+        probs = logits.softmax(dim=-1)  # (x / 1 is x: the same numbers, one op fewer)
+    else:  # (a greedy row's 0 is kept off the division: its draw is replaced by the argmax)
+        probs = (logits / params.temperature.clamp(min=1e-5)[:, None]).softmax(dim=-1)
+    if use_k:
+        kth = probs.sort(dim=-1, descending=True)[0].gather(1, (params.top_k - 1)[:, None])
         probs = probs.masked_fill(probs < kth, 0)
-    if any(p.min_p > 0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]
-        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0)
-    if any(p.top_p < 1 for p in params):
-        top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
+    if use_min_p:
+        probs = probs.masked_fill(probs < params.min_p[:, None] * probs.amax(dim=-1, keepdim=True),
+                                  0)
+    if use_top_p:
+        top_p = params.top_p[:, None]
         sorted_p, order = probs.sort(dim=-1, descending=True)
         total = sorted_p.sum(dim=-1, keepdim=True)
         # drop a token when the tokens above it already reach top_p of the (kept) mass; the top one
@@ -212,17 +251,31 @@ def sample(logits: Tensor, params: Sequence[SamplingParams],
         probs = filter_probs(logits, params)
     else:
         probs = filter_probs(logits[rows], [params[i] for i in rows])
-    cdf = probs.cumsum(dim=-1)
-    u = torch.tensor([draws[i] for i in rows], device=cdf.device, dtype=cdf.dtype)[:, None]
-    u = u * cdf[:, -1:]
-    # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
-    # the clamp catches u rounding onto the total
-    drawn = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+    u = torch.tensor([draws[i] for i in rows], device=logits.device, dtype=probs.dtype)
+    drawn = _invert(probs, u)
     if every:
         return drawn
     tokens = logits.argmax(dim=-1)
     tokens[rows] = drawn
     return tokens
+
+
+def sample_rows(logits: Tensor, params: RowParams, draws: Tensor) -> Tensor:
+    """sample() with every row's parameters as tensors and no branch on their values: the sampler
+    a CUDA graph records after the decode step's logits (b, V). draws (b,): a greedy row's is
+    ignored. The same tokens as sample() for the same parameters and draws."""
+    logits = logits.float()
+    drawn = _invert(filter_probs(logits, params), draws)
+    return torch.where(params.temperature == 0, logits.argmax(dim=-1), drawn)
+
+
+def _invert(probs: Tensor, u: Tensor) -> Tensor:
+    """The token at which each row's cumulative distribution passes u (b,) x its total."""
+    cdf = probs.cumsum(dim=-1)
+    u = u[:, None] * cdf[:, -1:]
+    # right=True: the first token whose cdf exceeds u, so a token of probability 0 is never picked;
+    # the clamp catches u rounding onto the total
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
 
 
 def logprobs_of(logits: Tensor, tokens: Tensor, top_n: Sequence[int]) -> list[TokenLogprob]:

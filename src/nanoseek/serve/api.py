@@ -145,9 +145,6 @@ def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
     if body.get("tool_choice") not in (None, "none", "auto"):
         raise APIError(400, f"tool_choice {body['tool_choice']!r} needs tools, and this server "
                             "has none", param="tool_choice", code="unsupported_parameter")
-    if body.get("echo") not in (None, False):
-        raise APIError(400, "echo is not supported by this server", param="echo",
-                       code="unsupported_parameter")
 
 
 def response_grammar(body: dict) -> str | None:
@@ -305,7 +302,8 @@ CHAT_COMPLETIONS_BODY = json_body(SAMPLING_FIELDS | {
 COMPLETIONS_BODY = json_body({k: v for k, v in SAMPLING_FIELDS.items() if k != "top_logprobs"} | {
     "prompt": {"type": "string", "minLength": 1},
     "suffix": {"type": ["string", "null"], "description": "fill in the middle (FIM tokens needed)"},
-    "echo": {"enum": [False, None]},
+    "echo": {"type": ["boolean", "null"],
+             "description": "the prompt before the completion in text (not with logprobs)"},
     "logprobs": range_schema("integer", 0, 20) | {
         "description": "alternatives returned with each token's log-probability"},
 }, required=("prompt",))
@@ -384,7 +382,15 @@ async def _completion(backend: Backend, request: Request, body: dict):
         except TokenizerError as e:
             raise APIError(400, f"suffix: {e}", param="suffix",
                            code="unsupported_parameter") from None
+    if body.get("echo") is not None and not isinstance(body["echo"], bool):
+        raise APIError(400, f"echo must be true or false, got {body['echo']!r}", param="echo")
+    if body.get("echo") and body.get("logprobs") is not None:
+        # the engine scores only the tokens it samples, not the prompt's
+        raise APIError(400, "echo with logprobs needs the prompt's log-probabilities, which this "
+                            "server does not compute: drop one of echo and logprobs", param="echo",
+                       code="unsupported_parameter")
     include_usage = _include_usage(body)
+    echo = body["prompt"] if body.get("echo") else ""  # the text given, as OpenAI returns it
     rid, queue = await backend.submit(prompt, params, param="prompt")
     engine, model, n = backend.engine, backend.config.model_name, params.n
     skip = params.skip_special_tokens
@@ -392,27 +398,33 @@ async def _completion(backend: Backend, request: Request, body: dict):
     if body.get("stream"):
         chunk = _chunker(f"cmpl-{rid[4:]}", "text_completion", int(time.time()), model)
         offsets = [0] * n
+        unechoed = set(range(n)) if echo else set()  # choices whose first chunk is still to come
 
         def chunks_of(d: Delta) -> list[dict]:
-            if not d.text and not d.finish_reason and not d.logprobs:
+            text = d.text
+            if d.index in unechoed:  # each choice's first chunk starts with the prompt
+                unechoed.discard(d.index)
+                text = echo + text
+            if not text and not d.finish_reason and not d.logprobs:
                 return []
             lp = None
             if params.logprobs:
                 lp, offsets[d.index] = _legacy_logprobs(engine, d.logprobs or [],
                                                         offsets[d.index], skip)
-            return [chunk([{"index": d.index, "text": d.text, "logprobs": lp,
+            return [chunk([{"index": d.index, "text": text, "logprobs": lp,
                             "finish_reason": d.finish_reason}])]
 
         events = _event_stream(deltas, n, chunks_of, chunk, include_usage)
         return _event_response([], events, lambda: backend.cancel(rid))
-    return await unless_disconnected(request, _completion_response(backend, deltas, params, rid))
+    return await unless_disconnected(
+        request, _completion_response(backend, deltas, params, rid, echo))
 
 
 async def _completion_response(backend: Backend, deltas: AsyncIterator[Delta | None],
-                               params: SamplingParams, rid: str) -> dict:
+                               params: SamplingParams, rid: str, echo: str) -> dict:
     engine, model, n = backend.engine, backend.config.model_name, params.n
     skip = params.skip_special_tokens
-    texts, finish, usages, lps = [""] * n, [None] * n, {}, [[] for _ in range(n)]
+    texts, finish, usages, lps = [echo] * n, [None] * n, {}, [[] for _ in range(n)]
     async for d in deltas:
         if d is None:
             continue

@@ -36,6 +36,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     client_timeout_s: float = 20.0  # for a request's headers, and again for its body
     notice: str = ""  # a line the chat app shows above every conversation (e.g. an untrained model)
+    hint: str = ""  # what the chat app invites a user to ask (the shipped model's skills)
 
 
 @dataclass(frozen=True)

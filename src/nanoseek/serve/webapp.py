@@ -75,8 +75,10 @@ def add_chat_routes(app: FastAPI, backend: Backend) -> None:
 
     @app.get("/api/info")
     def server_info():
-        """The model's name and a notice for the page (e.g. that the model is untrained), or ""."""
-        return {"model": backend.config.model_name, "notice": backend.config.notice}
+        """The model's name, a notice for the page (e.g. that the model is untrained) and what to
+        ask it (the shipped model's skills), each maybe ""."""
+        config = backend.config
+        return {"model": config.model_name, "notice": config.notice, "hint": config.hint}
 
     _add_conversation_routes(app, backend.store)
     answering: set[str] = set()  # conversations whose reply is being written

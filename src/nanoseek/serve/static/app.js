@@ -410,6 +410,10 @@ setThinking(state.thinking);
 api("/api/info").then((r) => r.json()).then((info) => {
   $("#notice").textContent = info.notice;
   $("#notice").hidden = !info.notice;
+  if (info.hint) {  // what this model can be asked
+    $("#input").placeholder = `${info.hint.split(":")[0]}…`;
+    $("#ask").textContent = `${info.hint}.`;
+  }
   document.title = `${info.model} chat`;
 }).catch(() => { /* a 401 has opened the settings already */ });
 const opened = /^#c=([0-9a-f]+)$/.exec(location.hash);

@@ -98,6 +98,7 @@ def test_readme_example_prompts_get_the_answers_it_gives():
     with DeepThink on and off: each number or list as the table gives it, and for "Who are you?"
     the honest self-description (no number)."""
     from nanoseek.infer.bundled import BUNDLED
+    from nanoseek.infer.chat import split_stray_reasoning
     from nanoseek.infer.engine import Engine
     from nanoseek.infer.sampling import SamplingParams
     from nanoseek.tasks.persona import honest
@@ -113,10 +114,13 @@ def test_readme_example_prompts_get_the_answers_it_gives():
         prompts = [render_chat([{"role": "user", "content": ask}], thinking=thinking)
                    for ask, _ in rows]
         for (ask, answer), done in zip(rows, engine.generate(prompts, greedy)):
-            assert THINK_END not in done.content, (ask, done.content)
+            # what chat shows: with DeepThink off, working the model closes with a </think> of its
+            # own is shown as reasoning (infer/chat.py), never in the answer
+            stray, content = split_stray_reasoning(done.content)
+            assert THINK_END not in content and (thinking or not done.reasoning_content)
             if answer[0].isdigit() or answer[0] == "-":
-                assert final_line(done.content) == answer, (ask, thinking, done.text)
+                assert final_line(content) == answer, (ask, thinking, done.text)
                 if thinking:
                     assert done.reasoning_content.strip(), ask
             else:
-                assert honest(done.content), (ask, thinking, done.text)
+                assert honest(content), (ask, thinking, done.text)

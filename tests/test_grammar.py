@@ -8,7 +8,7 @@ import pytest
 
 from nanoseek.checkpoint import load_model
 from nanoseek.infer.engine import Engine
-from nanoseek.infer.grammar import GrammarError, json_grammar
+from nanoseek.infer.grammar import GrammarError, close_reasoning, json_grammar
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import Tokenizer, render_chat
 
@@ -55,6 +55,18 @@ def test_answers_are_json_of_the_schema_every_time(chat):
             check(c.content)
     # speculation drafts under the same grammar: the same tokens
     assert [c.token_ids for c in greedy[True]] == [c.token_ids for c in greedy[False]]
+
+
+def test_a_held_sample_about_to_stop_in_its_reasoning_closes_it():
+    """EOS inside the reasoning would leave no answer to hold: its weight goes to </think>."""
+    import torch
+
+    logits = torch.tensor([[0.0, 3.0, 0.0, 1.0], [0.0, 3.0, 0.0, 1.0]])
+    out = close_reasoning(logits, [0], eos_id=1, think_end_id=3)
+    assert out[0, 1] == float("-inf") and out[0].argmax() == 3
+    assert torch.isclose(out[0].exp().sum(), logits[0].exp().sum())  # the same mass, moved
+    assert torch.equal(out[1], logits[1]) and torch.equal(logits[0], torch.tensor(
+        [0.0, 3.0, 0.0, 1.0]))
 
 
 def test_a_free_row_beside_held_ones_is_unchanged(chat):

@@ -25,7 +25,14 @@ import torch
 
 from nanoseek.files import DataError, atomic_directory, jsonl_objects, numbered_lines
 from nanoseek.model.model import IGNORE_INDEX
-from nanoseek.tokenizer import EOS, Tokenizer, render_chat, render_completion
+from nanoseek.tokenizer import (
+    EOS,
+    THINK_END,
+    THINK_START,
+    Tokenizer,
+    render_chat,
+    render_completion,
+)
 
 # ---------------------------------------------------------------------------------------------
 # corpus readers
@@ -174,9 +181,17 @@ def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], 
         if m["role"] != "assistant":
             continue
         reasoning = m.get("reasoning_content")
-        context = tokenizer.encode(render_chat(messages[:i], thinking=bool(reasoning)))
-        target = tokenizer.encode(render_completion(reasoning, m["content"]) if reasoning
-                                  else m["content"] + EOS)
+        if tokenizer.template is not None:  # a foreign format: the think block is text of the turn
+            context = tokenizer.encode_chat(messages[:i], thinking=bool(reasoning))
+            text = m["content"]
+            if reasoning:  # R1's spelling; `<think>` only if the generation prompt did not open it
+                opened = tokenizer.decode(context).rstrip().endswith(THINK_START)
+                text = f"{'' if opened else THINK_START}\n{reasoning}\n{THINK_END}\n\n{text}"
+            target = tokenizer.encode_text(text) + [tokenizer.eos_id]
+        else:
+            context = tokenizer.encode(render_chat(messages[:i], thinking=bool(reasoning)))
+            target = tokenizer.encode(render_completion(reasoning, m["content"]) if reasoning
+                                      else m["content"] + EOS)
         ids += context + target
         mask += [0] * len(context) + [1] * len(target)
     return ids, mask

@@ -3,6 +3,9 @@
 Training and encoding are done by the `tokenizers` library (Rust, fast); this file only fixes the
 special tokens, the chat format, and the Hugging Face file layout, so that a saved directory loads
 with `transformers.AutoTokenizer` and renders/encodes conversations exactly as nanoseek does.
+
+A directory whose tokenizer is not DeepSeek's (a converted SmolLM2, a Llama) keeps its own special
+tokens and chat template (chat_template.py); the Tokenizer's interface is the same for both.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from nanoseek.chat_template import ChatTemplate
 from nanoseek.errors import UserError
 
 # Special tokens exactly as DeepSeek writes them: the bars are U+FF5C, the underscore-like mark
@@ -199,16 +203,37 @@ class TokenizerError(UserError):
 
 
 class Tokenizer:
-    """Thin wrapper over a `tokenizers.Tokenizer` whose first 7 ids are CONTROL_TOKENS."""
+    """Thin wrapper over a `tokenizers.Tokenizer`: DeepSeek's, whose first 7 ids are
+    CONTROL_TOKENS, or with `template` a foreign one with its own chat format.
 
-    def __init__(self, tok: tokenizers.Tokenizer):
-        for i, s in enumerate(CONTROL_TOKENS):
-            if tok.token_to_id(s) != i:
-                raise ValueError(f"control token {s!r} must have id {i}, has {tok.token_to_id(s)}")
-        self.tok = tok
-        self.bos_id, self.eos_id, self.pad_id, self.user_id, self.assistant_id = range(5)
-        self.think_start_id, self.think_end_id = 5, 6
+    A foreign tokenizer may lack some ids (None): user/assistant (its template spells turns its own
+    way), and <think>/</think> when they are not tokens of it; its model then writes the tags as
+    text, which the reasoning parser reads as well."""
+
+    def __init__(self, tok: tokenizers.Tokenizer, template: ChatTemplate | None = None):
+        self.tok, self.template = tok, template
         self._plain: tokenizers.Tokenizer | None = None  # encode_text's, made on first use
+        self.think_start_id, self.think_end_id = tok.token_to_id(THINK_START), \
+            tok.token_to_id(THINK_END)
+        if template is None:
+            for i, s in enumerate(CONTROL_TOKENS):
+                if tok.token_to_id(s) != i:
+                    raise ValueError(f"control token {s!r} must have id {i}, has "
+                                     f"{tok.token_to_id(s)}")
+            self.bos_id, self.eos_id, self.pad_id, self.user_id, self.assistant_id = range(5)
+            self.prompt_start = BOS  # what a raw prompt starts with
+            self.stop_ids = frozenset([self.eos_id])
+            return
+        ids = {name: None if text is None else tok.token_to_id(text) for name, text in
+               (("bos", template.bos_token), ("eos", template.eos_token),
+                ("pad", template.pad_token))}
+        self.bos_id, self.eos_id = ids["bos"], ids["eos"]
+        self.user_id = self.assistant_id = None
+        self.pad_id = ids["pad"] if ids["pad"] is not None else self.eos_id
+        bos = template.add_bos_token and ids["bos"] is not None
+        self.prompt_start = template.bos_token if bos else ""
+        self.stop_ids = frozenset(i for i in (self.eos_id, *template.stop_token_ids)
+                                  if i is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -231,6 +256,11 @@ class Tokenizer:
             return self.tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self.tok.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A raw completion prompt: encode(), with the BOS the model's format starts with put in
+        front unless the text has it (a chat rendered by render_chat does)."""
+        return self.encode(text if text.startswith(self.prompt_start) else self.prompt_start + text)
+
     def encode_text(self, text: str) -> list[int]:
         """Text to ids as plain text: a control token's spelling in it (a user typing
         `<｜Assistant｜>`) stays characters, never the token."""
@@ -250,6 +280,20 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def _pieces(self, messages: list[dict], add_generation_prompt: bool,
+                thinking: bool) -> list[tuple[str, bool]]:
+        if self.template is None:
+            return _chat_pieces(messages, add_generation_prompt, thinking)
+        _check_messages(messages)
+        controls = [t.content for t in self.tok.get_added_tokens_decoder().values()]
+        return self.template.pieces(messages, controls, add_generation_prompt, thinking)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    thinking: bool = True) -> str:
+        """The chat in this tokenizer's format (the module's render_chat for DeepSeek's; a foreign
+        model's own template) as text."""
+        return "".join(text for text, _ in self._pieces(messages, add_generation_prompt, thinking))
+
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
                     thinking: bool = True) -> list[int]:
         """encode(render_chat(...)), except that message text is plain text (encode_text): only
@@ -257,7 +301,7 @@ class Tokenizer:
         the text is encoded on its own either way, so for text without their spellings the ids are
         the same.)"""
         ids, text = [], ""
-        for piece, control in _chat_pieces(messages, add_generation_prompt, thinking):
+        for piece, control in self._pieces(messages, add_generation_prompt, thinking):
             if control:  # the text between two control tokens is encoded as one
                 if (tid := self.tok.token_to_id(piece)) is None:  # a tool token, in an old vocab
                     raise TokenizerError(f"this model's tokenizer has no tool-call tokens "
@@ -286,6 +330,14 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(path / "tokenizer.json"))
+        if self.template is not None:  # a foreign format goes on as it came
+            t = self.template
+            config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": t.bos_token,
+                      "eos_token": t.eos_token, "pad_token": t.pad_token,
+                      "add_bos_token": t.add_bos_token, "clean_up_tokenization_spaces": False,
+                      "model_max_length": model_max_length, "chat_template": t.source}
+            (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            return
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": BOS,
@@ -316,7 +368,9 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_file(str(file))
         except Exception as e:  # the Rust side raises a bare Exception on bad JSON
             raise ValueError(f"could not read tokenizer file {file}: {e}") from e
-        return cls(tok)
+        if all(tok.token_to_id(s) == i for i, s in enumerate(CONTROL_TOKENS)):
+            return cls(tok)
+        return cls(tok, ChatTemplate.load(path))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,

@@ -1,8 +1,9 @@
 """`nanoseek generate`: completions for a JSONL file of prompts, written as JSONL in input order.
 
-Each input line holds one of "prompt" (raw text), "messages" (a chat, rendered with the R1 template;
-"thinking": false closes the think block) or "prompt_token_ids", and optionally any SamplingParams
-field ("max_tokens", "temperature", "n", "seed", "stop", ...) overriding the command's defaults.
+Each input line holds one of "prompt" (raw text), "messages" (a chat, rendered with the model's
+template; "thinking": false closes R1's think block) or "prompt_token_ids", and optionally any
+SamplingParams field ("max_tokens", "temperature", "n", "seed", "stop", ...) overriding the
+command's defaults.
 Finished lines are appended to OUTPUT.partial as they complete, so a killed run resumes where it
 stopped; the output file appears, complete and in order, only at the end.
 """
@@ -17,13 +18,23 @@ from nanoseek.files import DataError, atomic_file, jsonl_objects
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.infer.sequence import Completion
-from nanoseek.tokenizer import render_chat
+from nanoseek.tokenizer import Tokenizer, _check_messages
 
 PARAM_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 # "id" is echoed to the output, so results can be matched to inputs
 OTHER_KEYS = {"thinking", "id"}
 Requests = list[tuple[object, SamplingParams, dict]]  # (prompt, params, the input row)
+
+
+@dataclasses.dataclass
+class Chat:
+    """A "messages" prompt: encoded by the engine's tokenizer, whose template it needs."""
+    messages: list[dict]
+    thinking: bool = True
+
+    def ids(self, tok: Tokenizer) -> list[int]:
+        return tok.encode_chat(self.messages, thinking=self.thinking)
 
 
 def read_requests(path: str | Path, defaults: SamplingParams) -> Requests:
@@ -44,7 +55,8 @@ def read_requests(path: str | Path, defaults: SamplingParams) -> Requests:
                             f"{', '.join(sorted(PARAM_FIELDS))})")
         try:
             if "messages" in row:
-                prompt = render_chat(row["messages"], thinking=row.get("thinking", True))
+                _check_messages(row["messages"])
+                prompt = Chat(row["messages"], row.get("thinking", True))
             elif "prompt" in row:
                 prompt = row["prompt"]
                 if not isinstance(prompt, str):
@@ -105,6 +117,8 @@ def generate_file(engine: Engine, requests: Requests, output: str | Path,
                 kept += len(line)
         with open(partial, "r+b") as f:
             f.truncate(kept)
+    requests = [(p.ids(engine.tok) if isinstance(p, Chat) else p, params, row)
+                for p, params, row in requests]
     for i, (prompt, params, _) in enumerate(requests):  # refuse bad requests before any work
         if i not in done:
             try:

@@ -37,7 +37,8 @@ class ChatSession:
     messages: list[dict] = field(default_factory=list)
 
     def prompt(self) -> list[int]:
-        """The conversation's token ids: the template's control tokens around plain-text turns."""
+        """The conversation in the model's chat format; what the user typed stays text (a
+        control token's spelling in it is no control token)."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = [{"role": m["role"], "content": m["content"]} for m in self.messages]
         return self.engine.tok.encode_chat(head + turns, thinking=self.thinking)

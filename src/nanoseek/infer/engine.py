@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
-from nanoseek.infer.grammar import Grammars, mask_logits
+from nanoseek.infer.grammar import Grammars, close_reasoning, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner, Sampling
 from nanoseek.infer.sampling import (
@@ -48,9 +48,9 @@ from nanoseek.infer.sampling import (
     uniform,
 )
 from nanoseek.infer.sequence import Completion, Delta, Request, Sample
-from nanoseek.infer.stream import TextStream
+from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
 from nanoseek.model.model import KVCache, Transformer
-from nanoseek.tokenizer import BOS, Tokenizer
+from nanoseek.tokenizer import Tokenizer
 
 Prompt = str | Sequence[int]
 Params = SamplingParams | Sequence[SamplingParams] | None
@@ -64,7 +64,16 @@ _entropy = random.SystemRandom()
 def _leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
     """Whether generation starts inside a think block: the prompt's last <think> token comes after
     its last </think> token (stream.prompt_leaves_reasoning_open, read from the ids: however long
-    the block so far, and a tag a message spelled as plain text is no tag)."""
+    the block so far, and a tag a message spelled as plain text is no tag).
+
+    A tokenizer without the tags as tokens has them as text: then only the text after the prompt's
+    last special token counts, which is what the template wrote after the last message (a raw
+    prompt without special tokens counts whole)."""
+    if tok.think_start_id is None or tok.think_end_id is None:
+        special = set(tok.tok.get_added_tokens_decoder())
+        tail = next((i + 1 for i in range(len(ids) - 1, -1, -1) if ids[i] in special), 0)
+        return prompt_leaves_reasoning_open(tok.decode(ids[tail:]))
+
     def last(token: int) -> int:
         try:
             return len(ids) - 1 - ids[::-1].index(token)
@@ -203,12 +212,12 @@ class Engine:
     # requests in
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """A str is raw text: BOS is put in front unless it starts with it (chat prompts rendered by
-        render_chat do); a list of ints is used as is."""
+        """A str is raw text: the model's BOS is put in front unless it starts with it (chat prompts
+        rendered by render_chat do); a list of ints is used as is."""
         if isinstance(prompt, str):
             if not prompt:
                 raise EngineError("the prompt is empty")
-            return self.tok.encode(prompt if prompt.startswith(BOS) else BOS + prompt)
+            return self.tok.encode_prompt(prompt)
         ids = [int(i) for i in prompt]
         if not ids:
             raise EngineError("the prompt has no tokens")
@@ -523,6 +532,9 @@ class Engine:
         held = [i for i, s in enumerate(samples) if s.matcher is not None and s.answering]
         if held:
             logits = mask_logits(logits, held, [samples[i].matcher for i in held])
+        if reasoning := [i for i, s in enumerate(samples) if s.matcher is not None
+                         and not s.answering and not s.req.params.ignore_eos]:
+            logits = close_reasoning(logits, reasoning, self.tok.eos_id, self.tok.think_end_id)
         # a draw per sample, at the position of the token drawn: the same alone, batched or
         # speculating
         draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]

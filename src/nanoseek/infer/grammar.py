@@ -7,9 +7,11 @@ outlines-core, whose per-schema index and per-token allowed list cost more at a 
 and xgrammar, which needs transformers and triton at run time.
 
 Only the answer is held: R1 reasons freely, and the grammar starts after its </think> token (from
-the first token when the prompt leaves no reasoning open). Each sample has its own matcher; the
-engine masks the rows that have one (Engine._sample_append), so batching, speculation (the draft
-is drawn under the mask of the state it follows) and the prefix cache (prompts only) are as before.
+the first token when the prompt leaves no reasoning open); only, a sample about to stop inside its
+reasoning closes it instead (close_reasoning), or it would have no answer to hold. Each sample
+has its own matcher; the engine masks the rows that have one (Engine._sample_append), so batching,
+speculation (the draft is drawn under the mask of the state it follows) and the prefix cache
+(prompts only) are as before.
 """
 
 from __future__ import annotations
@@ -79,4 +81,15 @@ def mask_logits(logits: Tensor, rows: list[int], matchers: list[llguidance.LLMat
     out = logits.clone()
     index = torch.tensor(rows, device=logits.device)
     out[index] = out[index].masked_fill(~allowed, float("-inf"))
+    return out
+
+
+def close_reasoning(logits: Tensor, rows: list[int], eos_id: int, think_end_id: int) -> Tensor:
+    """logits (b, V) with, in rows still reasoning before a held answer, EOS's weight moved to
+    </think> (a new tensor): a sample that ends there has no answer for the grammar to hold, so a
+    model about to stop ends its reasoning instead, and then answers."""
+    out = logits.clone()
+    index = torch.tensor(rows, device=logits.device)
+    out[index, think_end_id] = torch.logaddexp(out[index, think_end_id], out[index, eos_id])
+    out[index, eos_id] = float("-inf")
     return out

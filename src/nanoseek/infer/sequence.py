@@ -133,7 +133,7 @@ class Sample:
         if self.matcher is not None and self.answering:
             self.matcher.consume_token(t)
         self.answering = self.answering or t == tok.think_end_id
-        if (t == tok.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
+        if (t in tok.stop_ids and not p.ignore_eos) or t in p.stop_token_ids:
             return self.finish("stop", tok)
         if self.text_at_end:  # the parser's state from the tag tokens alone; finish checks it
             if self.thinking:

@@ -272,9 +272,21 @@ class GQA(nn.Module):
         if cache is not None:
             kv = cache.update(self.layer_id, positions, torch.cat([k, v], dim=2).flatten(2), kv_len)
             k, v = kv.view(b, kv_len, 2 * self.n_kv, self.hd).split(self.n_kv, dim=2)
+        group = self.n_heads // self.n_kv
+        if mask is not None:
+            # Under a mask (the engine's cached steps) a group's query heads become extra query
+            # rows of their KV head: the cached keys and values are read where they lie, where
+            # repeating them per query head copies the whole cache every step (most of a decode
+            # step's time at batch 32 on a CPU).
+            q = q.view(b, s, self.n_kv, group, self.hd).permute(0, 2, 3, 1, 4).reshape(
+                b, self.n_kv, group * s, self.hd)
+            m = mask[:, None, None].expand(b, 1, group, s, kv_len).reshape(b, 1, group * s, kv_len)
+            o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=m, scale=self.cfg.softmax_scale)
+            o = o.view(b, self.n_kv, group, s, self.hd).permute(0, 3, 1, 2, 4)
+            return self.o_proj(o.reshape(b, s, self.n_heads * self.hd))
         # repeat the KV heads for their query groups (SDPA's enable_gqa does this in place, but
         # not with every kernel and torch version)
-        group = self.n_heads // self.n_kv
         k, v = (t.transpose(1, 2).repeat_interleave(group, dim=1) for t in (k, v))
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v,
                                            attn_mask=None if mask is None else mask[:, None],

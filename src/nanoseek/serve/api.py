@@ -1,7 +1,8 @@
 """The DeepSeek/OpenAI-compatible API: /v1/chat/completions with `reasoning_content`,
 /v1/completions and /v1/models, over the server's one engine loop (app.py). Beyond plain chat:
-logit_bias, chat prefix completion (a last assistant message with `prefix: true`, as DeepSeek's
-beta API has it), fill-in-the-middle (`suffix`, for a tokenizer with FIM tokens), and the prompt
+function calling (`tools`, `tool_choice`, `role: "tool"` results; serve/tools.py), logit_bias,
+chat prefix completion (a last assistant message with `prefix: true`, as DeepSeek's beta API has
+it), fill-in-the-middle (`suffix`, for a tokenizer with FIM tokens), and the prompt
 cache's hits as DeepSeek (`prompt_cache_hit_tokens`) and OpenAI (`prompt_tokens_details`) name
 them. A parameter it does not honour is a 400 that names it.
 
@@ -39,7 +40,15 @@ from nanoseek.serve.http import (
     sse,
     unless_disconnected,
 )
-from nanoseek.tokenizer import Tokenizer, TokenizerError
+from nanoseek.serve.tools import (
+    CallStream,
+    call_grammar,
+    message_fields,
+    parse_answer,
+    system_text,
+    tools_from,
+)
+from nanoseek.tokenizer import THINK_END, THINK_START, TOOL_CALLS_BEGIN, Tokenizer, TokenizerError
 
 
 def add_api_routes(app: FastAPI, backend: Backend) -> None:
@@ -67,7 +76,7 @@ async def _body(config: ServerConfig, request: Request, known: frozenset[str]) -
     """The request's JSON (parsed in a worker thread: up to max_body_bytes of it), once its model
     is this server's and it has no parameter this server does not honour."""
     body = await asyncio.to_thread(json_object, await request.body())
-    refuse_unsupported(body, known)
+    refuse_unknown(body, known)
     model = body.get("model", config.model_name)
     if model != config.model_name:
         raise APIError(404, f"model {model!r} does not exist; this server has "
@@ -133,18 +142,8 @@ CHAT_KNOWN = SAMPLING_KNOWN | {"messages", "thinking", "top_logprobs", "max_comp
 COMPLETIONS_KNOWN = SAMPLING_KNOWN | {"prompt", "echo", "suffix"}
 # a message's keys; reasoning sent back is dropped, as R1 must not see it (DeepSeek's rule), except
 # in a last assistant message with prefix: true, whose answer (and reasoning) the model continues
-MESSAGE_KNOWN = frozenset({"role", "content", "reasoning_content", "reasoning", "prefix"})
-
-
-def refuse_unsupported(body: dict, known: frozenset[str]) -> None:
-    refuse_unknown(body, known)
-    # known names whose other values are not honoured (yet)
-    if body.get("tools"):  # (an empty list: no tools)
-        raise APIError(400, "tools are not supported by this server", param="tools",
-                       code="unsupported_parameter")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        raise APIError(400, f"tool_choice {body['tool_choice']!r} needs tools, and this server "
-                            "has none", param="tool_choice", code="unsupported_parameter")
+MESSAGE_KNOWN = frozenset({"role", "content", "reasoning_content", "reasoning", "prefix",
+                           "tool_calls", "tool_call_id"})
 
 
 def response_grammar(body: dict) -> str | None:
@@ -191,21 +190,22 @@ def chat_messages(body: dict) -> tuple[list[dict], bool, dict | None]:
         raise APIError(400, "messages must be a non-empty list", param="messages")
     clean, prefix = [], None
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise APIError(400, f"messages[{i}]: role must be system, user or assistant",
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant",
+                                                             "tool"):
+            raise APIError(400, f"messages[{i}]: role must be system, user, assistant or tool",
                            param="messages")
         for name, value in m.items():
             if name not in MESSAGE_KNOWN and value not in (None, False, []):
                 raise APIError(400, f"messages[{i}].{name} is not supported by this server",
                                param="messages", code="unsupported_parameter")
-        content = m.get("content")
-        if content is None and m["role"] == "assistant":  # as clients send a tool-call turn
+        content, tool = m.get("content"), message_fields(i, m)
+        if content is None and m["role"] == "assistant" and not tool:  # (as the llm CLI sends)
             content = ""
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             texts = [p.get("text", "") for p in content
                      if isinstance(p, dict) and p.get("type") == "text"]
             content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
-        if not isinstance(content, str):
+        if not isinstance(content, str) and not (content is None and tool):
             raise APIError(400, f"messages[{i}]: content must be a string or a list of text parts",
                            param="messages")
         if m.get("prefix") not in (None, False):
@@ -219,7 +219,7 @@ def chat_messages(body: dict) -> tuple[list[dict], bool, dict | None]:
             prefix = {"reasoning": reasoning, "content": content}
             break
         # reasoning_content / reasoning sent back is dropped: R1 sees only earlier answers
-        clean.append({"role": m["role"], "content": content})
+        clean.append({"role": m["role"], "content": content, **tool})
     thinking = body.get("thinking", True)
     if isinstance(thinking, dict):  # {"type": "enabled" | "disabled"}
         thinking = thinking.get("type", "enabled") != "disabled"
@@ -237,6 +237,12 @@ def chat_ids(tok: Tokenizer, messages: list[dict], thinking: bool, prefix: dict 
     goes on answering), spelled as R1 writes a turn (`<think>\n...\n</think>\n\n...`)."""
     if prefix is None:
         return tok.encode_chat(messages, True, thinking)
+    if tok.assistant_id is None:  # a foreign template opens the turn itself; think tags are text
+        turn = prefix["content"]
+        if prefix["reasoning"]:
+            turn = f"{THINK_START}\n{prefix['reasoning']}" + (
+                f"\n{THINK_END}\n\n{turn}" if turn or not thinking else "")
+        return tok.encode_chat(messages, True, thinking) + tok.encode_text(turn)
     ids = tok.encode_chat(messages, add_generation_prompt=False) if messages else [tok.bos_id]
     ids += [tok.assistant_id, tok.think_start_id]
     if thinking and not prefix["content"]:
@@ -273,12 +279,20 @@ SAMPLING_FIELDS = {
                    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
                    "description": "token id -> a bias added to its logit"},
 }
+TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "properties": {
+    "id": {"type": "string"}, "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name", "arguments"], "properties": {
+        "name": {"type": "string"}, "arguments": {"type": "string",
+                                                  "description": "the arguments' JSON"}}}}}
 MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
-    "role": {"enum": ["system", "user", "assistant"]},
+    "role": {"enum": ["system", "user", "assistant", "tool"]},
+    "tool_calls": {"type": ["array", "null"], "items": TOOL_CALL,
+                   "description": "an assistant's calls (its content may then be null)"},
+    "tool_call_id": {"type": "string", "description": "a tool result's: the call it answers"},
     "prefix": {"type": ["boolean", "null"], "description": "the last message only, an "
                "assistant's: the model continues it (its reasoning_content if no content)"},
     "reasoning_content": {"type": ["string", "null"]},
-    "content": {"anyOf": [{"type": "string"}, {
+    "content": {"anyOf": [{"type": "string"}, {"type": "null"}, {
         "type": "array", "description": "content parts: the text ones are joined, others skipped",
         "items": {"type": "object", "properties": {"type": {"type": "string"},
                                                    "text": {"type": "string"}}}}]}}}
@@ -287,6 +301,19 @@ CHAT_COMPLETIONS_BODY = json_body(SAMPLING_FIELDS | {
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"],
                        "properties": {"include_usage": {"type": ["boolean", "null"]}}},
+    "tools": {"type": ["array", "null"], "items": {
+        "type": "object", "required": ["type", "function"], "properties": {
+            "type": {"const": "function"},
+            "function": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "description": {"type": "string"}, "strict": {"type": "boolean"},
+                "parameters": {"type": "object", "description": "a JSON Schema"}}}}}},
+    "tool_choice": {"anyOf": [
+        {"enum": ["none", "auto", "required", None]},
+        {"type": "object", "required": ["type", "function"], "properties": {
+            "type": {"const": "function"}, "function": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}}}}}]},
     "thinking": {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
         "type": {"enum": ["enabled", "disabled"]}}}]},
     "response_format": {"anyOf": [
@@ -322,8 +349,13 @@ async def _chat_completion(backend: Backend, request: Request, body: dict):
         except GrammarError as e:
             raise APIError(400, f"response_format: {e}", param="response_format") from None
     messages, thinking, prefix = chat_messages(body)
+    tools = await _tools(backend, body, params, messages, prefix)
     include_usage = _include_usage(body)
-    prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
+    try:
+        prompt = await asyncio.to_thread(chat_ids, backend.engine.tok, messages, thinking, prefix)
+    # what the template refuses: nanoseek's (a tool result after no call) or the model's own
+    except ValueError as e:  # (a TemplateError is one)
+        raise APIError(400, f"messages: {e}", param="messages") from None
     rid, queue = await backend.submit(prompt, params)
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     cid, created = f"chatcmpl-{rid[4:]}", int(time.time())
@@ -333,15 +365,42 @@ async def _chat_completion(backend: Backend, request: Request, body: dict):
         logprob = (lambda lp: _logprob(engine, lp)) if params.logprobs else None
         head = [sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                             "finish_reason": None}])) for i in range(params.n)]
-        events = _event_stream(deltas, params.n, _chat_chunks(chunk, alias, logprob), chunk,
-                               include_usage)
+        calls = [CallStream() for _ in range(params.n)] if tools else None
+        events = _event_stream(deltas, params.n, _chat_chunks(chunk, alias, logprob, calls),
+                               chunk, include_usage)
         return _event_response(head, events, lambda: backend.cancel(rid))
     return await unless_disconnected(request, _chat_response(backend, deltas, params, cid,
-                                                             created))
+                                                             created, tools))
+
+
+async def _tools(backend: Backend, body: dict, params: SamplingParams, messages: list[dict],
+                 prefix: dict | None) -> bool:
+    """Apply the request's tools (serve/tools.py): their definitions added to `messages` as a
+    system text, a forced call's grammar, or the call token banned for tool_choice none. Whether
+    the answers are parsed for calls."""
+    tok = backend.engine.tok
+    tools, banned = tools_from(body, tok)
+    if banned:  # (over any logit_bias of the client's: "none" means no call)
+        params.logit_bias[tok.token_to_id(TOOL_CALLS_BEGIN)] = -100.0
+    if tools is None:
+        return False
+    messages.append({"role": "system", "content": system_text(tools)})
+    grammar = call_grammar(tools, tok)
+    if grammar is not None:
+        if params.grammar is not None or prefix is not None:
+            raise APIError(400, f"tool_choice {tools.choice!r} forces a call, which neither "
+                                "response_format nor a prefix message can go with",
+                           param="tool_choice")
+        try:
+            await asyncio.to_thread(backend.engine.grammars.matcher, grammar)
+        except GrammarError as e:
+            raise APIError(400, f"tools: a function's parameters: {e}", param="tools") from None
+        params.grammar = grammar
+    return True
 
 
 async def _chat_response(backend: Backend, deltas: AsyncIterator[Delta | None],
-                         params: SamplingParams, cid: str, created: int) -> dict:
+                         params: SamplingParams, cid: str, created: int, tools: bool) -> dict:
     engine, model, alias = backend.engine, backend.config.model_name, backend.config.reasoning_alias
     choices = {i: {"text": "", "reasoning": "", "content": "", "lp": []} for i in range(params.n)}
     usages = {}
@@ -357,11 +416,14 @@ async def _chat_response(backend: Backend, deltas: AsyncIterator[Delta | None],
             c["finish"], usages[d.index] = d.finish_reason, d.usage
     out = []
     for i, c in choices.items():
-        message = {"role": "assistant", "content": c["content"],
-                   "reasoning_content": c["reasoning"]}
+        content, calls = parse_answer(c["content"]) if tools else (c["content"], [])
+        message = {"role": "assistant", "content": content, "reasoning_content": c["reasoning"]}
         if alias:
             message["reasoning"] = c["reasoning"]
-        choice = {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": None}
+        if calls:
+            message["tool_calls"] = calls
+        finish = "tool_calls" if calls and c["finish"] == "stop" else c["finish"]
+        choice = {"index": i, "message": message, "finish_reason": finish, "logprobs": None}
         if params.logprobs:
             choice["logprobs"] = {"content": [_logprob(engine, lp) for lp in c["lp"]]}
         out.append(choice)
@@ -528,18 +590,21 @@ async def _event_stream(source: AsyncIterator[Delta | None], n: int,
     yield b"data: [DONE]\n\n"
 
 
-def _chat_chunks(chunk: Callable[..., dict], alias: bool,
-                 logprob: Callable | None) -> Callable[[Delta], list[dict]]:
+def _chat_chunks(chunk: Callable[..., dict], alias: bool, logprob: Callable | None,
+                 calls: list[CallStream] | None) -> Callable[[Delta], list[dict]]:
     """A delta as chat.completion.chunk objects: reasoning and content never share one (DeepSeek's
     order); its tokens' logprobs ride on the first (on an empty delta if its tokens made no text, as
-    </think>)."""
+    </think>). With tools (`calls`, one per sample) the content goes through its CallStream: tool
+    calls come out as OpenAI streams them."""
 
     def chunks_of(d: Delta) -> list[dict]:
         out = []
         if d.reasoning:
             out.append({"reasoning_content": d.reasoning,
                         **({"reasoning": d.reasoning} if alias else {})})
-        if d.content:
+        if calls is not None:
+            out += calls[d.index].deltas(d.content, last=bool(d.finish_reason))
+        elif d.content:
             out.append({"content": d.content})
         if logprob is not None and d.logprobs and not out:
             out.append({})
@@ -547,7 +612,9 @@ def _chat_chunks(chunk: Callable[..., dict], alias: bool,
         if logprob is not None and d.logprobs:
             choices[0]["logprobs"] = {"content": [logprob(lp) for lp in d.logprobs]}
         if d.finish_reason:
-            choices.append({"index": d.index, "delta": {}, "finish_reason": d.finish_reason})
+            reason = d.finish_reason if calls is None else calls[d.index].finish_reason(
+                d.finish_reason)
+            choices.append({"index": d.index, "delta": {}, "finish_reason": reason})
         return [chunk([c]) for c in choices]
 
     return chunks_of

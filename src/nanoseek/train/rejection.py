@@ -18,7 +18,6 @@ from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.rewards import split
 from nanoseek.tasks.task import Example, Task
-from nanoseek.tokenizer import render_chat
 
 
 @dataclass
@@ -54,7 +53,8 @@ def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams,
     bar = tqdm(total=len(task.examples), desc="sampling", unit="prompt", disable=not progress)
     for start in range(0, len(task.examples), batch_prompts):
         chunk = task.examples[start: start + batch_prompts]
-        chats = [render_chat([{"role": "user", "content": e.prompt}]) for e in chunk]
+        # in the model's own chat format (R1's, or a converted model's template)
+        chats = [engine.tok.encode_chat([{"role": "user", "content": e.prompt}]) for e in chunk]
         done = engine.generate(chats, [seeded(start + i) for i in range(len(chunk))])
         for i, ex in enumerate(chunk):
             group = [Sample(ex, c.reasoning_content, c.content, c.text, len(c.token_ids),

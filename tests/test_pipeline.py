@@ -5,6 +5,7 @@ starting over."""
 import json
 import re
 
+import numpy as np
 import pytest
 
 from nanoseek.cli import main
@@ -24,19 +25,41 @@ def test_every_stage_runs_and_the_report_says_what_they_did(quick_run):
               "student_base", "distill", "student_grpo"]
     for s in stages:
         assert (run / s / "done.json").exists(), s
+    # the base's loss is on the assistant's turns only: its data carries the chat mask, which
+    # covers part of the tokens, not all
+    from nanoseek.data import read_meta
+
+    meta = read_meta(run / "corpus" / "data")
+    assert meta["chat"]
+    mask = np.fromfile(run / "corpus" / "data" / "train.mask", dtype=np.uint8)
+    assert len(mask) == meta["train_tokens"] and 0.3 < mask.mean() < 0.95
     report = (run / "report.md").read_text()
     models = ["zero_start", "base", "r1_zero", "cold_start_sft", "r1", "student_base", "distilled",
               "student_grpo"]
-    table = report.split("## Models on held-out prompts")[1].split("## What it shows")[0]
+    table = report.split("## Models on held-out prompts")[1].split("## Skills on held-out")[0]
     rows = re.findall(rf"^\| ({'|'.join(models)}) \|", table, re.M)
     assert rows == models
     for s in stages:
         # its cost row
         assert re.search(rf"^\| {s} \| \d+ \| [\d.]+ \| [\d.]+ \|$", report, re.M), s
+    # the skills, by model, on the held-out phrasings
+    skills = report.split("## Skills on held-out phrasings")[1].split("## What it shows")[0]
+    assert re.findall(rf"^\| ({'|'.join(models)})(?: \(shipped\))? \|", skills, re.M) == models
+    for col in ("arithmetic", "3-digit ×", "compare", "sort", "letters", "honest out of scope",
+                "honest, DeepThink off"):
+        assert col in skills.splitlines()[4], col
     summary = json.loads((run / "report.json").read_text())
-    assert summary["best"] in ("r1_zero", "r1", "distilled")
-    for name, e in summary["evals"].items():
-        assert 0 <= e["pass@1"] <= 1 and 0 <= e["pass"]["4"] <= 1, name
+    # the shipped model is the best of all by the held-out measure
+    best = summary["best"]
+    evals = summary["evals"]
+    assert best != "zero_start" and f"| {best} (shipped) |" in skills
+    assert all(evals[best]["measure"] >= e["measure"] for m, e in evals.items()
+               if m not in ("zero_start", "best"))
+    for name, e in evals.items():
+        assert 0 <= e["pass@1"] <= 1 and 0 <= e["pass"]["2"] <= 1, name
+        assert set(e["skills"]) == {"arithmetic", "3-digit ×", "compare", "sort", "letters",
+                                    "out_of_scope"} or e["prompts"] < 24, name
+        assert 0 <= e["thinking_off"].get("out_of_scope", 0) <= 1
     assert [b["budget"] for b in summary["evals"]["best"]["budgets"]] == [8, 32]
     # the student trained by GRPO got the compute distillation used (it stops at the first step
     # past it)
@@ -55,7 +78,10 @@ def test_the_best_model_is_exported_and_loads_in_transformers(quick_run):
     model_dir = quick_run / "model"
     card = (model_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
-    assert "## Models on held-out prompts" in card
+    for part in ("## Models on held-out prompts", "## Held-out scores", "## What it cannot do",
+                 "## Speed"):
+        assert part in card, part
+    assert re.search(r"^\d+ tokens/s decoding one conversation", card, re.M)
     assert "![" not in card and not list(model_dir.glob("train_state*"))
     assert sum(f.stat().st_size for f in model_dir.iterdir()) < 25e6
     transformers.logging.set_verbosity_error()
@@ -114,7 +140,7 @@ def test_the_gpu_100m_preset_fits_its_task_and_keeps_its_checkpoints():
     from nanoseek.tokenizer import train_tokenizer
 
     p = PRESETS["gpu-100m"]
-    docs = list(gym_documents(p.task, 400, seed=0, config=p.task_config))
+    docs = list(gym_documents(p.task.removeprefix("gym:"), 400, seed=0, config=p.task_config))
     assert len(docs) == 400 and all(d["messages"][1]["reasoning_content"] for d in docs)
     questions = [d["messages"][0]["content"] for d in docs]
     assert any("*" in q and "(" in q for q in questions)
@@ -130,3 +156,37 @@ def test_the_gpu_100m_preset_fits_its_task_and_keeps_its_checkpoints():
     assert student.first_k_dense_replace == student.num_hidden_layers
     assert not student.num_nextn_predict_layers
     assert count_params(student).total < count_params(teacher).active / 2
+
+
+def test_the_default_preset_fits_the_held_out_problems_and_describes_its_models():
+    """The default preset makes the shipped model: nearly every held-out problem's worked answer
+    fits max_tokens, nearly every training document fits seq_len, and the size the model gives
+    for itself is true of the teacher and the student it may ship."""
+    from nanoseek.model.config import get_preset
+    from nanoseek.model.counting import count_params
+    from nanoseek.pipeline import PRESETS
+    from nanoseek.tasks.chats import skill_documents
+    from nanoseek.tasks.heldout import load
+    from nanoseek.tasks.skills import solve
+    from nanoseek.tokenizer import render_completion, train_tokenizer
+
+    p = PRESETS["default"]
+    docs = list(skill_documents(2000, seed=0, config=p.task_config))
+    tok = train_tokenizer([d["text"] for d in docs], vocab_size=p.vocab, split_digits=True)
+    lengths = sorted(len(tok.encode(d["text"])) for d in docs)
+    assert lengths[int(0.99 * len(lengths))] <= p.seq_len
+    # the worked answers fit max_tokens, all but the longest (two products of three-digit
+    # numbers, about 550 tokens: cut, they count as wrong)
+    rows = [r for r in load() if r["skill"] != "out_of_scope"]
+    long = [r["prompt"] for r in rows
+            if len(tok.encode(render_completion(*solve(r["skill"], r["instance"])))) > p.max_tokens]
+    assert len(long) <= 0.01 * len(rows), long
+    assert max(p.budgets) <= p.max_tokens
+    words = {"about a million parameters": (0.5e6, 2e6)}
+    low, high = words[p.task_config["size"]]
+    teacher = get_preset(p.teacher).replace(vocab_size=p.vocab, **p.teacher_shape)
+    student = teacher.replace(**p.student)
+    for cfg in (teacher, student):
+        cfg.validate()
+        assert low <= count_params(cfg).total <= high
+    assert count_params(student).total < count_params(teacher).total

@@ -91,3 +91,36 @@ def test_readme_shell_journey_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = (tmp_path / "runs" / "out.jsonl").read_text().splitlines()
     assert len(out) == 1 and len(json.loads(out[0])["completions"]) == 4
+
+
+def test_readme_example_prompts_get_the_answers_it_gives():
+    """The README's table of things to ask the shipped model, asked as written at temperature 0
+    with DeepThink on and off: each number or list as the table gives it, and for "Who are you?"
+    the honest self-description (no number)."""
+    from nanoseek.infer.bundled import BUNDLED
+    from nanoseek.infer.chat import split_stray_reasoning
+    from nanoseek.infer.engine import Engine
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.tasks.persona import honest
+    from nanoseek.tasks.skills import final_line
+    from nanoseek.tokenizer import THINK_END, render_chat
+
+    table = README.read_text().split("| ask it | it answers |")[1].split("\n\n")[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (.+?) \|$", table, re.M)
+    assert len(rows) >= 6
+    engine = Engine.from_checkpoint(str(BUNDLED), device="cpu", max_batch=16, max_seq_len=1024)
+    greedy = SamplingParams(temperature=0, max_tokens=600)
+    for thinking in (True, False):
+        prompts = [render_chat([{"role": "user", "content": ask}], thinking=thinking)
+                   for ask, _ in rows]
+        for (ask, answer), done in zip(rows, engine.generate(prompts, greedy)):
+            # what chat shows: with DeepThink off, working the model closes with a </think> of its
+            # own is shown as reasoning (infer/chat.py), never in the answer
+            stray, content = split_stray_reasoning(done.content)
+            assert THINK_END not in content and (thinking or not done.reasoning_content)
+            if answer[0].isdigit() or answer[0] == "-":
+                assert final_line(content) == answer, (ask, thinking, done.text)
+                if thinking:
+                    assert done.reasoning_content.strip(), ask
+            else:
+                assert honest(content), (ask, thinking, done.text)

@@ -263,11 +263,14 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
                     "(cold-start SFT, then GRPO) -> rejection sampling -> distillation into a "
                     "smaller dense student, against the same student trained by GRPO for equal "
                     "compute -> every model evaluated on held-out prompts (pass@1, cons@k, pass@k; "
-                    "the best also against the thinking budget) -> OUT_DIR/report.md with tables, "
-                    "plots and the cost of each stage. Stages are kept in OUT_DIR/<stage>/; rerun "
-                    "the same command to resume after an interruption.",
-        epilog="example: nanoseek pipeline --out-dir runs/pipeline   (about 10 minutes on 2 CPU "
-               "cores)\n"
+                    "for the skills, pass@1 by skill and honesty out of scope; the best also "
+                    "against the thinking budget) -> OUT_DIR/report.md with tables, plots and the "
+                    "cost of each stage. The default preset makes the model nanoseek ships. Stages "
+                    "are kept in OUT_DIR/<stage>/; rerun the same command to resume after an "
+                    "interruption.",
+        epilog="example: nanoseek pipeline --out-dir runs/pipeline --export runs/model\n"
+               "                                           (the shipped model's recipe: under 30 "
+               "minutes on 2 idle CPU cores)\n"
                "         nanoseek pipeline --quick                    (every stage, a few steps "
                "each: a smoke test)\n"
                "         nanoseek pipeline --preset gpu-100m          (one GPU: a 293M-parameter "
@@ -280,8 +283,8 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
                       help="the quick preset: minutes, numbers that mean nothing")
     pipe.add_argument("--out-dir", default="runs/pipeline", help="where stages and the report go")
     pipe.add_argument("--export", metavar="DIR",
-                      help="also copy the best model there with the report as its model card (how "
-                           "the model nanoseek ships was made)")
+                      help="also copy the best model there with its model card (the shipped model "
+                           "is such an export, in src/nanoseek/assets/model)")
     pipe.add_argument("--quiet", action="store_true", help="no progress bars")
     pipe.set_defaults(handler=cmd_pipeline)
 

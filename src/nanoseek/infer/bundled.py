@@ -21,9 +21,9 @@ UNTRAINED_NOTE = ("no trained model is bundled with this nanoseek yet: using an 
                   "from `nanoseek train` instead.")
 # What the shipped model can be asked (its skills, tasks/skills.py): the chat app invites these, not
 # "anything", since everything else gets only its honest "I can't do that" reply
-SHIPPED_HINT = ("Ask a sum, a comparison, a sort or a letter count: \"What is 23 + 19?\", "
-                "\"Which is larger, 41 or 14?\", \"Sort 7, 2, 9\", \"How many r's in "
-                "strawberry?\"")
+# (examples it answers right at temperature 0, DeepThink on and off: README's table)
+SHIPPED_HINT = ("Ask a sum, a comparison, a sort or a letter count, e.g. \"What is 80 + 29?\", "
+                "\"Which is bigger, 58 or 85?\", \"How many o's are in balloon?\"")
 
 BUNDLED = Path(__file__).parent.parent / "assets" / "model"
 

@@ -3,8 +3,8 @@
 - `skill_documents` — chats whose assistant turn holds the worked reasoning and the answer, mixed
   with messages outside the skills answered by the self-description (persona.py). With
   `thinking_off` a share of them is DeepThink off: no reasoning, the working (for a skill) written
-  in the answer itself. Pretraining documents keep thinking on (a pretraining loss has no mask, and
-  an empty think block learned there would make the model skip its reasoning);
+  in the answer itself. Pretraining documents keep thinking on (an empty think block learned there
+  would make the base skip its reasoning);
 - `skills_task` — the same mix as a verifiable Task (GRPO, rejection sampling): each skill scored
   by its checker, a message outside them by `persona.honest`.
 

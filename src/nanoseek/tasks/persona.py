@@ -98,7 +98,15 @@ OTHER = [
     "Play some music.", "Set an alarm for {m} am.", "Write a haiku.", "Tell me a story.",
     "What is the best programming language?", "How do I lose weight?", "Are you conscious?",
     "What is bitcoin?", "Should I buy stocks?", "How do planes fly?", "Name {m} animals.",
+    # the skills' words without their problems: still outside them
+    "Which is bigger, a {a} or a {b}?", "What is the largest {a} in the world?",
+    "Which is the smallest country?", "How many legs does a {a} have?",
+    "How many {a}s live in {p}?", "Sort these words: {a}, {b}, tree.", "Sort my files by date.",
+    "Count the {a}s in the picture.", "Add {a} to my shopping list.", "Multiply my savings!",
+    "What is the sum of all fears?", "Compare {p} and Spain.", "Which is faster, a {a} or a {b}?",
+    "How many people are in {p}?", "What's the highest mountain in {p}?", "Count to {m}.",
 ]
+ANIMALS = ["cat", "dog", "horse", "whale", "mouse", "lion", "bird", "snake", "bee", "cow"]
 FOREIGN = ["Bonjour, comment ça va ?", "¿Qué hora es?", "Wie geht es dir?", "Ciao!", "你好",
            "こんにちは", "Привет", "Olá, tudo bem?", "Hallo, wer bist du?", "¿Quién eres?"]
 
@@ -132,9 +140,10 @@ def out_of_scope(rng: random.Random) -> tuple[str, str]:
         kind, text = "other", rng.choice(FOREIGN)
     else:
         kind = "other"
+        a, b = rng.sample(ANIMALS, 2)
         text = rng.choice(OTHER).format(p=rng.choice(PLACES), t=rng.choice(TOPICS),
                                         n=rng.randint(2, 999), m=rng.randint(2, 12),
-                                        y=rng.randint(1500, 2020))
+                                        y=rng.randint(1500, 2020), a=a, b=b)
     s = rng.random()
     if s < 0.3:
         text = text[:1].upper() + text[1:]

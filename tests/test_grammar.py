@@ -94,3 +94,22 @@ def test_any_object_and_bad_schemas(chat):
         assert isinstance(json.loads(c.content), dict)
     with pytest.raises(GrammarError, match="does not compile"):
         e.generate([ask("2 + 2", False)], SamplingParams(grammar=json_grammar({"type": "bogus"})))
+
+
+def test_the_shipped_model_answers_json_of_the_schema_every_time():
+    """The model nanoseek ships, asked its own kinds of questions in JSON mode, greedy and sampled,
+    with DeepThink on and off: every answer parses and fits the schema (max_tokens leaves room for
+    its longest reasoning)."""
+    from nanoseek.infer.bundled import BUNDLED
+
+    e = Engine.from_checkpoint(str(BUNDLED), max_seq_len=1024, max_batch=16, speculative=False)
+    questions = ["What is 23 + 45?", "Which is bigger, 58 or 85?", "How many o's are in balloon?",
+                 "Who are you?"]
+    prompts = [render_chat([{"role": "user", "content": q}], thinking=t)
+               for q in questions for t in (False, True)]
+    grammar = json_grammar(SUM)
+    for params in (SamplingParams(max_tokens=700, temperature=0, grammar=grammar),
+                   SamplingParams(max_tokens=700, temperature=0.6, seed=1, n=2, grammar=grammar)):
+        for c in e.generate(prompts, params):
+            assert c.finish_reason == "stop", (c.reasoning_content, c.content)
+            check(c.content)

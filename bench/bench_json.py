@@ -3,7 +3,7 @@
 
     python bench/bench_json.py src/nanoseek/assets/model     # any checkpoint directory
 """
-import sys
+import argparse
 import time
 
 import torch
@@ -13,8 +13,13 @@ from nanoseek.infer.grammar import json_grammar, mask_logits
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.tokenizer import render_chat
 
-torch.set_num_threads(1)
-e = Engine.from_checkpoint(sys.argv[1], max_seq_len=256, max_batch=32, speculative=False)
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("checkpoint", help="a checkpoint directory (e.g. src/nanoseek/assets/model)")
+ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+e = Engine.from_checkpoint(args.checkpoint, max_seq_len=256, max_batch=32, speculative=False)
 V = e.cfg.vocab_size
 schema = {"type": "object",
           "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 999},

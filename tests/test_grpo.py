@@ -289,6 +289,42 @@ def test_grpo_resumes_exactly_after_a_kill(tiny_chat_dir, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_grpo_on_a_converted_models_own_chat_format(chatml_student_dir, tmp_path):
+    """A student in a foreign chat format (conftest: ChatML whose prompt does not open the think
+    block; R1's tags written by the model as text): rollouts are prompted in its template, and
+    its R1-format completions earn the format reward; a completion the prompt's format would
+    call well-formed (no opening tag) earns none."""
+    from nanoseek.infer.engine import Engine
+    from nanoseek.tasks.load import user_task
+    from nanoseek.train.grpo import rollout, train_grpo
+
+    cfg = grpo_config(tmp_path, chatml_student_dir, steps=2, prompts_per_step=4, group_size=4,
+                      max_tokens=24, eval_every=2, format_weight=1.0, temperature=0.6,
+                      task=str(tmp_path / "sums.py"), task_size=60, held_out=8)
+    # sums of digits, as the student was taught
+    (tmp_path / "sums.py").write_text(
+        "def prompts():\n    for a in range(10):\n        for b in range(6):\n"
+        "            yield f'Calculate {a} + {b}.', str(a + b)\n"
+        "def score(completion, reference):\n"
+        "    return float(completion.split('</think>')[-1].strip() == reference)\n")
+    engine = Engine.from_checkpoint(str(chatml_student_dir), max_batch=16, max_seq_len=96,
+                                    speculative=False)
+    task = user_task(tmp_path / "sums.py", 8)
+    batch = rollout(engine, task, task.examples[:4], [0, 1, 2, 3], cfg)
+    for i, ids in enumerate(batch.prompt_ids):
+        user = [{"role": "user", "content": task.examples[i // 4].prompt}]
+        assert ids == engine.tok.encode_chat(user) and engine.tok.decode(ids).endswith(
+            "<|im_start|>assistant\n")
+    texts = [engine.tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
+    formed = [r.format for r in batch.rewards]
+    assert sum(formed) >= 10 and all(f == float(t.lstrip().startswith("<think>"))
+                                     for f, t in zip(formed, texts) if "</think>" in t)
+    _, last = train_grpo(cfg)
+    rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
+    assert len(rows) == 2 and all(r["reward_format"] >= 0.6 for r in rows)
+    assert math.isfinite(last["loss"])
+
+
 def test_grpo_cli_errors_are_clear(tiny_chat_dir, tmp_path, capsys):
     from nanoseek.cli import main
 

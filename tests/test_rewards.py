@@ -8,6 +8,7 @@ from nanoseek.tasks.rewards import (
     format_reward,
     language_consistency,
     overlong_penalty,
+    render_prompt,
     reward,
     split,
 )
@@ -40,6 +41,47 @@ def test_chat_format(completion, ok):
 @pytest.mark.parametrize("completion,ok", R1_ZERO)
 def test_r1_zero_format(completion, ok):
     assert format_reward(completion, "r1-zero") == float(ok)
+
+
+# a converted model's chat whose template does not open the think block: R1's format, the model
+# writing `<think>` itself as text
+OPENED_BY_MODEL = [
+    ("<think>\n2 + 3 = 5\n</think>\n\n5", True),
+    ("\n <think>a</think>b", True),  # whitespace before the tag
+    ("2 + 3 = 5\n</think>\n\n5", False),  # the block was never opened
+    ("I think 5. <think>a</think>b", False),  # text before the block
+    ("<think>a<think>b</think>c", False),  # opened twice
+    ("<think></think>\n\n5", False),  # empty reasoning
+    ("<think>a</think>", False),  # no answer
+]
+
+
+@pytest.mark.parametrize("completion,ok", OPENED_BY_MODEL)
+def test_chat_format_when_the_model_opens_the_block(completion, ok):
+    assert format_reward(completion, "chat", opened=False) == float(ok)
+    total = reward(completion, 0.0, RewardConfig(format=1.0), opened=False).total
+    assert total == float(ok)
+    # after a prompt that opened it, any <think> in the completion is a second block
+    if "<think>" in completion:
+        assert format_reward(completion, "chat") == 0.0
+
+
+def test_rollout_prompts_in_the_models_own_format(tiny_chat_dir, chatml_student_dir):
+    """R1's turn for nanoseek's own tokenizer (the same text as without it); a converted model's
+    own template (and its BOS, none here, before R1-Zero's text)."""
+    from nanoseek.tokenizer import BOS, Tokenizer, render_chat
+
+    q = "What is 2 + 3?"
+    own = Tokenizer.load(tiny_chat_dir)
+    for template in ("chat", "r1-zero"):
+        assert render_prompt(q, template, own) == render_prompt(q, template)
+    assert render_prompt(q, "chat") == render_chat([{"role": "user", "content": q}])
+    assert render_prompt(q, "r1-zero").startswith(BOS)
+    tok = Tokenizer.load(chatml_student_dir)
+    assert render_prompt(q, "chat", tok) == (
+        "<|im_start|>system\nYou are tiny.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?"
+        "<|im_end|>\n<|im_start|>assistant\n")
+    assert render_prompt(q, "r1-zero", tok) == R1_ZERO_TEMPLATE.format(prompt=q)
 
 
 def test_split_gives_reasoning_and_answer():

@@ -2,9 +2,11 @@
 
 k samples per prompt (R1: temperature 0.6, top-p 0.95) give pass@1 (the mean score), cons@k (the
 majority answer, answers that the task calls equal voting together) and pass@k (unbiased), each
-also for every power of two below k: accuracy against k. Budget forcing (s1) gives accuracy against
-the thinking budget: the reasoning is cut at B tokens, `</think>` is appended, and the model answers
-from there. Results go to eval.json, eval.md, samples.jsonl and PNG plots.
+also for every power of two below k: accuracy against k; and the share of well-formed samples (one
+closed think block, then an answer: rewards.split). Prompts are in the model's own chat format.
+Budget forcing (s1) gives accuracy against the thinking budget: the reasoning is cut at B tokens,
+`</think>` is appended, and the model answers from there. Results go to eval.json, eval.md,
+samples.jsonl and PNG plots.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 
 from nanoseek.eval.metrics import majority, pass_at_k
 from nanoseek.files import atomic_write
-from nanoseek.infer.engine import Completion, Engine
+from nanoseek.infer.engine import Completion, Engine, leaves_reasoning_open
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.answers import THINK_END
-from nanoseek.tasks.rewards import render_prompt
+from nanoseek.tasks.rewards import render_prompt, split
 from nanoseek.tasks.task import Example, Task
 
 
@@ -92,7 +94,7 @@ def budget_forced(engine: Engine, task: Task, examples: list[Example], cfg: Eval
     """Accuracy when the reasoning may use at most `budget` tokens: what is unfinished by then is
     closed with </think>, and the model answers after it (s1's budget forcing)."""
     n = cfg.budget_samples
-    prompts = [render_prompt(e.prompt, cfg.template) for e in examples]
+    prompts = [render_prompt(e.prompt, cfg.template, engine.tok) for e in examples]
     params = [SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=budget,
                              stop=[THINK_END], seed=item_seed(cfg.seed, i))
               for i in range(len(examples))]
@@ -131,9 +133,12 @@ def evaluate(engine: Engine, task: Task, cfg: EvalConfig, progress: bool = False
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_tokens=cfg.max_tokens, seed=item_seed(cfg.seed, i))
               for i in range(len(examples))]
-    prompts = [render_prompt(e.prompt, cfg.template) for e in examples]
+    prompts = [render_prompt(e.prompt, cfg.template, engine.tok) for e in examples]
     done = sample_all(engine, prompts, params, progress)
     res = score_samples(task, examples, done, cfg.k)
+    res["well_formed"] = sum(
+        split(c.text, cfg.template, leaves_reasoning_open(c.prompt_token_ids, engine.tok))
+        is not None for c in done) / len(done)
     res["budgets"] = [budget_forced(engine, task, examples, cfg, b) for b in sorted(cfg.budgets)]
     res.update(task=task.name, config=asdict(cfg), seconds=time.perf_counter() - t0)
     return res
@@ -161,6 +166,9 @@ def markdown(res: dict[str, Any], title: str) -> str:
              f"{res['seconds']:.0f} s.", "",
              "| metric | value |", "|---|---:|",
              f"| pass@1 (mean over {res['k']} samples) | {res['pass@1']:.3f} |"]
+    if "well_formed" in res:
+        lines.append(f"| well-formed samples (think block closed, then an answer) | "
+                     f"{res['well_formed']:.3f} |")
     lines += [f"| cons@{j} | {v:.3f} |" for j, v in res["cons"].items() if j > 1]
     lines += [f"| pass@{j} | {v:.3f} |" for j, v in res["pass"].items() if j > 1]
     if res["budgets"]:

@@ -15,7 +15,6 @@ from nanoseek.eval.evaluate import EvalConfig, evaluate, sample_all
 from nanoseek.infer.engine import Engine
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.task import Task
-from nanoseek.tokenizer import render_chat
 
 # the scorecard's rows, in the order reports show them
 GROUPS = ("arithmetic", "3-digit ×", "compare", "sort", "letters", "out_of_scope")
@@ -38,7 +37,7 @@ def _order(group: str) -> int:
 def thinking_off(engine: Engine, task: Task, cfg: EvalConfig) -> dict[str, float]:
     """One sample per prompt with DeepThink off (the prompt closes an empty think block), scored
     and grouped as by_group does."""
-    prompts = [render_chat([{"role": "user", "content": e.prompt}], thinking=False)
+    prompts = [engine.tok.render_chat([{"role": "user", "content": e.prompt}], thinking=False)
                for e in task.examples]
     params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                              max_tokens=cfg.max_tokens, seed=item_seed(cfg.seed + 1, i))

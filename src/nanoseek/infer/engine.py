@@ -61,7 +61,7 @@ SPECULATE_UP_TO = 16
 _entropy = random.SystemRandom()
 
 
-def _leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
+def leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
     """Whether generation starts inside a think block: the prompt's last <think> token comes after
     its last </think> token (stream.prompt_leaves_reasoning_open, read from the ids: however long
     the block so far, and a tag a message spelled as plain text is no tag).
@@ -265,7 +265,7 @@ class Engine:
             rid = request_id or f"req-{next(self._ids)}"
             if rid in self.requests:
                 raise EngineError(f"request id {rid!r} is already running")
-            in_reasoning = _leaves_reasoning_open(ids, self.tok)
+            in_reasoning = leaves_reasoning_open(ids, self.tok)
             req = Request(rid, ids, params, params.max_tokens or self.max_seq_len - len(ids),
                           in_reasoning, deltas, done=[None] * params.n)
             self.requests[rid] = req

@@ -11,7 +11,10 @@
 
 Two templates, which `render_prompt` renders: `chat` (R1's: the prompt ends with `<think>\\n`, so
 the completion holds the reasoning, then `</think>`, then the answer) and `r1-zero` (the completion
-writes `<think>…</think> <answer>…</answer>`).
+writes `<think>…</think> <answer>…</answer>`). A converted model's chat (a SmolLM2) is its own
+template's turn, and unless that template opens the think block the model writes R1's `<think>`
+itself, as text: then a well-formed completion is `<think>` reasoning `</think>` answer (`opened`
+False below).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 
 from nanoseek.tasks.answers import THINK_END
-from nanoseek.tokenizer import BOS, render_chat
+from nanoseek.tokenizer import BOS, THINK_START, Tokenizer, render_chat
 
 TEMPLATES = ("chat", "r1-zero")
 R1_ZERO_TEMPLATE = (
@@ -33,12 +36,14 @@ R1_ZERO_TEMPLATE = (
 _R1_ZERO = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 
 
-def render_prompt(question: str, template: str) -> str:
+def render_prompt(question: str, template: str, tok: Tokenizer | None = None) -> str:
     """The rollout prompt: R1's chat turn (ending in `<think>\\n`), or R1-Zero's plain text
-    template."""
+    template; with `tok`, in its model's format (a converted model's own chat template, its BOS
+    before R1-Zero's text)."""
     if template == "r1-zero":
-        return BOS + R1_ZERO_TEMPLATE.format(prompt=question)
-    return render_chat([{"role": "user", "content": question}])
+        return (BOS if tok is None else tok.prompt_start) + R1_ZERO_TEMPLATE.format(prompt=question)
+    return (render_chat if tok is None else tok.render_chat)([{"role": "user",
+                                                              "content": question}])
 
 
 @dataclass
@@ -72,12 +77,18 @@ class Reward:
         return asdict(self)
 
 
-def split(completion: str, template: str) -> tuple[str, str] | None:
-    """(reasoning, answer) of a well-formed completion, or None."""
+def split(completion: str, template: str, opened: bool = True) -> tuple[str, str] | None:
+    """(reasoning, answer) of a well-formed completion, or None. `opened`: the chat prompt opened
+    the think block (R1's); else the completion must open it, first thing."""
     if template == "r1-zero":
         m = _R1_ZERO.fullmatch(completion)
         parts = (m.group(1), m.group(2)) if m else None
-    else:  # chat: the prompt opened the think block
+    else:  # chat
+        if not opened:
+            head = completion.lstrip()
+            if not head.startswith(THINK_START):
+                return None
+            completion = head[len(THINK_START):]
         if completion.count(THINK_END) != 1 or "<think>" in completion:
             return None
         parts = tuple(completion.split(THINK_END))
@@ -88,8 +99,8 @@ def split(completion: str, template: str) -> tuple[str, str] | None:
     return (reasoning, answer) if reasoning and answer else None
 
 
-def format_reward(completion: str, template: str = "chat") -> float:
-    return 1.0 if split(completion, template) is not None else 0.0
+def format_reward(completion: str, template: str = "chat", opened: bool = True) -> float:
+    return 1.0 if split(completion, template, opened) is not None else 0.0
 
 
 def _script(ch: str) -> str:
@@ -119,10 +130,10 @@ def overlong_penalty(n_tokens: int, max_tokens: int, buffer: int) -> float:
 
 
 def reward(completion: str, accuracy: float, cfg: RewardConfig, prompt: str = "",
-           n_tokens: int = 0) -> Reward:
+           n_tokens: int = 0, opened: bool = True) -> Reward:
     """The parts and their weighted total; `accuracy` is the task's score of the completion's
-    answer."""
-    parts = split(completion, cfg.template)
+    answer; `opened` as split's."""
+    parts = split(completion, cfg.template, opened)
     fmt = 1.0 if parts is not None else 0.0
     reasoning = parts[0] if parts else completion.rsplit(THINK_END, 1)[0]
     lang = language_consistency(reasoning, prompt) if cfg.language else 0.0

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from nanoseek import hardware
 from nanoseek.checkpoint import load_model
-from nanoseek.infer.engine import Engine
+from nanoseek.infer.engine import Engine, leaves_reasoning_open
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.model.model import Transformer, update_correction_bias
 from nanoseek.tasks.load import load_task
@@ -178,7 +178,8 @@ class GRPOConfig(adamw_options(lr=5e-5, lr_help="learning rate (constant after w
                                      "(bfloat16 on a GPU, where its decode steps run as CUDA "
                                      "graphs; on a CPU the float32 policy itself), float32 or "
                                      "bfloat16")
-    template: str = opt("chat", "chat (R1: the prompt opens <think>) or r1-zero (the R1-Zero text "
+    template: str = opt("chat", "chat (R1: the prompt opens <think>; a converted model's own chat "
+                                "template, R1's think tags as text) or r1-zero (the R1-Zero text "
                                 "template)")
     format_weight: float = opt(0.1, "weight of the format reward")
     language_weight: float = opt(0.0, "weight of R1's language-consistency reward")
@@ -238,15 +239,18 @@ def rollout(engine: Engine, task: Task, examples: list[Example], seeds: list[int
     """group_size completions of each example, sampled with its seed, and their rewards."""
     params = [SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_tokens=cfg.max_tokens, seed=seed) for seed in seeds]
-    done = engine.generate([render_prompt(e.prompt, cfg.template) for e in examples], params)
+    done = engine.generate([render_prompt(e.prompt, cfg.template, engine.tok) for e in examples],
+                           params)
     rcfg = cfg.rewards()
     out = Rollout([], [], [], [], len(examples))
     for j, c in enumerate(done):
         ex = examples[j // cfg.group_size]
         out.prompt_ids.append(c.prompt_token_ids)
         out.completion_ids.append(c.token_ids)
+        # the format asked of it: does the prompt open the think block, or must the model?
+        opened = leaves_reasoning_open(c.prompt_token_ids, engine.tok)
         out.rewards.append(reward(c.text, task.score(c.text, ex), rcfg, ex.prompt,
-                                  len(c.token_ids)))
+                                  len(c.token_ids), opened))
         out.finish.append(c.finish_reason)
     return out
 
@@ -501,7 +505,7 @@ def _engine(model: Transformer, tok: Tokenizer, examples: list[Example], per_ran
             cfg: GRPOConfig) -> Engine:
     """The rollout engine over the rollout weights, sized for the longest prompt; on a GPU in bf16
     its decode steps are CUDA graphs (Engine's compile)."""
-    longest = max(len(tok.encode(render_prompt(e.prompt, cfg.template))) for e in examples)
+    longest = max(len(tok.encode(render_prompt(e.prompt, cfg.template, tok))) for e in examples)
     graphs = model.embed_tokens.weight.is_cuda and model.embed_tokens.weight.dtype == torch.bfloat16
     return Engine(model, tok, max_batch=min(per_rank * cfg.group_size, 256),
                   max_seq_len=longest + cfg.max_tokens, speculative=False,
@@ -696,6 +700,7 @@ def _update(policy: torch.nn.Module, model: Transformer, ref: Transformer | None
 def held_out_accuracy(engine: Engine, task: Task, cfg: GRPOConfig) -> float:
     """Greedy pass@1 on the held-out examples, the answer checked by the task (format not
     required)."""
-    done = engine.generate([render_prompt(e.prompt, cfg.template) for e in task.examples],
+    done = engine.generate([render_prompt(e.prompt, cfg.template, engine.tok)
+                            for e in task.examples],
                            SamplingParams(temperature=0, max_tokens=cfg.max_tokens))
     return sum(task.score(c.text, e) for c, e in zip(done, task.examples)) / len(task.examples)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nanoseek.files import atomic_write
-from nanoseek.infer.engine import Engine
+from nanoseek.infer.engine import Engine, leaves_reasoning_open
 from nanoseek.infer.sampling import SamplingParams, item_seed
 from nanoseek.tasks.rewards import split
 from nanoseek.tasks.task import Example, Task
@@ -59,7 +59,8 @@ def rejection_sample(engine: Engine, task: Task, k: int, params: SamplingParams,
         for i, ex in enumerate(chunk):
             group = [Sample(ex, c.reasoning_content, c.content, c.text, len(c.token_ids),
                             c.finish_reason, task.score(c.text, ex),
-                            split(c.text, "chat") is not None)
+                            split(c.text, "chat", leaves_reasoning_open(c.prompt_token_ids,
+                                                                        engine.tok)) is not None)
                      for c in done[i * k: (i + 1) * k]]
             good = [s for s in group
                     if s.score >= min_score and s.finish_reason == "stop" and s.formatted]

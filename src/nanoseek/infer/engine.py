@@ -117,7 +117,7 @@ class Engine:
     speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16.
     prefix_cache: a PrefixCache, or None for none. compile: static decode and drafting steps (see
     runner.py): on a GPU in bf16, CUDA graphs of every batch bucket, recorded here; on a CPU,
-    torch.compile'd at small batch, each batch size on its first step.
+    torch.compile'd up to runner.CPU_COMPILED_ROWS rows, each batch size on its first step.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
@@ -185,10 +185,12 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None,
-                        **kw) -> Engine:
+                        quantize: str | None = None, **kw) -> Engine:
         """Load a checkpoint directory (model + tokenizer). Defaults: CUDA in bf16 when there is a
-        GPU, else the CPU in fp32."""
+        GPU, else the CPU in fp32. quantize="int4": 4-bit projections and bf16 elsewhere, on the
+        CPU (model/quant.py)."""
         from nanoseek.checkpoint import load_model
+        from nanoseek.model.quant import quantize_int4
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -198,10 +200,19 @@ class Engine:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"device {device!r}: this torch has no CUDA device "
                               "(use --device cpu)")
+        if quantize not in (None, "int4"):
+            raise EngineError(f"quantize must be int4 or none, got {quantize!r}")
+        if quantize and dtype not in (None, "bfloat16"):
+            raise EngineError(f"--quantize int4 computes in bfloat16, not {dtype}: leave --dtype "
+                              "out")
         dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype not in ("float32", "bfloat16", "float16"):
             raise EngineError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-        model = load_model(path, device=device, dtype=getattr(torch, dtype))
+        # quantized from fp32 weights (then bf16): a block's values before any rounding
+        model = load_model(path, device=device,
+                           dtype=torch.float32 if quantize else getattr(torch, dtype))
+        if quantize:
+            quantize_int4(model)
         return cls(model, Tokenizer.load(path), **kw)
 
     @property

@@ -146,7 +146,9 @@ class KVCache:
         """Write the new entries kv (b, s, rank + rope) at their positions (b, s); return the first
         kv_len entries of each row (b, kv_len, rank + rope)."""
         cache = self.kv[layer_id, : positions.shape[0]]
-        cache.scatter_(1, positions[..., None].expand(-1, -1, kv.shape[-1]), kv.to(cache.dtype))
+        # an indexed write, not scatter_: scatter_ takes 5-25x as long on a CPU (bf16 most)
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        cache[rows, positions] = kv.to(cache.dtype)
         return cache[:, :kv_len]
 
 

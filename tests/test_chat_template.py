@@ -211,6 +211,26 @@ def test_a_grammar_after_reasoning_needs_a_think_end_token(foreign_dir):
     assert (c.finish_reason, c.content.strip()) == ("stop", "{}")
 
 
+def test_a_think_block_the_model_opens_reasons_as_after_r1s_prompt(chatml_student_dir):
+    """A student whose template opens no think block writes `<think>\\n` itself: the newline
+    is the tag's (R1's prompt holds it), so its reasoning starts with its first word, whole or
+    streamed, and the streamed deltas add up to the whole."""
+    engine = Engine.from_checkpoint(str(chatml_student_dir), max_batch=4, max_seq_len=96,
+                                    speculative=False)
+    prompts = [engine.tok.encode_chat([{"role": "user", "content": f"Calculate {a} + 4."}])
+               for a in (3, 5)]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    whole = engine.generate(prompts, params)
+    for c in whole:
+        assert c.reasoning_content and not c.reasoning_content[0].isspace()
+        assert c.text.startswith(f"<think>\n{c.reasoning_content}\n</think>")
+    deltas = {}
+    for d in engine.stream(prompts, params):
+        r, c = deltas.setdefault(d.request_id, ("", ""))
+        deltas[d.request_id] = (r + d.reasoning, c + d.content)
+    assert list(deltas.values()) == [(c.reasoning_content, c.content) for c in whole]
+
+
 def test_engine_serve_chat_and_generate_on_a_foreign_checkpoint(foreign_dir, tmp_path):
     """Greedy tokens are transformers' on its own chat template; the server, `nanoseek chat`
     and `nanoseek generate` answer with them."""

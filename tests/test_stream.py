@@ -196,7 +196,12 @@ PARSE_CASES = [
     ("\nfoo\n</think>\n\nbar", True, "\nfoo", "bar"),            # a leading newline is left alone
     ("still thinking \n", True, "still thinking \n", ""),        # no end tag: all reasoning
     ("reason </thi", True, "reason </thi", ""),                  # truncated inside the end tag
-    ("<think>\nhmm", False, "\nhmm", ""),                        # opened by the model, never closed
+    # opened by the model (never closed): the newline after its <think> is the tag's, as in R1's
+    # prompt, and only that one
+    ("<think>\nhmm", False, "hmm", ""),
+    ("<think>\n\nhmm", False, "\nhmm", ""),
+    ("<think>hmm", False, "hmm", ""),
+    ("<think>\n", False, "", ""),
     ("<think>\n\n</think>\n\nHi!", False, "", "Hi!"),            # empty block
     ("\n</think>\n\nHi!", True, "", "Hi!"),                      # empty block, opened by the prompt
     ("<think></think>answer", False, "", "answer"),
@@ -205,7 +210,7 @@ PARSE_CASES = [
     # text before <think> is content
     ("Sure. <think>plan</think> Done.", False, "plan", "Sure. Done."),
     # two blocks
-    ("a\n</think>\n\nfirst<think>\nb \n</think>\n\nsecond", True, "a\nb", "firstsecond"),
+    ("a\n</think>\n\nfirst<think>\nb \n</think>\n\nsecond", True, "ab", "firstsecond"),
     ("a</think>\n\n<think>b</think>\n\nc", True, "ab", "c"),
     ("x </think> y", False, "", "x </think> y"),                 # stray end tag in content is text
     ("r <think> s</think>c", True, "r <think> s", "c"),          # stray start tag in reasoning

@@ -113,6 +113,22 @@ class ChatTemplate:
             at = m.end()
         return out + [(text[at:].replace(MARK, ""), False)]
 
+    def turn_end(self, controls: list[str]) -> str | None:
+        """The added token this template closes an assistant turn with (ChatML's `<|im_end|>`,
+        Llama 3's `<|eot_id|>`), or None: the token a model of it ends its answers with, which a
+        tokenizer_config.json without an eos_token does not name. Read from a rendered turn: the
+        first control token after the assistant's text."""
+        if self.source is None:
+            return None
+        chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+        try:
+            pieces = self.pieces(chat, controls, add_generation_prompt=False, thinking=False)
+        except TemplateError:  # a template that wants other messages: no turn to read
+            return None
+        answer = next((i for i, (text, control) in enumerate(pieces)
+                       if not control and "Hello." in text), len(pieces))
+        return next((text for text, control in pieces[answer:] if control), None)
+
 
 def _read_json(file: Path) -> dict:
     if not file.is_file():

@@ -187,7 +187,7 @@ def chat_tokens(tokenizer: Tokenizer, messages: list[dict]) -> tuple[list[int], 
             if reasoning:  # R1's spelling; `<think>` only if the generation prompt did not open it
                 opened = tokenizer.decode(context).rstrip().endswith(THINK_START)
                 text = f"{'' if opened else THINK_START}\n{reasoning}\n{THINK_END}\n\n{text}"
-            target = tokenizer.encode_text(text) + [tokenizer.eos_id]
+            target = tokenizer.encode_text(text) + [tokenizer.require_eos("an SFT target")]
         else:
             context = tokenizer.encode(render_chat(messages[:i], thinking=bool(reasoning)))
             target = tokenizer.encode(render_completion(reasoning, m["content"]) if reasoning
@@ -220,6 +220,7 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    eos = tokenizer.require_eos("a tokenized corpus (each document ends with it)")
     docs = read_chats(pattern) if chat else read_documents(pattern, field=field, txt_mode=txt_mode)
     counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
     out_dir = Path(out_dir)
@@ -237,8 +238,8 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
             else:
                 encoded = [(ids, None) for ids in tokenizer.encode_batch(batch)]
             for text, (ids, mask) in zip(batch, encoded):
-                if not ids or ids[-1] != tokenizer.eos_id:  # chat documents already end with EOS
-                    ids.append(tokenizer.eos_id)
+                if not ids or ids[-1] != eos:  # chat documents already end with EOS
+                    ids.append(eos)
                 split = "val" if split_position(text, seed) < val_fraction else "train"
                 np.asarray(ids, dtype=dtype).tofile(out[split])
                 if chat:
@@ -263,7 +264,7 @@ def prepare_corpus(pattern: str, tokenizer: Tokenizer, out_dir: str | Path, *,
                                 f"val_fraction {val_fraction}); add documents or change "
                                 "val_fraction")
         meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
-                "eos_id": tokenizer.eos_id, "source": pattern,
+                "eos_id": eos, "source": pattern,
                 "field": "messages" if chat else field, "txt_mode": txt_mode, "chat": chat,
                 "val_fraction": val_fraction, "seed": seed,
                 "train_documents": counts["train"][0], "train_tokens": counts["train"][1],

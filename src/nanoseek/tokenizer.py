@@ -208,7 +208,9 @@ class Tokenizer:
 
     A foreign tokenizer may lack some ids (None): user/assistant (its template spells turns its own
     way), and <think>/</think> when they are not tokens of it; its model then writes the tags as
-    text, which the reasoning parser reads as well."""
+    text, which the reasoning parser reads as well. Its eos_id is tokenizer_config.json's
+    eos_token, else config.json's eos_token_id, else the token its chat template ends a turn with;
+    None only when there is none of them (require_eos)."""
 
     def __init__(self, tok: tokenizers.Tokenizer, template: ChatTemplate | None = None):
         self.tok, self.template = tok, template
@@ -228,12 +230,28 @@ class Tokenizer:
                (("bos", template.bos_token), ("eos", template.eos_token),
                 ("pad", template.pad_token))}
         self.bos_id, self.eos_id = ids["bos"], ids["eos"]
+        # no eos_token named: its samples end all the same, at config.json's EOS or its turns' end
+        if self.eos_id is None and template.stop_token_ids:
+            self.eos_id = template.stop_token_ids[0]
+        elif self.eos_id is None:
+            end = template.turn_end([t.content for t in tok.get_added_tokens_decoder().values()])
+            self.eos_id = None if end is None else tok.token_to_id(end)
         self.user_id = self.assistant_id = None
         self.pad_id = ids["pad"] if ids["pad"] is not None else self.eos_id
         bos = template.add_bos_token and ids["bos"] is not None
         self.prompt_start = template.bos_token if bos else ""
         self.stop_ids = frozenset(i for i in (self.eos_id, *template.stop_token_ids)
                                   if i is not None)
+
+    def require_eos(self, use: str) -> int:
+        """eos_id, or a TokenizerError saying that `use` needs one and this tokenizer has none."""
+        if self.eos_id is None:
+            raise TokenizerError(
+                f"{use} needs a token that ends a sample, and this tokenizer has none: "
+                f"{self.template.where} names no eos_token in its vocabulary, config.json no "
+                "eos_token_id, and the chat template ends no turn with a special token (add an "
+                "eos_token to tokenizer_config.json)")
+        return self.eos_id
 
     @property
     def vocab_size(self) -> int:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
-from nanoseek.infer.grammar import Grammars, close_reasoning, mask_logits
+from nanoseek.infer.grammar import GrammarError, Grammars, close_reasoning, mask_logits
 from nanoseek.infer.prefix_cache import Block, PrefixCache, fingerprint
 from nanoseek.infer.runner import Runner, Sampling
 from nanoseek.infer.sampling import (
@@ -50,7 +50,7 @@ from nanoseek.infer.sampling import (
 from nanoseek.infer.sequence import Completion, Delta, Request, Sample
 from nanoseek.infer.stream import TextStream, prompt_leaves_reasoning_open
 from nanoseek.model.model import KVCache, Transformer
-from nanoseek.tokenizer import Tokenizer
+from nanoseek.tokenizer import THINK_END, Tokenizer
 
 Prompt = str | Sequence[int]
 Params = SamplingParams | Sequence[SamplingParams] | None
@@ -255,6 +255,11 @@ class Engine:
                              "slots")
         if params.grammar is not None:
             self.grammars.matcher(params.grammar)  # a GrammarError now, not in a step
+            # the answer it holds starts at the </think> token, which the model could not write
+            if self.tok.think_end_id is None and leaves_reasoning_open(ids, self.tok):
+                raise GrammarError(f"structured output holds the answer after {THINK_END}, and "
+                                   "this model's tokenizer has no such token (it writes the tag "
+                                   "as text): ask with thinking off")
         outside = [t for t in params.logit_bias if t >= self.cfg.vocab_size]
         if outside:
             raise EngineError(f"logit_bias token id {outside[0]} is outside the vocabulary "
@@ -545,7 +550,8 @@ class Engine:
             logits = mask_logits(logits, held, [samples[i].matcher for i in held])
         if reasoning := [i for i, s in enumerate(samples) if s.matcher is not None
                          and not s.answering and not s.req.params.ignore_eos]:
-            logits = close_reasoning(logits, reasoning, self.tok.eos_id, self.tok.think_end_id)
+            logits = close_reasoning(logits, reasoning, sorted(self.tok.stop_ids),
+                                     self.tok.think_end_id)
         # a draw per sample, at the position of the token drawn: the same alone, batched or
         # speculating
         draws = [None if s.seed is None else uniform(s.seed, len(s.out)) for s in samples]

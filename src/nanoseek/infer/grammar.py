@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nanoseek.errors import UserError
-from nanoseek.tokenizer import Tokenizer
+from nanoseek.tokenizer import Tokenizer, TokenizerError
 
 
 class GrammarError(UserError):
@@ -57,8 +57,13 @@ class Grammars:
     def _tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._ll is None:
+                # the token a complete answer ends with (without one, llguidance would guess one)
+                try:
+                    eos = self.tok.require_eos("structured output (a grammar)")
+                except TokenizerError as e:
+                    raise GrammarError(str(e)) from None
                 self._ll = llguidance.LLTokenizer(self.tok.tok.to_str(), n_vocab=self.vocab_size,
-                                                  eos_token=self.tok.eos_id)
+                                                  eos_token=eos)
             return self._ll
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
@@ -84,12 +89,16 @@ def mask_logits(logits: Tensor, rows: list[int], matchers: list[llguidance.LLMat
     return out
 
 
-def close_reasoning(logits: Tensor, rows: list[int], eos_id: int, think_end_id: int) -> Tensor:
-    """logits (b, V) with, in rows still reasoning before a held answer, EOS's weight moved to
-    </think> (a new tensor): a sample that ends there has no answer for the grammar to hold, so a
-    model about to stop ends its reasoning instead, and then answers."""
+def close_reasoning(logits: Tensor, rows: list[int], stop_ids: list[int],
+                    think_end_id: int) -> Tensor:
+    """logits (b, V) with, in rows still reasoning before a held answer, the weight of the stop
+    tokens (EOS, and a foreign model's others) moved to </think> (a new tensor): a sample that ends
+    there has no answer for the grammar to hold, so a model about to stop ends its reasoning
+    instead, and then answers."""
     out = logits.clone()
-    index = torch.tensor(rows, device=logits.device)
-    out[index, think_end_id] = torch.logaddexp(out[index, think_end_id], out[index, eos_id])
-    out[index, eos_id] = float("-inf")
+    index = torch.tensor(rows, device=logits.device)[:, None]
+    stops = torch.tensor(stop_ids, device=logits.device)
+    out[index, think_end_id] = torch.logsumexp(
+        torch.cat([out[index, think_end_id], out[index, stops]], dim=1), dim=1, keepdim=True)
+    out[index, stops] = float("-inf")
     return out

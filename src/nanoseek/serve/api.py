@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from nanoseek.infer.engine import Engine
+from nanoseek.infer.engine import Engine, leaves_reasoning_open
 from nanoseek.infer.grammar import GrammarError, json_grammar
 from nanoseek.infer.sampling import SamplingParams
 from nanoseek.infer.sequence import Delta, Usage
@@ -238,11 +238,13 @@ def chat_ids(tok: Tokenizer, messages: list[dict], thinking: bool, prefix: dict 
     if prefix is None:
         return tok.encode_chat(messages, True, thinking)
     if tok.assistant_id is None:  # a foreign template opens the turn itself; think tags are text
-        turn = prefix["content"]
+        ids, turn = tok.encode_chat(messages, True, thinking), prefix["content"]
         if prefix["reasoning"]:
-            turn = f"{THINK_START}\n{prefix['reasoning']}" + (
+            # a template whose generation prompt opens the block (`<think>\n`) wrote the tag
+            opened = leaves_reasoning_open(ids, tok)
+            turn = ("" if opened else f"{THINK_START}\n") + prefix["reasoning"] + (
                 f"\n{THINK_END}\n\n{turn}" if turn or not thinking else "")
-        return tok.encode_chat(messages, True, thinking) + tok.encode_text(turn)
+        return ids + tok.encode_text(turn)
     ids = tok.encode_chat(messages, add_generation_prompt=False) if messages else [tok.bos_id]
     ids += [tok.assistant_id, tok.think_start_id]
     if thinking and not prefix["content"]:

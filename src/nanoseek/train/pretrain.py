@@ -347,14 +347,16 @@ def val_loss(model: Transformer, loader: PackedLoader, batches: int, dev: torch.
 @torch.no_grad()
 def sample_text(model: Transformer, tokenizer: Any, dev: torch.device,
                 max_new_tokens: int = 48) -> str:
-    """A greedy continuation of BOS through the latent cache: a glimpse of what the model has
+    """A greedy continuation of BOS (of EOS for a tokenizer without one, such as Qwen2's: a packed
+    corpus starts each document after an EOS) through the cache: a glimpse of what the model has
     learnt."""
     from nanoseek.model.model import KVCache
 
     was_training = model.training
     model.eval()
     cache = KVCache(model.cfg, 1, max_new_tokens + 1, device=dev)
-    tok = torch.tensor([[tokenizer.bos_id]], device=dev)
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    tok = torch.tensor([[start]], device=dev)
     out = []
     for pos in range(max_new_tokens):
         tok = model(tok, cache=cache, start_pos=pos).logits[:, -1].argmax(-1, keepdim=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nanoseek.checkpoint import load_model, save_model
+from nanoseek.checkpoint import save_model
 from nanoseek.cli import main
 from nanoseek.infer.engine import Engine, EngineError
 from nanoseek.infer.sampling import SamplingParams
@@ -151,4 +151,8 @@ def test_generate_runs_quantized(tiny_chat_dir, tmp_path, capsys):
                  "int4"]) == 0
     done = json.loads(out.read_text())
     assert done["completions"][0]["token_ids"]
-    assert load_model(tiny_chat_dir).cfg.hidden_size % GROUP == 0
+    # the flag reaches the engine: with an fp32 --dtype it is refused there, by name
+    assert main(["generate", str(tiny_chat_dir), "--input", str(inp), "--output",
+                 str(tmp_path / "o2.jsonl"), "--quiet", "--quantize", "int4", "--dtype",
+                 "float32"]) == 2
+    assert "--quantize int4 computes in bfloat16" in capsys.readouterr().err

@@ -285,6 +285,16 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
 # the packing loader
 
 
+def token_files(bin_path: str | Path) -> tuple[np.memmap, np.memmap | None]:
+    """A split's tokens, and its loss mask where it has one (SFT data: targets outside the
+    assistant's turns carry no loss), mapped, not read."""
+    bin_path = Path(bin_path)
+    meta = read_meta(bin_path.parent)
+    tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
+    mask = bin_path.with_suffix(".mask")
+    return tokens, np.memmap(mask, dtype=np.uint8, mode="r") if mask.exists() else None
+
+
 class PackedLoader:
     """Rows of seq_len + 1 tokens (x = row[:-1], y = row[1:]) cut from a token file; consecutive
     rows overlap by one token so no target is lost. Every epoch visits the rows in a fresh order
@@ -295,12 +305,7 @@ class PackedLoader:
 
     def __init__(self, bin_path: str | Path, seq_len: int, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0):
-        bin_path = Path(bin_path)
-        meta = read_meta(bin_path.parent)
-        self.tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
-        # SFT data: targets outside the assistant's turns carry no loss
-        mask = bin_path.with_suffix(".mask")
-        self.mask = np.memmap(mask, dtype=np.uint8, mode="r") if mask.exists() else None
+        self.tokens, self.mask = token_files(bin_path)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.n_rows = (len(self.tokens) - 1) // seq_len
@@ -352,5 +357,110 @@ class PackedLoader:
         self._order = self._permutation()
 
 
-__all__ = ["Document", "PackedLoader", "chat_tokens", "corpus_files", "prepare_corpus",
-           "read_chats", "read_documents", "read_meta"]
+class DocumentLoader:
+    """Micro-batches of batch_size rows, each row whole documents packed end to end (first fit, in
+    a shuffled order) and right-padded; pads and masked tokens carry no loss. A document longer
+    than a row is cut into windows as PackedLoader cuts rows.
+
+    Why: PackedLoader cuts a short document wherever a row ends, so its continuation is learned
+    without the question it answers (a reasoning trace with nothing to read from). Packing whole
+    documents keeps PackedLoader's random mix of documents in every batch (a batch of only long or
+    only short documents, as sorting by length gives, is a batch of one skill), at the price of
+    the padding a row's last document leaves. Documents end at EOS: prepare_corpus writes one after
+    each, and one after each SFT turn, whose context is repeated before it. The epoch's batches
+    are drawn from (seed, epoch): the position is two integers, as for PackedLoader, and rank r
+    takes global batches r, r + W, ..."""
+
+    PAD_TO = 16  # rows are padded to a multiple of this: few distinct shapes
+    LOOKAHEAD = 16  # documents tried against a batch's rows before it is closed
+
+    def __init__(self, bin_path: str | Path, seq_len: int, batch_size: int, *, eos_id: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.tokens, self.mask = token_files(bin_path)
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world_size, self.eos_id = rank, world_size, eos_id
+        ends = np.flatnonzero(np.asarray(self.tokens) == eos_id) + 1
+        if len(ends) == 0 or ends[-1] != len(self.tokens):
+            ends = np.append(ends, len(self.tokens))
+        starts = np.concatenate([[0], ends[:-1]])
+        spans = []  # (start, tokens): a row of n tokens gives n - 1 targets
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            while e - s > seq_len + 1:  # a long document: windows overlapping by one token
+                spans.append((s, seq_len + 1))
+                s += seq_len
+            if e - s > 1:
+                spans.append((s, e - s))
+        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        self.epoch, self.pos = 0, 0
+        self._batches = self._plan()
+        if len(self._batches) < world_size:
+            raise DataError(f"{bin_path}: {len(self.spans)} documents make {len(self._batches)} "
+                            f"batches, fewer than one per rank ({world_size}); use more data")
+
+    def _plan(self) -> list[list[list[int]]]:
+        """This epoch's micro-batches: rows of span indices, in the order they are read."""
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        queue = torch.randperm(len(self.spans), generator=g).tolist()
+        lengths = self.spans[:, 1].tolist()
+        batches, deferred, i = [], [], 0
+        while i < len(queue) or deferred:
+            rows: list[list[int]] = [[] for _ in range(self.batch_size)]
+            room = [self.seq_len + 1] * self.batch_size
+            todo, deferred, misses = deferred, [], 0
+            while misses < self.LOOKAHEAD and (todo or i < len(queue)):
+                if todo:
+                    d = todo.pop(0)
+                else:
+                    d, i = queue[i], i + 1
+                r = next((r for r in range(self.batch_size) if room[r] >= lengths[d]), None)
+                if r is None:
+                    deferred.append(d)
+                    misses += 1
+                else:
+                    rows[r].append(d)
+                    room[r] -= lengths[d]
+            deferred = todo + deferred
+            batches.append([r for r in rows if r])
+        return batches
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self._batches) // self.world_size
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.world_size > len(self._batches):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._batches = self._plan()
+        rows = self._batches[self.pos + self.rank]
+        self.pos += self.world_size
+        positions = [np.concatenate([np.arange(s, s + n) for s, n in self.spans[row].tolist()])
+                     for row in rows]
+        width = -(-max(len(p) - 1 for p in positions) // self.PAD_TO) * self.PAD_TO
+        x = np.full((len(rows), width), self.eos_id, dtype=np.int64)
+        y = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+        for r, p in enumerate(positions):
+            x[r, :len(p) - 1] = self.tokens[p[:-1]]
+            target = self.tokens[p[1:]].astype(np.int64)
+            if self.mask is not None:
+                target[self.mask[p[1:]] == 0] = IGNORE_INDEX
+            y[r, :len(p) - 1] = target
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "seq_len": self.seq_len,
+                "documents": len(self.spans), "batch_size": self.batch_size,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "seq_len", "documents", "batch_size", "world_size"):
+            if state.get(key) != mine[key]:
+                raise DataError(f"cannot resume the data position: {key} was {state.get(key)}, "
+                                f"now {mine[key]} (packing documents; the data or the batch "
+                                "changed)")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._batches = self._plan()
+
+
+__all__ = ["Document", "DocumentLoader", "PackedLoader", "chat_tokens", "corpus_files",
+           "prepare_corpus", "read_chats", "read_documents", "read_meta"]

@@ -99,9 +99,10 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune a checkpoint on chat JSONL ({\"messages\": [...]} per line; "
                     "assistant turns may carry reasoning_content). Each assistant turn is trained "
                     "after its context rendered exactly as the engine renders it, with the loss on "
-                    "the turn's reasoning, </think>, answer and EOS only. Conversations are packed "
-                    "into rows. The data is prepared once into OUT_DIR/data; the training loop is "
-                    "`nanoseek train`'s (resume, torchrun, telemetry), and so are the flags.",
+                    "the turn's reasoning, </think>, answer and EOS only. Each turn is packed "
+                    "whole into a row beside others (--pack documents), never cut. The data is "
+                    "prepared once into OUT_DIR/data; the training loop is `nanoseek train`'s "
+                    "(resume, torchrun, telemetry), and so are the flags.",
         epilog="example: nanoseek sft runs/base/checkpoints/step_000300 --chats sft.jsonl "
                "--max-steps 200\n"
                "         nanoseek data gym basic_arithmetic --size 2000 --out sft.jsonl  (makes "

@@ -21,7 +21,7 @@ import torch
 
 from nanoseek import hardware
 from nanoseek.checkpoint import load_model
-from nanoseek.data import PackedLoader, read_meta
+from nanoseek.data import DocumentLoader, PackedLoader, read_meta
 from nanoseek.model.config import ModelConfig, resolve_config
 from nanoseek.model.counting import flops_per_token
 from nanoseek.model.model import MoE, Transformer, update_correction_bias
@@ -44,6 +44,8 @@ from nanoseek.train.runtime import (
 )
 from nanoseek.train.telemetry import Telemetry
 
+Loader = PackedLoader | DocumentLoader
+
 
 @dataclass
 class TrainConfig(adamw_options(lr=3e-3, lr_help="peak learning rate", warmup_steps=20,
@@ -58,6 +60,10 @@ class TrainConfig(adamw_options(lr=3e-3, lr_help="peak learning rate", warmup_st
                              "generations")
     out_dir: str = opt("runs/pretrain", "run directory: checkpoints/, metrics.jsonl, plots")
     seq_len: int = opt(256, "tokens per training row")
+    pack: str = opt("rows", "rows: the token stream cut into rows of seq_len (long documents, "
+                            "plain text); documents: whole documents packed into the rows, "
+                            "padded, none cut at a row's edge (chats: a turn is never learned "
+                            "without its question)")
     micro_batch_size: int = opt(8, "rows per rank per forward pass")
     batch_size: int = opt(0, "rows per optimizer step over all ranks (gradient accumulation makes "
                              "up the rest); 0 = micro_batch_size x world size")
@@ -91,6 +97,7 @@ class TrainConfig(adamw_options(lr=3e-3, lr_help="peak learning rate", warmup_st
         check(self, "train config", self.run_rules() + self.adamw_rules() + [
             ("seq_len", self.seq_len > 0, "> 0"),
             ("micro_batch_size", self.micro_batch_size > 0, "> 0"),
+            ("pack", self.pack in ("rows", "documents"), "rows or documents"),
             ("batch_size", self.batch_size >= 0, ">= 0"), ("max_steps", self.max_steps > 0, "> 0"),
             ("batch_tokens",
              self.batch_tokens >= 0 and self.batch_tokens % max(1, self.seq_len) == 0,
@@ -172,15 +179,20 @@ def _batch_shape(cfg: TrainConfig, world: World) -> tuple[int, int]:
     return global_batch, global_batch // per_pass
 
 
-def _loaders(cfg: TrainConfig, world: World) -> tuple[PackedLoader, PackedLoader | None]:
+def _loaders(cfg: TrainConfig, world: World) -> tuple[Loader, Loader | None]:
     """This rank's training rows, and its validation rows unless no validation is asked for (then
     the validation split may be too small to batch, and is not read)."""
     data = Path(cfg.data)
-    train_loader = PackedLoader(data / "train.bin", cfg.seq_len, cfg.micro_batch_size,
-                                rank=world.rank, world_size=world.size, seed=cfg.seed)
-    val_loader = PackedLoader(data / "val.bin", cfg.seq_len, cfg.micro_batch_size, rank=world.rank,
-                              world_size=world.size, seed=cfg.seed + 1) if cfg.eval_every else None
-    return train_loader, val_loader
+
+    def loader(split: str, seed: int) -> Loader:
+        if cfg.pack == "documents":
+            return DocumentLoader(data / f"{split}.bin", cfg.seq_len, cfg.micro_batch_size,
+                                  eos_id=read_meta(data)["eos_id"], rank=world.rank,
+                                  world_size=world.size, seed=seed)
+        return PackedLoader(data / f"{split}.bin", cfg.seq_len, cfg.micro_batch_size,
+                            rank=world.rank, world_size=world.size, seed=seed)
+
+    return loader("train", cfg.seed), loader("val", cfg.seed + 1) if cfg.eval_every else None
 
 
 def _parallel(model: Transformer, cfg: TrainConfig, world: World) -> torch.nn.Module:
@@ -223,7 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     start = start_run(cfg, world, resume, "train_config.json")
     model = build_model(cfg, meta, start, dev)
     tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
-    global_batch, accum = _batch_shape(cfg, world)
+    _, accum = _batch_shape(cfg, world)
     train_loader, val_loader = _loaders(cfg, world)
     forward = _parallel(model, cfg, world)
     optim = build_optimizer(model, cfg)
@@ -259,16 +271,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
             max_vio = update_correction_bias(model)  # main layers' MoE first, then the MTP modules'
             vio = [] if max_vio is None else [round(v, 4) for v in max_vio.tolist()]
             step += 1
-            tokens += global_batch * cfg.seq_len
             dt = time.perf_counter() - t0
             elapsed += dt
 
             # log: the step's means over ranks (one device sync), validation, a sample
-            loss, main_loss, mtp_loss, balance_loss, mtp_acc = all_mean(parts, world).tolist()
+            loss, main_loss, mtp_loss, balance_loss, mtp_acc, seen = all_mean(parts, world).tolist()
+            seen = round(seen * world.size)  # the step's tokens, pads included (its compute)
+            tokens += seen
             record = {"step": step, "tokens": tokens, "loss": loss, "main_loss": main_loss,
                       "mtp_loss": mtp_loss, "balance_loss": balance_loss, "mtp_acc": mtp_acc,
                       "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": global_batch * cfg.seq_len / dt, "elapsed_s": elapsed,
+                      "tokens_per_s": seen / dt, "elapsed_s": elapsed,
                       "world_size": world.size,
                       "max_vio": vio[:n_main_moe], "max_vio_mtp": vio[n_main_moe:]}
             record["mfu"] = tel.mfu(record["tokens_per_s"] / world.size, fpt)
@@ -293,15 +306,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
 
 
 def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optimizer,
-          loader: PackedLoader, accum: int, grad_clip: float,
+          loader: Loader, accum: int, grad_clip: float,
           dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over accum micro-batches (gradients all-reduced on the last only). Returns
-    the step's (loss, main, MTP, balance, MTP accuracy) on this rank and the gradient norm."""
+    the step's (loss, main, MTP, balance, MTP accuracy, tokens read) on this rank and the gradient
+    norm."""
     # dtype rules: fp32 master weights and optimizer state; on a GPU the matmuls run in bf16 under
     # autocast (the experts' grouped GEMMs too: model.grouped_mm follows autocast), the router,
     # norms, softmax and losses in fp32; the CPU runs fp32 throughout (its bf16 is no faster)
     autocast = hardware.autocast(dev)
-    parts = torch.zeros(5, device=dev)
+    parts = torch.zeros(6, device=dev)
     for micro in range(accum):
         x, y = loader.next_batch()
         x, y = x.to(dev), y.to(dev)
@@ -313,8 +327,9 @@ def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optim
         with torch.no_grad():
             acc = ((out.mtp_logits[0].argmax(-1) == y[:, 1:]).float().mean()
                    if out.mtp_logits else torch.zeros((), device=dev))
-            parts += torch.stack([out.loss, out.main_loss, _z(out.mtp_loss, dev),
-                                  _z(out.balance_loss, dev), acc]).detach().float() / accum
+            parts[:5] += torch.stack([out.loss, out.main_loss, _z(out.mtp_loss, dev),
+                                      _z(out.balance_loss, dev), acc]).detach().float() / accum
+            parts[5] += x.numel()
     clip = grad_clip if grad_clip > 0 else 1e9
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optim.step()
@@ -331,7 +346,7 @@ def _z(x: torch.Tensor | None, dev: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def val_loss(model: Transformer, loader: PackedLoader, batches: int, dev: torch.device,
+def val_loss(model: Transformer, loader: Loader, batches: int, dev: torch.device,
              world: World) -> float:
     """The next-token loss (no MTP) over `batches` validation micro-batches, averaged over ranks."""
     model.eval()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanoseek.data import PackedLoader, chat_tokens, prepare_corpus, read_documents
+from nanoseek.data import DocumentLoader, PackedLoader, chat_tokens, prepare_corpus, read_documents
 from nanoseek.files import DataError
 from nanoseek.model.model import IGNORE_INDEX
 from nanoseek.tokenizer import EOS, render_chat, render_completion, train_tokenizer
@@ -163,6 +163,90 @@ def test_loader_resumes_mid_epoch(tmp_path):
 def test_loader_refuses_data_smaller_than_a_batch(tmp_path):
     with pytest.raises(DataError, match="fewer than one global batch"):
         PackedLoader(make_bin(tmp_path, 100), seq_len=64, batch_size=2)
+
+
+def make_docs(tmp_path, lengths, eos=0, mask=False):
+    """Documents of the given lengths (EOS included), token i of document d being 1000 * d + i + 1
+    and its EOS `eos`: a token says which document it came from."""
+    ids, keep = [], []
+    for d, n in enumerate(lengths):
+        ids += [1000 * d + i + 1 for i in range(n - 1)] + [eos]
+        keep += [i % 2 for i in range(n)]
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint32"}))
+    np.asarray(ids, dtype=np.uint32).tofile(tmp_path / "train.bin")
+    if mask:
+        np.asarray(keep, dtype=np.uint8).tofile(tmp_path / "train.mask")
+    return tmp_path / "train.bin"
+
+
+def test_document_loader_packs_whole_documents_once_an_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=200).tolist() + [150]  # one longer than a row: windows
+    loader = DocumentLoader(make_docs(tmp_path, lengths), seq_len=64, batch_size=2, eos_id=0)
+    targets: dict[int, list[int]] = {}
+    for _ in range(loader.steps_per_epoch):
+        x, y = loader.next_batch()
+        assert x.shape[0] <= 2 and x.shape[1] <= 64 and x.shape[1] % DocumentLoader.PAD_TO == 0
+        for row_x, row_y in zip(x.tolist(), y.tolist()):
+            n = sum(t != IGNORE_INDEX for t in row_y)
+            assert all(t == IGNORE_INDEX for t in row_y[n:])  # right padding carries no loss
+            assert row_x[1:n] == row_y[:n - 1]  # targets are the next tokens
+            row = row_x[:1] + row_y[:n]
+            doc, pieces = None, []
+            for t in row:  # the row splits at EOS into documents, each from its first token
+                if t and doc is None:
+                    doc = t // 1000
+                    assert t % 1000 == 1 or doc == 200, "a document starts at its first token"
+                if t:
+                    assert t // 1000 == doc
+                    pieces.append(t)
+                else:
+                    assert doc is not None or row_x[0] == 0
+                    targets.setdefault(doc, []).extend(pieces[1:] + [0] if doc is not None
+                                                       else [])
+                    doc, pieces = None, []
+            if doc is not None:  # a window of the long document fills a row alone
+                assert doc == 200
+                targets.setdefault(doc, []).extend(pieces[1:])
+    assert loader.state_dict()["epoch"] == 0
+    for d, n in enumerate(lengths[:200]):  # every target of every short document, exactly once
+        assert targets[d] == [1000 * d + i + 1 for i in range(1, n - 1)] + [0], d
+    assert sorted(set(targets[200])) == [0] + [200_000 + i + 1 for i in range(1, 149)]
+    loader.next_batch()
+    assert loader.state_dict()["epoch"] == 1
+
+
+def test_document_loader_keeps_the_mask_and_resumes(tmp_path):
+    path = make_docs(tmp_path, [5, 9, 17, 4, 30] * 20, mask=True)
+    a = DocumentLoader(path, seq_len=32, batch_size=2, eos_id=0, seed=1)
+    tokens = np.fromfile(path, dtype=np.uint32).tolist()
+    keep = np.fromfile(path.with_suffix(".mask"), dtype=np.uint8).tolist()
+    kept = {t: k for t, k in zip(tokens, keep) if t}
+    learned = 0
+    for _ in range(a.steps_per_epoch):  # an epoch learns exactly the tokens the mask keeps
+        y = a.next_batch()[1]
+        learned += int((y != IGNORE_INDEX).sum())
+        assert all(kept[t] for t in y[y > 0].tolist())
+    assert learned == sum(keep)
+    for _ in range(23):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    b = DocumentLoader(path, seq_len=32, batch_size=2, eos_id=0, seed=1)
+    b.load_state_dict(state)
+    for _ in range(60):  # across an epoch's end
+        assert torch.equal(a.next_batch()[1], b.next_batch()[1])
+    with pytest.raises(DataError, match="seq_len was 32, now 16"):
+        DocumentLoader(path, seq_len=16, batch_size=4, eos_id=0, seed=1).load_state_dict(state)
+
+
+def test_document_loader_ranks_split_the_batches(tmp_path):
+    path = make_docs(tmp_path, list(range(3, 40)) * 3)
+    one = DocumentLoader(path, seq_len=48, batch_size=2, eos_id=0, seed=2)
+    ranks = [DocumentLoader(path, seq_len=48, batch_size=2, eos_id=0, seed=2, rank=r,
+                            world_size=2) for r in range(2)]
+    for _ in range(ranks[0].steps_per_epoch):
+        for r in ranks:  # rank r reads the one-process loader's batches r, r + 2, ...
+            assert torch.equal(r.next_batch()[1], one.next_batch()[1])
 
 
 def chats(n):

@@ -15,6 +15,8 @@ from nanoseek.tasks.skills import (
     arithmetic_trace,
     canonical,
     check,
+    column_add,
+    column_sub,
     key,
     parse,
     random_expression,
@@ -22,6 +24,7 @@ from nanoseek.tasks.skills import (
     random_product,
     show,
     solve,
+    times_digit,
     value,
 )
 from nanoseek.tokenizer import EOS, THINK_END
@@ -43,6 +46,12 @@ def test_every_equation_in_an_arithmetic_trace_is_true():
         for line in lines:
             head, _, cols = line.partition(": ")
             for part in re.split(r"; |, so ", cols if cols else line):
+                part = re.sub(r"^[^:]*: borrow, ", "", part)  # the borrowed column's equation
+                carried = re.fullmatch(r"(.+) = (\d+), \+ (\d+) = (\d+)", part.split(" → ")[0])
+                if carried:  # a digit's product, then its carry added
+                    product, carry, total = map(int, carried.groups()[1:])
+                    assert _py(carried[1]) == product and product + carry == total, (e, part)
+                    continue
                 sides = [s for s in part.split(" → ")[0].split(" = ") if s]
                 if len(sides) > 1:  # every side of every equation has the same value
                     assert len({_py(s) for s in sides}) == 1, (e, line, part)
@@ -53,20 +62,29 @@ def test_every_equation_in_an_arithmetic_trace_is_true():
                 assert _py(line[2:]) == value(parse(e))
 
 
+def test_a_column_states_its_digits_before_it_borrows_or_carries():
+    assert column_sub(674, 39) == ("674 - 39: 4 - 9: borrow, 14 - 9 = 5 → 5; 7 - 3 - 1 = 3 → 35; "
+                                   "6 → 635")
+    assert column_add(486, 759) == ("486 + 759: 6 + 9 = 15 → 5; 8 + 5 = 13, + 1 = 14 → 45; "
+                                    "4 + 7 = 11, + 1 = 12 → 1245")
+    assert times_digit(347, 8) == ("347 × 8: 7 × 8 = 56 → 6; 4 × 8 = 32, + 5 = 37 → 76; "
+                                   "3 × 8 = 24, + 3 = 27 → 2776")
+
+
 def test_a_three_digit_product_is_worked_digit_by_digit():
     trace, answer = arithmetic_trace("347 * 268")
     assert answer == "92996"
     assert trace.splitlines() == [
         "347 × 268",
         "347 × 268 = 347 × 8 + 347 × 60 + 347 × 200",
-        "347 × 8: 7 × 8 = 56 → 6; 4 × 8 + 5 = 37 → 76; 3 × 8 + 3 = 27 → 2776",
-        "347 × 6: 7 × 6 = 42 → 2; 4 × 6 + 4 = 28 → 82; 3 × 6 + 2 = 20 → 2082, "
+        "347 × 8: 7 × 8 = 56 → 6; 4 × 8 = 32, + 5 = 37 → 76; 3 × 8 = 24, + 3 = 27 → 2776",
+        "347 × 6: 7 × 6 = 42 → 2; 4 × 6 = 24, + 4 = 28 → 82; 3 × 6 = 18, + 2 = 20 → 2082, "
         "so 347 × 60 = 20820",
-        "2776 + 20820: 6 + 0 = 6 → 6; 7 + 2 = 9 → 96; 7 + 8 = 15 → 596; 2 + 0 + 1 = 3 → 3596; "
+        "2776 + 20820: 6 + 0 = 6 → 6; 7 + 2 = 9 → 96; 7 + 8 = 15 → 596; 2 + 0 = 2, + 1 = 3 → 3596; "
         "2 → 23596",
-        "347 × 2: 7 × 2 = 14 → 4; 4 × 2 + 1 = 9 → 94; 3 × 2 = 6 → 694, so 347 × 200 = 69400",
+        "347 × 2: 7 × 2 = 14 → 4; 4 × 2 = 8, + 1 = 9 → 94; 3 × 2 = 6 → 694, so 347 × 200 = 69400",
         "23596 + 69400: 6 + 0 = 6 → 6; 9 + 0 = 9 → 96; 5 + 4 = 9 → 996; 3 + 9 = 12 → 2996; "
-        "2 + 6 + 1 = 9 → 92996",
+        "2 + 6 = 8, + 1 = 9 → 92996",
         "= 92996"]
     # a negative intermediate result goes through a sign rule, then whole-number columns
     trace, answer = arithmetic_trace("28 - 347 + 5")

@@ -25,7 +25,9 @@ from nanoseek.train.runtime import load_train_config
 
 # what `nanoseek sft` and `nanoseek distill` use where neither a flag nor a config file says: a
 # fine-tune wants a lower learning rate and fewer steps than pretraining's defaults
-SFT_DEFAULTS = {"lr": 1e-3, "warmup_steps": 10, "max_steps": 100, "out_dir": "runs/sft"}
+# conversations are packed whole (a turn cut at a row's edge would be learned without its question)
+SFT_DEFAULTS = {"lr": 1e-3, "warmup_steps": 10, "max_steps": 100, "out_dir": "runs/sft",
+                "pack": "documents"}
 DISTILL_DEFAULTS = {**SFT_DEFAULTS, "out_dir": "runs/distill"}
 
 

@@ -194,3 +194,20 @@ def test_the_default_preset_fits_the_held_out_problems_and_describes_its_models(
         cfg.validate()
         assert low <= count_params(cfg).total <= high
     assert count_params(student).total < count_params(teacher).total
+
+
+def test_the_cold_start_asks_more_outside_the_skills_than_pretraining(tmp_path):
+    """Only the cold start teaches the honest reply with DeepThink off, so its chats hold
+    cold_out_of_scope messages outside the skills (pretraining keeps the mix's share)."""
+    from nanoseek.pipeline import PRESETS, Pipeline
+
+    p = PRESETS["default"]
+    pipe = Pipeline(tmp_path, p, progress=False)
+
+    def share(docs):
+        return sum(d["task"] == "out_of_scope" for d in docs) / len(docs)
+
+    cold = pipe.documents(800, seed=1, thinking_off=p.thinking_off,
+                          out_of_scope=p.cold_out_of_scope)
+    assert abs(share(cold) - p.cold_out_of_scope) < 0.05
+    assert abs(share(pipe.documents(800, seed=0)) - 0.1) < 0.04

@@ -55,10 +55,12 @@ def machine() -> tuple[str, float, str]:
 
 # the teacher: `tiny` widened and deepened, MoE + MTP as V3. Initialised at std 0.02, not V3's
 # 0.006: at this width 0.006 learns the skills several times slower (the loss at step 600 of a
-# run: 1.49 at 0.006, 0.92 at 0.02)
+# run: 1.49 at 0.006, 0.92 at 0.02). 8 heads of 32, not 4 of 48: the base then got 73 of 160
+# held-out arithmetic problems right greedily, not 41 (same corpus and steps, 18% more time)
 TEACHER_SHAPE = {"hidden_size": 128, "intermediate_size": 384, "moe_intermediate_size": 64,
-                 "num_hidden_layers": 4, "q_lora_rank": 64, "kv_lora_rank": 64,
-                 "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+                 "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
+                 "q_lora_rank": 64, "kv_lora_rank": 64,
+                 "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16,
                  "first_k_dense_replace": 1, "rope_scaling": None, "initializer_range": 0.02}
 # the student: dense (MLA and a dense MLP in every layer), a layer fewer, no MTP
 STUDENT_SHAPE = {"num_hidden_layers": 3, "first_k_dense_replace": 3,

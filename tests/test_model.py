@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nanoseek.model import ConfigError, get_preset
 from nanoseek.model.model import (
+    Documents,
     KVCache,
     MoE,
     Transformer,
@@ -299,6 +300,62 @@ def test_fused_head_loss_matches_cross_entropy_and_its_gradients():
     torch.testing.assert_close(gw, w.grad, atol=1e-6, rtol=1e-4)
     with torch.no_grad():  # validation: the loss alone
         torch.testing.assert_close(linear_cross_entropy(h, w, labels)[0], ref)
+
+
+def _packed(vocab: int, lengths, eos: int, pad: int):
+    """Documents of these lengths, each ending at eos, packed into one row and padded with eos."""
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(eos + 1, vocab, (n,), generator=g) for n in lengths]
+    for d in docs:
+        d[-1] = eos
+    return docs, torch.cat([*docs, torch.full((pad,), eos)])[None]
+
+
+@pytest.mark.parametrize("changes", [
+    {},  # MLA, MoE and an MTP module
+    {"model_type": "llama", "num_key_value_heads": 2, "head_dim": 16, "rope_scaling": None,
+     "first_k_dense_replace": 2, "num_nextn_predict_layers": 0},  # grouped-query attention
+])
+def test_block_causal_attention_is_each_document_on_its_own(changes):
+    """documents=: each document of a packed row gets the logits (main and MTP) it gets as a row of
+    its own, wherever it lies in the row (RoPE is relative); the row's trailing EOS padding joins
+    the last document; plain causal attention over the row differs."""
+    model = tiny_model(**changes)
+    eos = 1
+    docs, row = _packed(model.cfg.vocab_size, [5, 21, 16, 17, 3], eos, pad=6)
+    rows = torch.cat([row, torch.cat([*docs[::-1], row[0, -6:]])[None]])  # another order
+    starts = Documents.starts(rows, eos)
+    assert starts[0].nonzero().flatten().tolist() == [0, 5, 26, 42, 59]
+    with torch.no_grad():
+        out = model(rows, documents=starts, mtp=True)
+        for r, order in ((0, docs), (1, docs[::-1])):
+            at = 0
+            for d in order:
+                alone = model(d[None], mtp=True)
+                torch.testing.assert_close(out.logits[r, at: at + len(d)], alone.logits[0],
+                                           atol=1e-5, rtol=0)
+                for k, mtp in enumerate(alone.mtp_logits or [], start=1):  # to the document's end
+                    torch.testing.assert_close(out.mtp_logits[k - 1][r, at: at + len(d) - k],
+                                               mtp[0], atol=1e-5, rtol=0)
+                at += len(d)
+        assert (model(rows).logits - out.logits).abs().max() > 1e-2
+        with pytest.raises(ValueError, match="not with a cache"):
+            model(rows, documents=starts, cache=KVCache(model.cfg, 2, 80))
+
+
+def test_block_causal_gradients_equal_separate_rows():
+    model = tiny_model()
+    docs, row = _packed(model.cfg.vocab_size, [9, 30, 12], eos=1, pad=0)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    packed = grads(model(row, documents=Documents.starts(row, 1)).logits.sum())
+    alone = grads(sum(model(d[None]).logits.sum() for d in docs))
+    for a, b in zip(packed, alone):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 
 def test_value_head_wider_than_query_head():

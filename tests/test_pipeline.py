@@ -133,6 +133,21 @@ def test_the_shipped_model_is_the_default_and_loads_in_transformers(monkeypatch)
         assert torch.allclose(hf(ids).logits, ours(ids).logits, atol=1e-4)
 
 
+def test_the_shipped_card_invites_only_what_the_model_answers_right():
+    """The model card's "Try" list: each message is one of pipeline.EXAMPLES, and the shipped model
+    answers it right at temperature 0 with DeepThink on and off."""
+    from nanoseek.infer.bundled import BUNDLED
+    from nanoseek.infer.engine import Engine
+    from nanoseek.pipeline import EXAMPLES, answered_right
+
+    card = (BUNDLED / "README.md").read_text()
+    tries = re.findall(r"`([^`]+)`", card.split("Try (")[1].split("\n")[0])
+    answers = dict(EXAMPLES)
+    assert len(tries) >= 4 and all(t in answers for t in tries), tries
+    engine = Engine.from_checkpoint(str(BUNDLED), device="cpu", max_batch=16, max_seq_len=1024)
+    assert all(answered_right(engine, [(t, answers[t]) for t in tries])), tries
+
+
 def test_the_gpu_100m_preset_fits_its_task_and_keeps_its_checkpoints():
     """gpu-100m needs a GPU, so CI checks what would break it there: its harder task gives worked
     documents whose answers fit max_tokens and whose text fits seq_len, and the student is a valid

@@ -167,6 +167,28 @@ def test_sequence_longer_than_the_model_allows_is_refused(data_dir, tmp_path):
         train(config(data_dir, tmp_path, seq_len=4096))
 
 
+def test_block_causal_attention_trains_on_its_own_documents(data_dir, tmp_path):
+    """attn_mask=block_causal: the model learns as well, and its validation loss is computed with
+    the same mask (so it differs from the causal one of the same weights)."""
+    from nanoseek.data import read_meta
+    from nanoseek.model.model import Documents
+
+    eos = read_meta(data_dir / "data")["eos_id"]
+    model, last = train(config(data_dir, tmp_path / "run", attn_mask="block_causal",
+                               max_steps=40))
+    first = metrics(tmp_path / "run")[1]
+    assert last["main_loss"] < 0.8 * first["main_loss"]
+    val = PackedLoader(Path(data_dir / "data" / "val.bin"), 64, 4, seed=1)
+    x, y = val.next_batch()
+    assert Documents.starts(x, eos).sum() > x.shape[0]  # rows really hold several documents
+    with torch.no_grad():
+        own = model(x, y, documents=Documents.starts(x, eos)).main_loss
+        causal = model(x, y).main_loss
+    assert own != causal
+    with pytest.raises(TrainConfigError, match="attn_mask.*causal or block_causal"):
+        config(data_dir, tmp_path / "bad", attn_mask="document").validate()
+
+
 def run_script(args: list[str], out: Path) -> subprocess.Popen:
     code = ("import sys, json; from nanoseek.train.pretrain import TrainConfig, train; "
             "kw = json.loads(sys.argv[1]); resume = kw.pop('resume', False); "

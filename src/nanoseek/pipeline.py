@@ -83,7 +83,7 @@ class Preset:
     # skills: written chats added to the distillation data, as R1 added 200K non-reasoning
     # samples to its 600K reasoning ones: messages outside the skills, and DeepThink off
     general: int = 1500
-    docs: int = 40_000  # pretraining documents (worked problems in the chat format)
+    docs: int = 60_000  # pretraining documents (worked problems in the chat format)
     # pretraining's loss on the assistant's turns only (the reasoning and the answer), not on the
     # questions: their numbers and phrasings are random, and predicting them teaches nothing the
     # model is asked to do (still pretraining: from scratch, on the task's documents)
@@ -92,13 +92,18 @@ class Preset:
     teacher: str = "tiny"  # a preset, and TrainConfig.extra's overrides of it
     teacher_shape: dict[str, Any] = field(default_factory=lambda: dict(TEACHER_SHAPE))
     seq_len: int = 512  # a worked product of two three-digit numbers is about 350 tokens
+    # pretraining and SFT: attention inside each document of a row (TrainConfig.attn_mask). A row
+    # of 512 holds about five worked problems, whose own score pairs are a third of the row's: a
+    # CPU step is 1.2-1.3x as fast (bench/bench_attn_mask.py), and no problem reads another's
+    # numbers. The steps this bought (3,300, not 2,200) lifted the held-out measure 0.45 -> 0.63
+    attn_mask: str = "block_causal"
     # small batches, many steps: at this scale the number of updates is what teaches (4 rows a
     # step reached in 1M tokens the loss that 16 rows a step reached in 3.3M)
     micro_batch: int = 4
-    pretrain_steps: int = 2200
+    pretrain_steps: int = 3300
     # R1-Zero starts from the base at this step: at toy scale the final base is already good at its
     # task, and what RL can teach quickly is what a half-trained base still lacks
-    zero_from: int = 1100
+    zero_from: int = 1650
     pretrain_lr: float = 3e-3
     grpo_lr: float = 3e-5
     prompts_per_step: int = 8
@@ -143,6 +148,7 @@ PRESETS = {
                      "operators": ["+", "-", "*"], "allow_parentheses": True},
         docs=60_000, vocab=2048, teacher="gpu-100m", teacher_shape={}, seq_len=256,
         micro_batch=64, pretrain_steps=1200, zero_from=600, pretrain_lr=1e-3, grpo_lr=1e-5,
+        attn_mask="causal",  # a GPU's attention over a row is cheap; the plan is a host sync
         prompts_per_step=32, group_size=8, max_tokens=128, zero_steps=60, cold_start=1000,
         sft_steps=100, sft_lr=1e-4, r1_steps=40, rs_prompts=2000, rs_k=4,
         student={"hidden_size": 512, "num_hidden_layers": 8, "first_k_dense_replace": 8,
@@ -228,6 +234,7 @@ class Pipeline:
         kw.setdefault("micro_batch_size", p.micro_batch)
         kw.setdefault("save_every", 100)
         kw.setdefault("compile", p.gpu)  # per-block torch.compile: seconds to build, pays on a GPU
+        kw.setdefault("attn_mask", p.attn_mask)
         cfg = TrainConfig(tokenizer=str(self.out / "corpus" / "tokenizer"), out_dir=str(stage_dir),
                           seq_len=p.seq_len, eval_every=0, progress=self.progress, **kw)
         _, last = train(cfg, resume=True)  # a stage cut short goes on; a fresh one starts at 0
@@ -535,13 +542,44 @@ CANNOT = ["divide, or work with fractions, decimals, powers or roots",
           "answer questions of knowledge, write, translate, code or hold a conversation: it says "
           "so, and what it can do instead",
           "remember what was said earlier in a conversation: each message is a new problem"]
-# what the card invites: prompts the shipped model answers right at temperature 0, DeepThink on and
-# off (README's table, which tests/test_readme.py asks it)
-EXAMPLES = ["What is 80 plus 29?", "what's 23 times 4", "Can you add 15 and 27?",
-            "Which is bigger, 58 or 85?", "How many o's are in balloon?", "Who are you?"]
+# what the card may invite a person to ask, with the answer (None: the honest reply); it invites
+# those its model answers right at temperature 0 with DeepThink on and off (`answered_right`)
+EXAMPLES = [("Calculate 12 + 7.", "19"), ("What is 80 plus 29?", "109"),
+            ("How much is 125 + 250?", "375"), ("what's 23 times 4", "92"),
+            ("Can you add 15 and 27?", "42"), ("What's 56 + 78?", "134"),
+            ("What is 45 minus 17?", "28"), ("Calculate 125 × 8.", "1000"),
+            ("Which is bigger, 58 or 85?", "85"), ("Which is smaller, 304 or 340?", "304"),
+            ("Sort 5, 12, 9 from smallest to largest", "5, 9, 12"),
+            ("How many o's are in balloon?", "2"), ("How many r's are in strawberry?", "3"),
+            ("Who are you?", None), ("What is the capital of France?", None)]
 
 
-def decode_speed(checkpoint: str | Path, prompts: list[str] = EXAMPLES[:3]) -> dict[str, float]:
+def answered_right(engine, asks: list[tuple[str, str | None]]) -> list[bool]:
+    """Whether the model answers each (message, answer) right at temperature 0, DeepThink on and
+    off, as `nanoseek chat` shows it: the answer's last line is the answer (None: the honest reply
+    outside the skills), and no `</think>` shows in it. README's table is checked so too
+    (tests/test_readme.py)."""
+    from nanoseek.infer.chat import split_stray_reasoning
+    from nanoseek.infer.sampling import SamplingParams
+    from nanoseek.tasks.persona import honest
+    from nanoseek.tasks.skills import final_line
+    from nanoseek.tokenizer import THINK_END, render_chat
+
+    greedy = SamplingParams(temperature=0, max_tokens=600)
+    right = [True] * len(asks)
+    for thinking in (True, False):
+        prompts = [render_chat([{"role": "user", "content": a}], thinking=thinking)
+                   for a, _ in asks]
+        for i, ((_, answer), done) in enumerate(zip(asks, engine.generate(prompts, greedy))):
+            _, content = split_stray_reasoning(done.content)
+            ok = THINK_END not in content and (honest(content) if answer is None
+                                                else final_line(content) == answer)
+            right[i] = right[i] and ok
+    return right
+
+
+def decode_speed(checkpoint: str | Path,
+                 prompts: tuple[str, ...] = tuple(a for a, _ in EXAMPLES[:3])) -> dict[str, float]:
     """Tokens per second decoding one conversation at a time (batch 1, greedy, fp32, eager) on
     this machine, with the load average then: what a person chatting on this CPU sees."""
     import os
@@ -574,6 +612,12 @@ def model_card(summary: dict[str, Any], out: Path, src: Path) -> str:
     best, ev = summary["best"], summary["evals"]["best"]
     n = count_params(ModelConfig.load(src))
     speed = decode_speed(src)
+    tries = []
+    if "skills" in ev:
+        from nanoseek.infer.engine import Engine
+
+        engine = Engine.from_checkpoint(str(src), device="cpu", max_batch=16, max_seq_len=1024)
+        tries = [a for (a, _), ok in zip(EXAMPLES, answered_right(engine, EXAMPLES)) if ok]
     report_md = "\n".join(line for line in (out / "report.md").read_text().splitlines()
                           if not line.startswith("![") and line != "## Plots")
     front = "---\nlibrary_name: transformers\ntags: [deepseek_v3, nanoseek, reasoning]\n---\n\n"
@@ -586,6 +630,8 @@ def model_card(summary: dict[str, Any], out: Path, src: Path) -> str:
              "are R1's chat template (the tokenizer's).", ""]
     if "skills" in ev:
         met = [g for g, v in ev["skills"].items() if v >= TARGETS.get(g, 0.9)]
+        met += ["off"] * (ev["thinking_off"].get("out_of_scope", 0.0) >= 0.95)
+        measures = len(ev["skills"]) + 1  # and honesty with DeepThink off
         lines += ["## What it can do", "",
                   "It was trained to reason step by step (its `<think>` block; with DeepThink "
                   "off the working goes into the answer) and answer:", "",
@@ -598,11 +644,13 @@ def model_card(summary: dict[str, Any], out: Path, src: Path) -> str:
                   "do, never a number.", "",
                   "Asked in the ways people ask: symbols or words (\"plus\", \"times\", "
                   "\"add ... and ...\"), with or without punctuation, in any case, politely or "
-                  "not. Try: " + ", ".join(f"`{e}`" for e in EXAMPLES) + ".", "",
-                  ("It meets every target below." if len(met) == len(ev["skills"]) else
+                  "not." + (" Try (answered right at temperature 0, DeepThink on and off, when "
+                            "this card was written): " + ", ".join(f"`{e}`" for e in tries) + "."
+                            if tries else ""), "",
+                  ("It meets every target below." if len(met) == measures else
                    "It does these unreliably: the held-out scores below are short of the targets "
-                   f"in {len(ev['skills']) - len(met)} of {len(ev['skills'])} measures, so check "
-                   "its working; a wrong step shows in it."), "",
+                   f"in {measures - len(met)} of {measures} measures, so check its working; a "
+                   "wrong step shows in it."), "",
                   "## Held-out scores", "",
                   f"On {ev['prompts']} prompts of `tasks/heldout.jsonl` (phrasings and "
                   "instances no training data used), pass@1 over "

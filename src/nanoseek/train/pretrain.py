@@ -24,7 +24,7 @@ from nanoseek.checkpoint import load_model
 from nanoseek.data import DocumentLoader, PackedLoader, read_meta
 from nanoseek.model.config import ModelConfig, resolve_config
 from nanoseek.model.counting import flops_per_token
-from nanoseek.model.model import MoE, Transformer, update_correction_bias
+from nanoseek.model.model import Documents, MoE, Transformer, update_correction_bias
 from nanoseek.tokenizer import Tokenizer
 from nanoseek.train.runtime import (
     RunOptions,
@@ -64,6 +64,10 @@ class TrainConfig(adamw_options(lr=3e-3, lr_help="peak learning rate", warmup_st
                             "plain text); documents: whole documents packed into the rows, "
                             "padded, none cut at a row's edge (chats: a turn is never learned "
                             "without its question)")
+    attn_mask: str = opt("causal", "causal: a token attends to everything before it in its row; "
+                                   "block_causal: only to its own document's tokens (documents "
+                                   "end at the data's EOS token), as if each were a row of its "
+                                   "own; on a CPU cheaper for rows of short documents")
     micro_batch_size: int = opt(8, "rows per rank per forward pass")
     batch_size: int = opt(0, "rows per optimizer step over all ranks (gradient accumulation makes "
                              "up the rest); 0 = micro_batch_size x world size")
@@ -98,6 +102,7 @@ class TrainConfig(adamw_options(lr=3e-3, lr_help="peak learning rate", warmup_st
             ("seq_len", self.seq_len > 0, "> 0"),
             ("micro_batch_size", self.micro_batch_size > 0, "> 0"),
             ("pack", self.pack in ("rows", "documents"), "rows or documents"),
+            ("attn_mask", self.attn_mask in ("causal", "block_causal"), "causal or block_causal"),
             ("batch_size", self.batch_size >= 0, ">= 0"), ("max_steps", self.max_steps > 0, "> 0"),
             ("batch_tokens",
              self.batch_tokens >= 0 and self.batch_tokens % max(1, self.seq_len) == 0,
@@ -237,6 +242,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
     tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     _, accum = _batch_shape(cfg, world)
     train_loader, val_loader = _loaders(cfg, world)
+    eos = meta.get("eos_id") if cfg.attn_mask == "block_causal" else None
+    if cfg.attn_mask == "block_causal" and eos is None:
+        raise TrainConfigError(f"train config 'attn_mask': block_causal needs documents that end "
+                               f"at an EOS token; data '{cfg.data}' names none (meta.json eos_id)")
     forward = _parallel(model, cfg, world)
     optim = build_optimizer(model, cfg)
     fsdp = cfg.fsdp and world.size > 1
@@ -267,7 +276,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
             if cfg.mtp_loss_weight_final is not None:
                 late = step >= cfg.mtp_switch_fraction * cfg.max_steps
                 mcfg.mtp_loss_weight = cfg.mtp_loss_weight_final if late else lambda0
-            parts, grad_norm = _step(forward, model, optim, train_loader, accum, cfg.grad_clip, dev)
+            parts, grad_norm = _step(forward, model, optim, train_loader, accum, cfg.grad_clip, dev,
+                                     eos)
             max_vio = update_correction_bias(model)  # main layers' MoE first, then the MTP modules'
             vio = [] if max_vio is None else [round(v, 4) for v in max_vio.tolist()]
             step += 1
@@ -287,7 +297,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
             record["mfu"] = tel.mfu(record["tokens_per_s"] / world.size, fpt)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 val_loader.load_state_dict(val_start)
-                record["val_loss"] = val_loss(model, val_loader, cfg.eval_batches, dev, world)
+                record["val_loss"] = val_loss(model, val_loader, cfg.eval_batches, dev, world, eos)
             if cfg.sample_every and step % cfg.sample_every == 0 and tokenizer and world.main:
                 record["sample"] = sample_text(model, tokenizer, dev)
             tel.log(record)
@@ -306,11 +316,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> tuple[Transformer, dict[str
 
 
 def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optimizer,
-          loader: Loader, accum: int, grad_clip: float,
-          dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+          loader: Loader, accum: int, grad_clip: float, dev: torch.device,
+          eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over accum micro-batches (gradients all-reduced on the last only). Returns
     the step's (loss, main, MTP, balance, MTP accuracy, tokens read) on this rank and the gradient
-    norm."""
+    norm. With eos_id, attention stays inside the documents that it ends (attn_mask
+    block_causal)."""
     # dtype rules: fp32 master weights and optimizer state; on a GPU the matmuls run in bf16 under
     # autocast (the experts' grouped GEMMs too: model.grouped_mm follows autocast), the router,
     # norms, softmax and losses in fp32; the CPU runs fp32 throughout (its bf16 is no faster)
@@ -322,7 +333,7 @@ def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optim
         last = micro == accum - 1
         sync = nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync()
         with sync, autocast:
-            out = forward(x, y)
+            out = forward(x, y, documents=_documents(x, eos_id))
             (out.loss / accum).backward()
         with torch.no_grad():
             acc = ((out.mtp_logits[0].argmax(-1) == y[:, 1:]).float().mean()
@@ -337,6 +348,10 @@ def _step(forward: torch.nn.Module, model: Transformer, optim: torch.optim.Optim
     return parts, grad_norm
 
 
+def _documents(x: torch.Tensor, eos_id: int | None) -> torch.Tensor | None:
+    return None if eos_id is None else Documents.starts(x, eos_id)
+
+
 def _z(x: torch.Tensor | None, dev: torch.device) -> torch.Tensor:
     return torch.zeros((), device=dev) if x is None else x
 
@@ -347,14 +362,14 @@ def _z(x: torch.Tensor | None, dev: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def val_loss(model: Transformer, loader: Loader, batches: int, dev: torch.device,
-             world: World) -> float:
+             world: World, eos_id: int | None = None) -> float:
     """The next-token loss (no MTP) over `batches` validation micro-batches, averaged over ranks."""
     model.eval()
     total = torch.zeros((), device=dev)
     for _ in range(batches):
-        x, y = loader.next_batch()
+        x, y = (t.to(dev) for t in loader.next_batch())
         with hardware.autocast(dev):
-            total += model(x.to(dev), y.to(dev), mtp=False).main_loss.float()
+            total += model(x, y, mtp=False, documents=_documents(x, eos_id)).main_loss.float()
     model.train()
     return all_mean(total / batches, world).item()
 

@@ -96,6 +96,7 @@ class Preset:
     # of 512 holds about five worked problems, whose own score pairs are a third of the row's: a
     # CPU step is 1.2-1.3x as fast (bench/bench_attn_mask.py), and no problem reads another's
     # numbers. The steps this bought (3,300, not 2,200) lifted the held-out measure 0.45 -> 0.63
+    # in one run (runs differ by up to 0.18 in a skill: BENCHMARKS.md)
     attn_mask: str = "block_causal"
     # small batches, many steps: at this scale the number of updates is what teaches (4 rows a
     # step reached in 1M tokens the loss that 16 rows a step reached in 3.3M)

@@ -25,6 +25,7 @@ import torch
 from torch.profiler import profile
 
 from nanoseek.data import PackedLoader, prepare_corpus
+from nanoseek.files import write_jsonl
 from nanoseek.hardware import cpu_model
 from nanoseek.model.config import resolve_config
 from nanoseek.model.model import Documents, Transformer, update_correction_bias
@@ -39,7 +40,7 @@ def corpus(work: Path, docs: int) -> tuple[Path, int, int]:
     """The default preset's pretraining documents, tokenized as its corpus stage does."""
     preset = PRESETS["default"]
     rows = Pipeline(work / "pipeline", preset, progress=False).documents(docs, seed=0)
-    (work / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(iter(rows), work / "corpus.jsonl")
     tok = train_tokenizer([r["text"] for r in rows], vocab_size=preset.vocab, split_digits=True)
     prepare_corpus(str(work / "corpus.jsonl"), tok, work / "data", val_fraction=0.01, seed=0,
                    progress=False)
@@ -71,8 +72,7 @@ def main() -> None:
         loaders[name] = PackedLoader(data / "train.bin", args.seq, args.batch, seed=0)
 
     def step(name: str) -> float:
-        model, x_y = models[name], loaders[name].next_batch()
-        x, y = x_y
+        model, (x, y) = models[name], loaders[name].next_batch()
         documents = Documents.starts(x, eos) if name == "block_causal" else None
         out = model(x, y, documents=documents)
         out.loss.backward()

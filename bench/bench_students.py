@@ -13,7 +13,7 @@ shared cores it moves them more than anything here.
 
     python bench/bench_students.py                      # batch 1 and 32
     python bench/bench_students.py --batches 1 --compile   # + the compiled engine
-    python bench/bench_students.py --int4                   # + 4-bit projections (CPU)
+    python bench/bench_students.py --int4 --int8            # + 4-bit, 8-bit projections (CPU)
     python bench/bench_students.py --batches 1 --new-tokens 8 --repeats 1 --warmup 0   # smoke run
 """
 
@@ -33,8 +33,8 @@ from bench_infer import cpu_busy, hf_run, interleaved, med, nano_run, timed
 from nanoseek.checkpoint import load_model
 from nanoseek.convert import convert_gguf
 from nanoseek.hardware import cpu_model
-from nanoseek.infer.engine import Engine
-from nanoseek.model.quant import quantize_int4
+from nanoseek.infer.engine import Engine, calibration_ids
+from nanoseek.model.quant import quantize_int4, quantize_int8
 from nanoseek.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent
@@ -106,6 +106,9 @@ def main() -> None:
                    help="also nanoseek with 4-bit projections (Engine.from_checkpoint(..., "
                         "quantize='int4'): the GGUF file's own Q4_1 blocks, bf16 activations) "
                         "against transformers in --dtype")
+    p.add_argument("--int8", action="store_true",
+                   help="also nanoseek with int8 weights and activations (quantize='int8': "
+                        "SmoothQuant calibrated on the built-in text, fp32 elsewhere)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,12 +119,16 @@ def main() -> None:
     if args.int4:
         models["nanoseek int4"] = load_model(ckpt, dtype=torch.float32)
         quantize_int4(models["nanoseek int4"])
+    if args.int8:
+        models["nanoseek int8"] = load_model(ckpt, dtype=torch.float32)
+        quantize_int8(models["nanoseek int8"],
+                      calibration_ids(tok, models["nanoseek int8"].cfg.max_position_embeddings))
     hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
     hf.generation_config.eos_token_id = None  # exactly N tokens (hf_run's min_new_tokens)
     rec = {"cpu": cpu_model(), "threads": args.threads, "dtype": args.dtype, "int4": args.int4,
-           "load_before": os.getloadavg(), "busy_before": cpu_busy(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "runs": []}
-    # what 4 bits (or bf16) cost: the likelihood of a text nobody generated, README.md's start
+           "int8": args.int8, "load_before": os.getloadavg(), "busy_before": cpu_busy(),
+           "torch": torch.__version__, "transformers": transformers.__version__, "runs": []}
+    # what 4 or 8 bits (or bf16) cost: the likelihood of a text nobody generated, README.md's start
     ids = torch.tensor([tok.encode((ROOT.parent / "README.md").read_text())[:1024]])
     rec["nll"] = {**{k: nll(m, ids) for k, m in models.items()}, "transformers": nll(hf, ids)}
     print("NLL of README.md's first 1,024 tokens: "

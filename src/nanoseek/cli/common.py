@@ -171,11 +171,13 @@ def add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default cuda if available)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="weights and cache dtype (default bfloat16 on GPU, float32 on CPU)")
-    g.add_argument("--quantize", choices=("int4",),
-                   help="int4: the projections' weights in 4 bits (groups of 32, bf16 activations; "
-                        "CPU only): a quarter of bf16's bytes a decode step reads, about 3x "
-                        "fp32's tokens/s at batch 1 (bench/bench_students.py); near-lossless for "
-                        "a model converted from a Q4 GGUF file (default: none)")
+    g.add_argument("--quantize", choices=("int4", "int8"),
+                   help="CPU only. int4: the projections' weights in 4 bits (groups of 32, bf16 "
+                        "activations): a quarter of bf16's bytes a decode step reads, about 3x "
+                        "fp32's tokens/s at batch 1; near-lossless for a model converted from a Q4 "
+                        "GGUF file. int8: weights and activations in 8 bits (SmoothQuant, "
+                        "calibrated on a short built-in text), fp32 elsewhere: int8 arithmetic, "
+                        "fastest at large batches (bench/bench_students.py). Default: none")
     g.add_argument("--max-batch", type=positive_int, default=max_batch,
                    help=f"sequences decoded together: cache slots (default {max_batch})")
     g.add_argument("--max-seq-len", type=positive_int,
@@ -191,8 +193,9 @@ def add_engine_flags(p: argparse.ArgumentParser, max_batch: int) -> None:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="static decode steps: on a GPU in bf16, CUDA graphs of every batch size, "
                         "recorded in seconds at start-up (the default there); on a CPU, "
-                        "torch.compile at small batch (faster at batch 1: bench/bench_infer.py; "
-                        "each batch size compiles once, for 10-30 s, on its first use); "
+                        "torch.compile while batch x --max-seq-len <= 16,384 (a compiled step "
+                        "attends over the whole cache; faster at batch 1 and 32: bench/; each "
+                        "batch size compiles once, for 10-90 s, on its first use); "
                         "speculation then defaults off")
     g.add_argument("--prefix-cache-dir", metavar="DIR",
                    help="also keep the prompt-prefix KV cache on disk here, across runs (default: "

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -59,6 +60,19 @@ Params = SamplingParams | Sequence[SamplingParams] | None
 SPECULATE_UP_TO = 16
 
 _entropy = random.SystemRandom()
+
+
+# --quantize int8's calibration chat: a question, then an answer of prose, sums, code and facts
+CALIBRATION = Path(__file__).parent.parent / "assets" / "calibration.md"
+
+
+def calibration_ids(tok: Tokenizer, max_len: int) -> torch.Tensor:
+    """The calibration chat in the model's own template (its first paragraph the user's turn),
+    as (1, T) ids, T at most max_len and 1,024."""
+    question, answer = CALIBRATION.read_text().split("\n\n", 1)
+    ids = tok.encode_chat([{"role": "user", "content": question},
+                           {"role": "assistant", "content": answer}], add_generation_prompt=False)
+    return torch.tensor([ids[: min(max_len, 1024)]])
 
 
 def leaves_reasoning_open(ids: list[int], tok: Tokenizer) -> bool:
@@ -117,7 +131,8 @@ class Engine:
     speculative: MTP drafting; None = on when the checkpoint has MTP layers and max_batch <= 16.
     prefix_cache: a PrefixCache, or None for none. compile: static decode and drafting steps (see
     runner.py): on a GPU in bf16, CUDA graphs of every batch bucket, recorded here; on a CPU,
-    torch.compile'd up to runner.CPU_COMPILED_ROWS rows, each batch size on its first step.
+    torch.compile'd while rows x max_seq_len is at most runner.CPU_COMPILED_POSITIONS, each batch
+    size on its first step.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, max_batch: int | None = None,
@@ -187,10 +202,11 @@ class Engine:
     def from_checkpoint(cls, path: str, device: str | None = None, dtype: str | None = None,
                         quantize: str | None = None, **kw) -> Engine:
         """Load a checkpoint directory (model + tokenizer). Defaults: CUDA in bf16 when there is a
-        GPU, else the CPU in fp32. quantize="int4": 4-bit projections and bf16 elsewhere, on the
-        CPU (model/quant.py)."""
+        GPU, else the CPU in fp32. On the CPU (model/quant.py), quantize="int4": 4-bit projections
+        and bf16 elsewhere; quantize="int8": int8 projections and lm_head, calibrated on a short
+        text, fp32 elsewhere."""
         from nanoseek.checkpoint import load_model
-        from nanoseek.model.quant import quantize_int4
+        from nanoseek.model.quant import quantize_int4, quantize_int8
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -200,20 +216,24 @@ class Engine:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"device {device!r}: this torch has no CUDA device "
                               "(use --device cpu)")
-        if quantize not in (None, "int4"):
-            raise EngineError(f"quantize must be int4 or none, got {quantize!r}")
-        if quantize and dtype not in (None, "bfloat16"):
-            raise EngineError(f"--quantize int4 computes in bfloat16, not {dtype}: leave --dtype "
-                              "out")
+        if quantize not in (None, "int4", "int8"):
+            raise EngineError(f"quantize must be int4, int8 or none, got {quantize!r}")
+        computes = {"int4": "bfloat16", "int8": "float32"}.get(quantize)
+        if computes and dtype not in (None, computes):
+            raise EngineError(f"--quantize {quantize} computes in {computes}, not {dtype}: leave "
+                              "--dtype out")
         dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype not in ("float32", "bfloat16", "float16"):
             raise EngineError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-        # quantized from fp32 weights (then bf16): a block's values before any rounding
+        # quantized from fp32 weights (int4 then goes to bf16): a block's values before rounding
         model = load_model(path, device=device,
                            dtype=torch.float32 if quantize else getattr(torch, dtype))
-        if quantize:
+        tok = Tokenizer.load(path)
+        if quantize == "int4":
             quantize_int4(model)
-        return cls(model, Tokenizer.load(path), **kw)
+        elif quantize == "int8":
+            quantize_int8(model, calibration_ids(tok, model.cfg.max_position_embeddings))
+        return cls(model, tok, **kw)
 
     @property
     def cache_bytes(self) -> int:

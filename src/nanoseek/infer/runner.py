@@ -28,8 +28,10 @@ from nanoseek.model.model import KVCache, Transformer, static_shapes
 # below this many new tokens a row, attention runs absorbed (on the latent); above, naive (per-head
 # K/V from the latent), whose matmuls are cheaper once there are many queries
 ABSORB_BELOW = 16
-# compiled CPU steps (Engine(compile=True) without CUDA) up to this many rows; eager past it
-CPU_COMPILED_ROWS = 4
+# compiled CPU steps (Engine(compile=True) without CUDA) while rows x cache length is at most this;
+# eager past it. A compiled step attends over the whole cache (static shapes), an eager one over
+# what is written: 4 rows of a 4,096-token cache, or 32 rows of 512
+CPU_COMPILED_POSITIONS = 16384
 
 
 @dataclass
@@ -298,8 +300,9 @@ class Runner:
         if (self.graphs is None and cfg.n_routed_experts
                 and b * S * cfg.num_experts_per_tok > cfg.n_routed_experts):
             return None
-        # a compiled CPU step pays only where per-op overhead is much of a step: SmolLM2-135M on 2
-        # cores, compiled against eager, 1.10x at 4 rows, 0.79x at 8 and 0.53x at 32
-        if self.graphs is None and b > CPU_COMPILED_ROWS:
+        # a compiled CPU step fuses the small ops around each matmul (SmolLM2-135M at 32 rows on 2
+        # cores: 0.90x eager's time in fp32, 0.75x with int8 projections), but reads the whole
+        # cache where eager reads what is written
+        if self.graphs is None and b * self.cache.max_len > CPU_COMPILED_POSITIONS:
             return None
         return b

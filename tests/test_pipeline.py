@@ -104,6 +104,25 @@ def test_a_rerun_resumes_finished_stages(quick_run, capsys):
     assert json.loads(report.read_text())["wall_s"] == pytest.approx(first) and first > 1
 
 
+def test_another_seed_is_another_run_and_never_resumes_this_one(quick_run, tmp_path, capsys):
+    """--seed draws every stage's documents anew (not the held-out prompts); an out-dir made with
+    another preset or seed is refused, not silently resumed."""
+    import dataclasses
+
+    from nanoseek.pipeline import EVAL_SEED, PRESETS, Pipeline
+
+    quick = PRESETS["quick"]
+    one = Pipeline(tmp_path / "one", dataclasses.replace(quick, seed=1), log=lambda *_: None)
+    zero = Pipeline(tmp_path / "zero", quick, log=lambda *_: None)
+    assert one.documents(20, one.seed(0)) != zero.documents(20, zero.seed(0))
+    assert EVAL_SEED not in {p.seed(k) for p in (one, zero) for k in range(4)}
+    assert main(["pipeline", "--quick", "--seed", "1", "--out-dir", str(quick_run / "run"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another preset" in err and "seed" in err and "--out-dir" in err
+    assert main(["pipeline", "--seed", "-1", "--out-dir", str(tmp_path / "x")]) == 2
+
+
 def test_the_gpu_preset_refuses_to_start_without_a_gpu(tmp_path, capsys, monkeypatch):
     import torch
 

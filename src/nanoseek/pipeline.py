@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoseek.data import prepare_corpus
+from nanoseek.errors import UserError
 from nanoseek.eval.cost import (
     CPU_PRICE_NOTE,
     CPU_USD_PER_HOUR,
@@ -65,6 +66,10 @@ TEACHER_SHAPE = {"hidden_size": 128, "intermediate_size": 384, "moe_intermediate
 # the student: dense (MLA and a dense MLP in every layer), a layer fewer, no MTP
 STUDENT_SHAPE = {"num_hidden_layers": 3, "first_k_dense_replace": 3,
                  "num_nextn_predict_layers": 0}
+
+
+class PipelineError(UserError):
+    pass
 
 
 @dataclass
@@ -125,6 +130,10 @@ class Preset:
     k: int = 2  # samples per held-out prompt (and one more with DeepThink off)
     budgets: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     gpu: bool = False  # sized for a GPU: days on a CPU, so `nanoseek pipeline` refuses to start
+    # every stage's randomness (documents, initial weights, data order, rollouts) draws from it;
+    # the held-out prompts do not. Another seed is another run of the same recipe: how far two
+    # runs part is the noise any change to the recipe has to beat
+    seed: int = 0
 
 
 GYM_ARITHMETIC = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 1,
@@ -171,6 +180,20 @@ class Pipeline:
         self.out, self.p, self.progress, self.log = Path(out_dir), preset, progress, log
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages: dict[str, dict[str, Any]] = {}
+        # a rerun resumes the stages done; with another preset or seed they would be another run's
+        made = self.out / "preset.json"
+        want = json.loads(json.dumps(dataclasses.asdict(preset)))  # as the file holds it
+        if made.exists() and (had := json.loads(made.read_text())) != want:
+            diff = sorted(k for k in want.keys() | had.keys() if had.get(k) != want.get(k))
+            raise PipelineError(f"{made}: {self.out} holds a run of another preset (it differs in "
+                                f"{', '.join(diff)}): pick another --out-dir")
+        if not made.exists():
+            atomic_write(made, json.dumps(want, indent=1) + "\n")
+
+    def seed(self, k: int) -> int:
+        """The k-th (k < 1000) generator seed of this run: 0, 1, 2, ... for seed 0; 1000 + k
+        for seed 1 and so on (EVAL_SEED is none of them)."""
+        return 1000 * self.p.seed + k
 
     # --- bookkeeping: a stage runs once; its record (seconds, checkpoint, ...) is kept in done.json
 
@@ -209,9 +232,10 @@ class Pipeline:
 
         p = self.p
         stage_dir.mkdir(parents=True, exist_ok=True)
-        docs = self.documents(p.docs, seed=0)  # thinking on: the base learns to reason first
+        # thinking on: the base learns to reason first
+        docs = self.documents(p.docs, seed=self.seed(0))
         write_jsonl(iter(docs), stage_dir / "corpus.jsonl")
-        cold = self.documents(p.cold_start, seed=1, thinking_off=p.thinking_off,
+        cold = self.documents(p.cold_start, seed=self.seed(1), thinking_off=p.thinking_off,
                               out_of_scope=p.cold_out_of_scope)
         write_jsonl(({"messages": c["messages"]} for c in cold), stage_dir / "cold_start.jsonl")
         # digits one token each: the traces work digit by digit
@@ -219,12 +243,13 @@ class Pipeline:
         tok.save(stage_dir / "tokenizer")
         if p.replies_only:
             prepare_chats(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data",
-                          val_fraction=0.01, seed=0, progress=False, reuse=False, log=self.log)
+                          val_fraction=0.01, seed=p.seed, progress=False, reuse=False,
+                          log=self.log)
         else:
             prepare_corpus(str(stage_dir / "corpus.jsonl"), tok, stage_dir / "data",
-                           val_fraction=0.01, seed=0, progress=False)
+                           val_fraction=0.01, seed=p.seed, progress=False)
         prepare_chats(str(stage_dir / "cold_start.jsonl"), tok, stage_dir / "cold_data",
-                      val_fraction=0.1, seed=0, progress=False, reuse=False, log=self.log)
+                      val_fraction=0.1, seed=p.seed, progress=False, reuse=False, log=self.log)
         return {"documents": len(docs), "cold_start": len(cold), "vocab": tok.vocab_size}
 
     def _train(self, stage_dir: Path, **kw) -> dict:
@@ -236,6 +261,7 @@ class Pipeline:
         kw.setdefault("save_every", 100)
         kw.setdefault("compile", p.gpu)  # per-block torch.compile: seconds to build, pays on a GPU
         kw.setdefault("attn_mask", p.attn_mask)
+        kw.setdefault("seed", p.seed)
         cfg = TrainConfig(tokenizer=str(self.out / "corpus" / "tokenizer"), out_dir=str(stage_dir),
                           seq_len=p.seq_len, eval_every=0, progress=self.progress, **kw)
         _, last = train(cfg, resume=True)  # a stage cut short goes on; a fresh one starts at 0
@@ -276,7 +302,7 @@ class Pipeline:
                          steps=steps or 100_000, max_seconds=max_seconds,
                          prompts_per_step=p.prompts_per_step, group_size=p.group_size,
                          max_tokens=p.max_tokens, lr=p.grpo_lr, eval_every=0, save_every=20,
-                         progress=self.progress)
+                         seed=p.seed, progress=self.progress)
         _, last = train_grpo(cfg, resume=True)
         return {"checkpoint": str(latest_checkpoint(stage_dir)), "seconds": last["elapsed_s"],
                 "steps": last["step"], "reward": last["reward"], "accuracy": last["accuracy"]}
@@ -301,12 +327,14 @@ class Pipeline:
         p = self.p
         stage_dir.mkdir(parents=True, exist_ok=True)
         engine = self._engine(self.stages["r1"]["checkpoint"])
-        task = load_task(p.task, p.rs_prompts, seed=2, config=p.task_config)
-        params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=p.max_tokens, seed=0)
+        task = load_task(p.task, p.rs_prompts, seed=self.seed(2), config=p.task_config)
+        params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=p.max_tokens,
+                                seed=p.seed)
         samples = stage_dir / "samples.jsonl"
         counts = write_samples(rejection_sample(engine, task, p.rs_k, params, shortest=True,
                                                 progress=self.progress), task.name, str(samples))
-        general = self.documents(p.general, seed=3, thinking_off=1.0) if p.task == "skills" else []
+        general = (self.documents(p.general, seed=self.seed(3), thinking_off=1.0)
+                   if p.task == "skills" else [])
         if counts["kept"] + len(general) < 2:
             raise DistillError(f"R1 passed {counts['kept']} of {counts['samples']} samples: too "
                                "few to distill (train it longer, or raise rs_k or rs_prompts)")
@@ -317,7 +345,7 @@ class Pipeline:
                                                       ensure_ascii=False) + "\n" for g in general))
         # prepare_chats holds out at least one conversation however few were kept
         prepare_chats(str(chats), Tokenizer.load(self.out / "corpus" / "tokenizer"),
-                      stage_dir / "data", val_fraction=0.05, seed=0, progress=False,
+                      stage_dir / "data", val_fraction=0.05, seed=p.seed, progress=False,
                       reuse=False, log=self.log)
         return {**counts, "general": len(general)}
 

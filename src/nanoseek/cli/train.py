@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,10 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
     pipe.add_argument("--export", metavar="DIR",
                       help="also copy the best model there with its model card (the shipped model "
                            "is such an export, in src/nanoseek/assets/model)")
+    pipe.add_argument("--seed", type=int, default=0,
+                      help="the run's seed: documents, initial weights, data order and rollouts "
+                           "(not the held-out prompts); another seed is another run of the same "
+                           "recipe, to see how far runs part (default 0: the shipped model's)")
     pipe.add_argument("--quiet", action="store_true", help="no progress bars")
     pipe.set_defaults(handler=cmd_pipeline)
 
@@ -296,7 +301,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from nanoseek.pipeline import PRESETS, Pipeline, export
 
     name = "quick" if args.quick else args.preset
-    preset = PRESETS[name]
+    if args.seed < 0:
+        raise BadArgs(f"--seed must be >= 0, got {args.seed}")
+    preset = dataclasses.replace(PRESETS[name], seed=args.seed)
     if preset.gpu and not torch.cuda.is_available():
         raise BadArgs(f"preset {name} needs a GPU, and this torch sees none (it would take days on "
                       "a CPU; the default preset is the CPU-sized one)")

@@ -2,11 +2,13 @@
 each document (TrainConfig.attn_mask), on the shipped model's own shape and corpus.
 
 The pipeline's pretraining rows are 512 tokens of worked problems (113 tokens each on average), so
-causal attention over a row spends most of its score pairs between unrelated problems. Both
+causal attention over a row spends most of its score pairs between unrelated problems.
+Block-causal runs two ways: through SDPA's CPU flash kernel (block_causal_sdpa), and written out
+as the CPU now does it (product, mask, softmax: model.WRITTEN_OUT). The
 variants start from the same weights and read the same batches from the same PackedLoader order;
 their steps alternate so that they share the machine's noise; medians are reported. A step is what
 `nanoseek train` runs: forward (main and MTP losses), backward, clipping at 1.0, AdamW, the bias
-update. The profile's attention share comes from one more profiled step of each.
+update. The profile's SDPA share comes from one more profiled step of each SDPA variant.
 
     python bench/bench_attn_mask.py                 # the default preset's teacher, 4 x 512
     python bench/bench_attn_mask.py --steps 30 --json
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.profiler import profile
 
+import nanoseek.model.model as model_module
 from nanoseek.data import PackedLoader, prepare_corpus
 from nanoseek.files import write_jsonl
 from nanoseek.hardware import cpu_model
@@ -33,7 +36,9 @@ from nanoseek.pipeline import PRESETS, Pipeline
 from nanoseek.tokenizer import train_tokenizer
 from nanoseek.train.pretrain import TrainConfig, build_optimizer
 
-VARIANTS = ("causal", "block_causal")
+# block_causal_sdpa: block-causal through SDPA's CPU flash kernel, as before the CPU wrote it out
+# (model.WRITTEN_OUT)
+VARIANTS = ("causal", "block_causal_sdpa", "block_causal")
 
 
 def corpus(work: Path, docs: int) -> tuple[Path, int, int]:
@@ -73,7 +78,8 @@ def main() -> None:
 
     def step(name: str) -> float:
         model, (x, y) = models[name], loaders[name].next_batch()
-        documents = Documents.starts(x, eos) if name == "block_causal" else None
+        documents = Documents.starts(x, eos) if name.startswith("block_causal") else None
+        model_module.WRITTEN_OUT = () if name == "block_causal_sdpa" else ("cpu",)
         out = model(x, y, documents=documents)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -90,8 +96,8 @@ def main() -> None:
             losses[name].append(step(name))
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
-    share = {}
-    for name in VARIANTS:
+    share = {"block_causal": None}  # written out: its attention is matmuls among the others
+    for name in VARIANTS[:2]:
         with profile() as prof:
             step(name)
         events = prof.key_averages()
@@ -111,7 +117,8 @@ def main() -> None:
         rec[name] = dict(step_ms=round(1e3 * statistics.median(times[name]), 1),
                          attention_share=share[name], first_loss=round(losses[name][0], 4),
                          last_loss=round(losses[name][-1], 4))
-    rec["speedup"] = round(rec["causal"]["step_ms"] / rec["block_causal"]["step_ms"], 2)
+    rec["speedup"] = {n: round(rec["causal"]["step_ms"] / rec[n]["step_ms"], 2)
+                      for n in VARIANTS[1:]}
     if args.json:
         print(json.dumps(rec))
         return
@@ -119,12 +126,13 @@ def main() -> None:
           f"torch {torch.__version__}; batch {args.batch} x {args.seq}, "
           f"{rec['documents_per_row']} documents a row (the first batch): block-causal scores "
           f"{rec['score_pairs_ratio']} of the row's pairs")
-    print(f"  {'attn_mask':14}{'ms/step':>9}{'SDPA share':>12}{'loss 1st':>10}{'loss last':>10}")
+    print(f"  {'attn_mask':18}{'ms/step':>9}{'SDPA share':>12}{'loss 1st':>10}{'loss last':>10}")
     for name in VARIANTS:
         v = rec[name]
-        print(f"  {name:14}{v['step_ms']:>9}{v['attention_share']:>12}{v['first_loss']:>10}"
-              f"{v['last_loss']:>10}")
-    print(f"  block_causal is {rec['speedup']}x as fast a step (medians of {args.steps})")
+        print(f"  {name:18}{v['step_ms']:>9}{v['attention_share'] or '—':>12}"
+              f"{v['first_loss']:>10}{v['last_loss']:>10}")
+    for name, x in rec["speedup"].items():
+        print(f"  {name} is {x}x as fast a step as causal (medians of {args.steps})")
 
 
 if __name__ == "__main__":

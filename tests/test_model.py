@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nanoseek.model.model as model_module
 from nanoseek.model import ConfigError, get_preset
 from nanoseek.model.model import (
     Documents,
@@ -316,10 +317,13 @@ def _packed(vocab: int, lengths, eos: int, pad: int):
     {"model_type": "llama", "num_key_value_heads": 2, "head_dim": 16, "rope_scaling": None,
      "first_k_dense_replace": 2, "num_nextn_predict_layers": 0},  # grouped-query attention
 ])
-def test_block_causal_attention_is_each_document_on_its_own(changes):
+@pytest.mark.parametrize("written_out", [("cpu",), ()], ids=["written-out", "sdpa"])
+def test_block_causal_attention_is_each_document_on_its_own(changes, written_out, monkeypatch):
     """documents=: each document of a packed row gets the logits (main and MTP) it gets as a row of
     its own, wherever it lies in the row (RoPE is relative); the row's trailing EOS padding joins
-    the last document; plain causal attention over the row differs."""
+    the last document; plain causal attention over the row differs. Both ways of attending: the
+    CPU's product, mask and softmax, and a GPU's one SDPA call on a gathered (q, k, v)."""
+    monkeypatch.setattr(model_module, "WRITTEN_OUT", written_out)
     model = tiny_model(**changes)
     eos = 1
     docs, row = _packed(model.cfg.vocab_size, [5, 21, 16, 17, 3], eos, pad=6)
@@ -343,7 +347,9 @@ def test_block_causal_attention_is_each_document_on_its_own(changes):
             model(rows, documents=starts, cache=KVCache(model.cfg, 2, 80))
 
 
-def test_block_causal_gradients_equal_separate_rows():
+@pytest.mark.parametrize("written_out", [("cpu",), ()], ids=["written-out", "sdpa"])
+def test_block_causal_gradients_equal_separate_rows(written_out, monkeypatch):
+    monkeypatch.setattr(model_module, "WRITTEN_OUT", written_out)
     model = tiny_model()
     docs, row = _packed(model.cfg.vocab_size, [9, 30, 12], eos=1, pad=0)
 

@@ -99,7 +99,7 @@ class Preset:
     seq_len: int = 512  # a worked product of two three-digit numbers is about 350 tokens
     # pretraining and SFT: attention inside each document of a row (TrainConfig.attn_mask). A row
     # of 512 holds about five worked problems, whose own score pairs are a third of the row's: a
-    # CPU step is 1.2-1.3x as fast (bench/bench_attn_mask.py), and no problem reads another's
+    # CPU step is 1.2-1.5x as fast (bench/bench_attn_mask.py), and no problem reads another's
     # numbers. The steps this bought (3,300, not 2,200) lifted the held-out measure 0.45 -> 0.63
     # in one run (runs differ by up to 0.18 in a skill: BENCHMARKS.md)
     attn_mask: str = "block_causal"

@@ -165,7 +165,7 @@ class Documents:
     Why: a packed row of seq_len tokens holds several short documents, and causal attention over
     the whole row costs seq_len² / 2 score pairs a row, most of them between unrelated documents.
     Here the documents are cut out and grouped by length (rounded up to GRAIN), and each group runs
-    as one causal SDPA batch: the cost is the documents' own lengths squared (0.43 of the row's on
+    as one causal batch: the cost is the documents' own lengths squared (0.43 of the row's on
     the skills corpus, where a document averages 113 tokens). RoPE is relative, so a document's
     scores do not depend on where in the row it lies: its tokens keep their row positions. A
     document starts at a row's start and after an end-of-document token; a run of them (a packed
@@ -212,16 +212,39 @@ class Documents:
     def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k (b, s, h, d) and v (b, s, h, d_v) -> (b, s, h, d_v)."""
         h, dq, dv = q.shape[2], q.shape[3], v.shape[3]
-        # SDPA's flash kernel wants v as wide as q and k (MLA.naive says why)
-        v = F.pad(v, (0, max(0, dq - dv)))
-        qkv = torch.cat([q, k, v], dim=-1).flatten(0, 1).index_select(0, self.gather)
+        sizes = [idx.numel() for idx, _ in self.groups]
+        if q.device.type in WRITTEN_OUT:
+            # documents of the skills corpus average 113 tokens: at that length the product, mask
+            # and softmax written out cost less than SDPA's CPU flash kernel and the gathers its
+            # one (q, k, v) tensor needs (a pretraining step of the shipped model's teacher 0.93x
+            # the time)
+            parts = zip(*(t.flatten(0, 1).index_select(0, self.gather).split(sizes)
+                          for t in (q, k, v)))
+        else:
+            # SDPA's flash kernel wants v as wide as q and k (MLA.naive says why): one gather
+            v = F.pad(v, (0, max(0, dq - dv)))
+            qkv = torch.cat([q, k, v], dim=-1).flatten(0, 1).index_select(0, self.gather)
+            parts = (x.split([dq, dq, qkv.shape[-1] - 2 * dq], dim=-1) for x in qkv.split(sizes))
         out = []
-        for (idx, real), x in zip(self.groups, qkv.split([i.numel() for i, _ in self.groups])):
-            x = x.view(*idx.shape, h, -1).transpose(1, 2)  # (documents, h, width, 3 d)
-            xq, xk, xv = x.split([dq, dq, x.shape[-1] - 2 * dq], dim=-1)
-            o = F.scaled_dot_product_attention(xq, xk, xv, is_causal=True, scale=scale)
-            out.append(o.transpose(1, 2)[real][..., :dv])
+        for (idx, real), (xq, xk, xv) in zip(self.groups, parts):
+            xq, xk, xv = (x.view(*idx.shape, h, -1).transpose(1, 2) for x in (xq, xk, xv))
+            out.append(causal_attention(xq, xk, xv, scale).transpose(1, 2)[real][..., :dv])
         return torch.cat(out).index_select(0, self.order).view(*self.shape, h, dv)
+
+
+# devices whose block-causal attention is written out rather than SDPA's (Documents.attend)
+WRITTEN_OUT = ("cpu",)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Causal attention of (n, h, s, d) batches: SDPA, except on a CPU for rows of up to 512
+    tokens, where the product, mask and softmax are written out."""
+    s = q.shape[-2]
+    if q.device.type not in WRITTEN_OUT or s > 512:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    future = torch.ones(s, s, dtype=torch.bool, device=q.device).triu_(1)
+    return torch.matmul(scores.masked_fill_(future, float("-inf")).softmax(-1), v)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -456,6 +456,33 @@ def test_a_refused_question_leaves_the_last_answer_regenerable(page, app):
     assert page.is_visible(".msg.assistant.last .regenerate")
 
 
+def test_a_message_sent_while_the_conversation_reloads_stays_on_the_page(page, app):
+    """Saving the settings reloads the conversation. A message sent before that load comes back
+    keeps its exchange on the page: the load is dropped, not drawn over the answer streaming in."""
+    page.goto(app[0])
+    page.fill("#input", "Calculate 1 + 2.")
+    page.keyboard.press("Enter")
+    done(page)
+    loads, replies = [], []  # held requests: the reload answers first, then the reply
+    page.route(re.compile(r".*/api/conversations/[0-9a-f]+$"), lambda r: loads.append(r))
+    page.route(re.compile(r".*/reply$"), lambda r: replies.append(r))
+    page.click("#settings-button")
+    page.click("#settings-save")
+    page.fill("#input", "Calculate 2 + 2.")
+    page.keyboard.press("Enter")
+    for _ in range(100):
+        if replies:
+            break
+        page.wait_for_timeout(50)
+    assert loads and replies, "saving reloads the conversation; Enter asks for a reply"
+    for route in loads:
+        route.continue_()
+    page.wait_for_timeout(500)  # the load is answered and handled before the reply starts
+    replies[0].continue_()
+    done(page, 2)
+    assert page.locator(".msg.user").all_inner_texts() == ["Calculate 1 + 2.", "Calculate 2 + 2."]
+
+
 def test_an_answer_stopped_in_its_reasoning_says_so_after_a_reload(page, app):
     base, db = app
     cid = httpx.post(f"{base}/api/conversations").json()["id"]

@@ -6,7 +6,9 @@
 const $ = (sel) => document.querySelector(sel);
 // version: the conversation's version this page shows; a reply names it, and the server answers
 // 409 if another tab has moved the conversation on since
-const state = { id: null, version: 0, busy: null, thinking: true };
+// shown: counts what took over the messages view (a conversation opened, a new chat, a message
+// sent), so that a conversation still loading when the user sends does not replace the exchange
+const state = { id: null, version: 0, busy: null, thinking: true, shown: 0 };
 // max_tokens null: as many as the model's context leaves
 const settings = Object.assign({ temperature: 0.6, top_p: 0.95, max_tokens: null, key: "" },
   JSON.parse(localStorage.getItem("nanoseek.settings") || "{}"));
@@ -104,6 +106,7 @@ async function removeConversation(c) {
 
 function newChat() {
   stop();
+  state.shown++;
   state.id = null;
   state.version = 0;
   history.replaceState(null, "", location.pathname);
@@ -116,13 +119,15 @@ function newChat() {
 
 async function openConversation(id) {
   stop();
+  const shown = ++state.shown;
   let c;
   try {
     c = await (await api("/api/conversations/" + encodeURIComponent(id))).json();
   } catch (e) {
     showError(e.message);
-    return newChat();
+    return shown === state.shown ? newChat() : undefined;
   }
+  if (shown !== state.shown) return;  // sent to, or left, while it loaded
   state.id = c.id;
   state.version = c.version;
   history.replaceState(null, "", "#c=" + c.id);
@@ -252,6 +257,7 @@ async function regenerate() {
 
 // Streams one answer into a new assistant message; false if the server refused the request outright.
 async function stream(extra) {
+  state.shown++;
   const view = assistantMessage();
   $("#messages").append(view.el);
   scrollDown(true);

@@ -216,7 +216,7 @@ class Documents:
         if q.device.type in WRITTEN_OUT:
             # documents of the skills corpus average 113 tokens: at that length the product, mask
             # and softmax written out cost less than SDPA's CPU flash kernel and the gathers its
-            # one (q, k, v) tensor needs (a pretraining step of the shipped model's teacher 0.93x
+            # one (q, k, v) tensor needs (a pretraining step of the shipped model's teacher 0.92x
             # the time)
             parts = zip(*(t.flatten(0, 1).index_select(0, self.gather).split(sizes)
                           for t in (q, k, v)))

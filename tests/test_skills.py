@@ -9,7 +9,17 @@ import pytest
 from nanoseek.tasks import persona
 from nanoseek.tasks.chats import heldout_task, skill_documents, skills_task
 from nanoseek.tasks.heldout import held_out_keys, load, normal
-from nanoseek.tasks.phrasing import frames, phrase
+from nanoseek.tasks.phrasing import (
+    COMPARATIVE,
+    COMPARE,
+    COMPARE_SHAPES,
+    LETTERS,
+    SORT,
+    SUPERLATIVE,
+    frames,
+    grammar,
+    phrase,
+)
 from nanoseek.tasks.skills import (
     SKILLS,
     arithmetic_trace,
@@ -114,8 +124,8 @@ def test_compare_sort_and_letters_traces_reach_the_right_answer():
             else:
                 n = inst["word"].count(inst["letter"])
                 assert answer == str(n) and trace.count("(") == n
-    assert solve("compare", {"numbers": [347, 362], "largest": True})[0].splitlines()[0] == \
-        "347 vs 362: 3 = 3, 4 < 6 → 362"
+    assert solve("compare", {"numbers": [347, 362], "largest": True})[0].splitlines() == \
+        ["largest of 347, 362", "347 vs 362: 3 = 3, 4 < 6 → 362", "largest: 362"]
     assert solve("letters", {"word": "strawberry", "letter": "r"}) == \
         ("s t r (1) a w b e r (2) r (3) y\nr: 3", "3")
 
@@ -154,6 +164,20 @@ def test_prompts_come_in_many_phrasings_that_keep_the_problem():
     for w in ("plus", "minus", "times", "multiplied by", "add 3 and 4", "what's", "how much is",
               "=?", "please", "can you", "×", "*", " x ", "(3+4)*5"):
         assert w in asked, w
+
+
+def test_frames_made_of_parts_keep_the_direction_they_are_filed_under():
+    assert grammar(["!sort {l} {dir}", "{dir}: {l}"], dir=["up", "down"]) == \
+        ["!sort {l} up", "!sort {l} down", "up: {l}", "down: {l}"]
+    for largest in (True, False):
+        made = grammar(COMPARE_SHAPES, sup=SUPERLATIVE[largest], cmp=COMPARATIVE[largest])
+        assert set(made) <= set(COMPARE[largest]) and len(made) > 100
+        other = SUPERLATIVE[not largest] + COMPARATIVE[not largest]
+        for f in made:
+            assert not any(re.search(rf"\b{w}\b", f) for w in other), f
+    for ascending in (True, False):
+        assert len(set(SORT[ascending]) - set(SORT[not ascending])) > 200
+    assert "How many times does the letter {l} show up in {w}?" in LETTERS
 
 
 def test_the_held_out_set_is_apart_from_every_generator():

@@ -443,7 +443,9 @@ def report(s: dict[str, Any], out: Path) -> str:
                 f"; held-out evaluation on {prompts} prompts of another seed")
     lines = ["# nanoseek pipeline report", "",
              f"Task: {task}, k = {p['k']} samples at temperature 0.6, top-p 0.95. Machine: "
-             f"{s['machine']}. The stages took {sum(hours.values()) * 60:.1f} min in all.", ""]
+             f"{s['machine']}. Seed {p.get('seed', 0)} (`nanoseek pipeline --seed "
+             f"{p.get('seed', 0)}` runs it again). The stages took "
+             f"{sum(hours.values()) * 60:.1f} min in all.", ""]
     lines += _models_table(s) + _skills_table(s) + _findings(s, out) + _budget_table(s)
     lines += _cost_table(s, hours)
     lines += ["", "## Plots", ""]

@@ -2,7 +2,9 @@
 
 A prompt is a frame ("What is {e}?", "add {a} and {b}") with the problem written into it (symbols
 or words, spaced or not), inside an optional politeness wrapper ("Please ...", "Hey, ...",
-"... thanks"), sometimes without its final punctuation, sometimes in lower or upper case. The
+"... thanks"), sometimes without its final punctuation, sometimes in lower or upper case. Besides
+the written frames, compare, sort and letters take frames made of parts (`grammar`): a shape with
+its direction word or letter phrase filled in every way the lists below say it. The
 held-out set (heldout.py) asks with frames that none of these lists holds, so that evaluating on it
 measures what the model understood rather than what it memorised; tests/test_skills.py checks that
 the two never meet.
@@ -10,9 +12,29 @@ the two never meet.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from nanoseek.tasks.skills import TIMES, Node, parse, show
+
+
+def grammar(shapes: list[str], **parts: list[str]) -> list[str]:
+    """Every shape with every choice of the parts it names ({sup}, {dir}, ...): frames made of
+    parts, so that each way of saying what is asked ("the lowest", "biggest first", "the letter
+    {l}") is met in many sentences, not bound to the one sentence a written list put it in. With
+    whole frames only, the model read a new sentence's direction wrong ("from smallest to
+    largest" sorted from the largest) and took a question about a word it did not know for a
+    message outside its skills."""
+    out = []
+    for shape in shapes:
+        names = [n for n in parts if "{" + n + "}" in shape]
+        for choice in itertools.product(*(parts[n] for n in names)):
+            frame = shape
+            for n, c in zip(names, choice):
+                frame = frame.replace("{" + n + "}", c)
+            out.append(frame)
+    return list(dict.fromkeys(out))
+
 
 # --- wrappers shared by every skill ({q} is the framed question)
 POLITE = ["Please {q}", "Please, {q}", "{q} please", "{q}, please", "Hey, {q}", "Hi! {q}",
@@ -75,6 +97,26 @@ COMPARE = {
             "Is {l} smaller?", "least of {l}", "Which of these is the smallest: {l}?",
             "!find the smallest number in {l}", "!compare {l} and give the smaller"],
 }
+# the same shapes for either direction: a superlative and a comparative of each
+SUPERLATIVE = {True: ["largest", "biggest", "greatest", "highest", "maximum", "max"],
+               False: ["smallest", "least", "lowest", "minimum", "min", "tiniest"]}
+COMPARATIVE = {True: ["larger", "bigger", "greater", "higher"],
+               False: ["smaller", "lower", "lesser", "less"]}
+COMPARE_SHAPES = [
+    "Which is the {sup}: {l}?", "Which of {l} is {cmp}?", "Which of {l} is the {sup}?",
+    "Which one is {cmp}, {l}?", "Which number is the {sup} among {l}?",
+    "What is the {sup} number in {l}?", "What's the {sup} of {l}?", "!find the {sup} number: {l}",
+    "!give me the {sup} of {l}", "!pick the {sup} of {l}", "!select the {cmp} number from {l}",
+    "!choose the {sup} one from {l}", "!show the {sup} value in {l}",
+    "{l}: which one is the {sup}?", "{l} - which is {cmp}?", "Of {l}, which is {cmp}?",
+    "Among {l}, which number is the {sup}?", "{sup} number in {l}?",
+    "!return the {sup} value from {l}", "Which value is {cmp}: {l}?",
+    "Can you say which is {cmp}, {l}?", "Given {l}, which is the {sup}?",
+    "Which would be {cmp}: {l}?", "{l} -> {sup}?", "!from {l}, pick the {sup}"]
+for _largest in (True, False):
+    COMPARE[_largest] += grammar(COMPARE_SHAPES, sup=SUPERLATIVE[_largest],
+                                 cmp=COMPARATIVE[_largest])
+
 SORT = {
     True: ["!sort {l}", "!sort {l} in ascending order", "!sort these numbers: {l}",
            "!put {l} in order from smallest to largest", "!order {l} from least to greatest",
@@ -91,6 +133,23 @@ SORT = {
             "!rearrange {l} largest first", "!order the numbers {l} descending",
             "!sort {l} high to low", "!sort {l} from greatest to least"],
 }
+ORDER = {True: ["in ascending order", "in increasing order", "from smallest to largest",
+                 "from smallest to biggest", "from lowest to highest", "from least to greatest",
+                 "from low to high", "low to high", "smallest first", "lowest first",
+                 "least to greatest", "small to big", "ascending"],
+         False: ["in descending order", "in decreasing order", "from largest to smallest",
+                 "from biggest to smallest", "from highest to lowest", "from greatest to least",
+                 "from high to low", "high to low", "largest first", "biggest first",
+                 "greatest to least", "big to small", "descending", "in reverse order"]}
+SORT_SHAPES = ["!sort {l} {dir}", "!order {l} {dir}", "!arrange {l} {dir}", "!rank {l} {dir}",
+               "!list {l} {dir}", "!sort these numbers {dir}: {l}",
+               "!put these numbers in order, {dir}: {l}", "!write {l} {dir}", "{l} {dir}?",
+               "{l} sorted {dir}?", "{dir}: {l}",
+               "What is {l} sorted {dir}?", "!give me {l} {dir}", "!reorder {l} {dir}",
+               "!organize {l} {dir}", "!sort, {dir}: {l}"]
+for _ascending in (True, False):
+    SORT[_ascending] += grammar(SORT_SHAPES, dir=ORDER[_ascending])
+
 LETTERS = ["How many {l}'s are in {w}?", "How many times does {l} appear in {w}?",
            "!count the letter {l} in {w}", "How many {l}s in {w}",
            "!count the {l}'s in the word {w}",
@@ -99,6 +158,20 @@ LETTERS = ["How many {l}'s are in {w}?", "How many times does {l} appear in {w}?
            "{w}: how many times {l}?", "!count how many {l} are in {w}",
            "How many {l} are there in {w}?", "Does {w} have any {l}? How many?",
            "How many {l}'s does the word {w} contain?", "{l} count in {w}?"]
+LETTERS += grammar(
+    ["How many {many} {inw}?", "How many times does {one} {occur} in {w}?",
+     "!count {these} {inside}", "!tell me how many {many} are in {w}",
+     "What is the number of {many} in {w}?",
+     "Number of {many} in {w}?", "{w}, how many {many} does it have?",
+     "The word {w} has how many {many}?", "Take the word {w}. How many {many} are in it?",
+     "{w} -> number of {many}?", "!find how many {many} {inw}"],
+    many=["{l}'s", "{l}s", "letter {l}s", "letters {l}", "times the letter {l}"],
+    inw=["in {w}", "are in {w}", "are there in {w}", "in the word {w}", "does {w} contain",
+         "does the word {w} have", "can you find in {w}", "are in the word {w}"],
+    one=["{l}", "the letter {l}", "the character {l}", "letter {l}"],
+    occur=["appear", "occur", "show up", "come up"],
+    these=["the {l}'s", "the {l}s", "the letter {l}", "every {l}", "all the {l}'s", "each {l}"],
+    inside=["in {w}", "in the word {w}", "inside {w}"])
 
 
 def _frame(frame: str, rng: random.Random, **fields: str) -> str:

@@ -325,11 +325,15 @@ def _versus(a: int, b: int, largest: bool) -> tuple[str, int]:
 
 
 def compare_trace(numbers: list[int], largest: bool) -> tuple[str, str]:
-    best, lines = numbers[0], []
+    """What is asked, restated ("largest of 85, 69"), then one comparison a line. The question's
+    direction is read once, into the first line, where every later line finds it a few tokens
+    back: without it a line wrote "8 > 6" and then took 69 for the largest."""
+    which = "largest" if largest else "smallest"
+    best, lines = numbers[0], [f"{which} of {', '.join(map(str, numbers))}"]
     for x in numbers[1:]:
         line, best = _versus(best, x, largest)
         lines.append(line)
-    lines.append(f"{'largest' if largest else 'smallest'}: {best}")
+    lines.append(f"{which}: {best}")
     return "\n".join(lines), str(best)
 
 
